@@ -1,0 +1,57 @@
+"""The four Mamba operations through mamba-ssm and causal-conv1d's CUDA kernels (reference signatures).
+
+Importing this module raises ImportError when either package is missing; ``ops.resolve_ops`` relies on it.
+"""
+
+from __future__ import annotations
+
+import torch
+from causal_conv1d import causal_conv1d_fn as _conv_fn
+from causal_conv1d import causal_conv1d_update as _conv_update
+from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_fn
+from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update
+
+from . import reference
+
+NAME = "mamba_ssm"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_last_state=False):
+    """mamba-ssm's fused scan; its kernel has no initial state, so a continued prefill uses the reference."""
+    if initial_state is not None:
+        return reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+    out = _scan_fn(u, delta, A.float(), B.contiguous(), C.contiguous(), None if D is None else D.float(), z,
+                   None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
+    if return_last_state:
+        y, last = out
+        return y, last.float()
+    return out
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """mamba-ssm's Triton step, viewing channels as (groups, channels per group) heads."""
+    batch, dim = x.shape
+    groups = B.shape[1]
+    per = dim // groups
+    state_view = state.view(batch, groups, per, state.shape[-1])
+    y = _state_update(
+        state_view, x.view(batch, groups, per), dt.view(batch, groups, per), A.view(groups, per, -1), B, C,
+        None if D is None else D.view(groups, per), None if z is None else z.view(batch, groups, per),
+        None if dt_bias is None else dt_bias.view(groups, per), dt_softplus,
+    )
+    return y.view(batch, dim)
+
+
+def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None):
+    """causal-conv1d's kernel for a fresh sequence; the conv state is the last ``width`` inputs."""
+    if initial_state is not None:
+        return reference.causal_conv1d(x, weight, bias, activation, initial_state)
+    width = weight.shape[1]
+    out = _conv_fn(x, weight, bias, activation=activation)
+    new_state = torch.nn.functional.pad(x, (max(width - x.shape[-1], 0), 0))[..., -width:]
+    return out, new_state
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
+    return _conv_update(x, conv_state, weight, bias, activation)
