@@ -1,0 +1,417 @@
+"""Apriel-H1: a Mistral-style decoder in which chosen layers use a Mamba-1 mixer instead of attention.
+
+Read top to bottom: Mamba mixer, attention, decoder layers, pretrained base, model, causal-LM head. The
+attention layers are the teacher's (GQA + RoPE through transformers' attention interface); the Mamba layers
+are the mixer Apriel-H1 used (ServiceNow Fast-LLM's "m2" block, after M1): x and B are projected at the KV
+width and repeated over the query groups, C at full width, with a gate z, a depthwise causal conv, a low-rank
+time step, a per-channel diagonal A and a skip D. ``docs/fast_llm_interop.md`` lists how this maps to the
+released checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.mistral.modeling_mistral import (
+    MistralMLP,
+    MistralRMSNorm,
+    MistralRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+from .configuration_apriel_h1 import MAMBA, AprielH1Config
+
+try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
+    from modeling_apriel_h1.ops import resolve_ops
+except ImportError:  # remote code on a machine without the package: the PyTorch reference shipped beside this file
+    from .mamba_reference import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+    class _ReferenceOps:
+        NAME = "reference"
+        selective_scan = staticmethod(selective_scan)
+        selective_state_update = staticmethod(selective_state_update)
+        causal_conv1d = staticmethod(causal_conv1d)
+        causal_conv1d_update = staticmethod(causal_conv1d_update)
+
+    def resolve_ops(device: torch.device, preference: str | None = None):
+        return _ReferenceOps
+
+
+def _repeat_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch.Tensor:
+    """(..., groups * group_size) -> (..., groups * repeats * group_size), each group repeated in place.
+
+    This is how Apriel-H1 widens x and B from the KV width to the full width (Fast-LLM's ``repeat_kv`` over
+    groups of ``d_state`` channels).
+    """
+    if repeats == 1:
+        return tensor
+    *lead, width = tensor.shape
+    grouped = tensor.reshape(*lead, width // group_size, 1, group_size)
+    return grouped.expand(*lead, width // group_size, repeats, group_size).reshape(*lead, width * repeats)
+
+
+class AprielH1Mamba(nn.Module):
+    """The Mamba-1 mixer of Apriel-H1 with its inference state (conv window + SSM state) kept in the cache."""
+
+    def __init__(self, config: AprielH1Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.d_inner = config.mamba_d_inner
+        self.d_xb = config.mamba_d_xb
+        self.d_state = config.mamba_d_state
+        self.d_conv = config.mamba_d_conv
+        self.dt_rank = config.mamba_dt_rank
+        self.repeat_group = (self.d_inner // self.d_state) // (self.d_xb // self.d_state)
+        self.num_groups = self.d_inner // self.d_state  # B and C groups after repetition (one per C "head")
+
+        self.in_proj = nn.Linear(config.hidden_size, 2 * self.d_inner + 2 * self.d_xb, bias=config.mamba_proj_bias)
+        self.dt_in_proj = nn.Linear(config.hidden_size, self.dt_rank, bias=config.mamba_proj_bias)
+        # dt_proj's bias is added once, inside the scan (``delta_bias``); see docs/fast_llm_interop.md
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=config.mamba_dt_proj_bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
+            padding=self.d_conv - 1, bias=config.mamba_conv_bias,
+        )
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.mamba_proj_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding."""
+        ops = resolve_ops(hidden_states.device, self.config.kernel_backend)
+        batch, seq_len, _ = hidden_states.shape
+        z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
+        dt = F.linear(self.dt_in_proj(hidden_states), self.dt_proj.weight)  # (batch, seq, d_inner), bias in the scan
+        if padding_mask is not None:
+            # padded positions must not reach the conv window or the state: a zero input leaves both untouched
+            x = x * padding_mask[..., None].to(x.dtype)
+        x = _repeat_groups(x, self.d_state, self.repeat_group).transpose(1, 2)  # (batch, d_inner, seq)
+        B = _repeat_groups(B, self.d_state, self.repeat_group)
+        B = B.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)  # (batch, G, N, seq)
+        C = C.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)
+        z = z.transpose(1, 2)
+        dt = dt.transpose(1, 2)
+        A = -torch.exp(self.A_log.float())
+        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        dt_bias = self.dt_proj.bias
+
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        has_state = cache_layer is not None and cache_layer.has_previous_state[0]
+        if has_state and seq_len == 1:
+            conv_state, ssm_state = cache_layer.conv_states[0], cache_layer.recurrent_states[0]
+            x_t = ops.causal_conv1d_update(x[..., 0], conv_state, conv_weight, self.conv1d.bias, "silu")
+            y = ops.selective_state_update(
+                ssm_state, x_t, dt[..., 0], A, B[..., 0], C[..., 0], self.D, z[..., 0], dt_bias, dt_softplus=True
+            )
+            return self.out_proj(y.unsqueeze(1))
+
+        conv_state = cache_layer.conv_states[0] if has_state else None
+        ssm_state = cache_layer.recurrent_states[0] if has_state else None
+        x, new_conv_state = ops.causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state)
+        if padding_mask is not None:
+            x = x * padding_mask[:, None, :].to(x.dtype)
+        y, new_ssm_state = ops.selective_scan(
+            x, dt, A, B, C, self.D, z, dt_bias, delta_softplus=True, initial_state=ssm_state, return_last_state=True
+        )
+        if cache_layer is not None:
+            cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
+            cache_layer.update_recurrent_state(new_ssm_state)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class AprielH1Attention(nn.Module):
+    """The teacher's grouped-query attention with RoPE, optionally with q/k/v (Qwen2) or output biases."""
+
+    def __init__(self, config: AprielH1Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        qkv_bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_out_bias
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, dim)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.config.sliding_window,
+            **kwargs,
+        )
+        return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+
+
+class AprielH1DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm residual block; only the sequence mixer differs between layer types.
+
+    The mixer is named ``self_attn`` in attention layers and ``mixer`` in Mamba layers, as in the released
+    checkpoints, so weights load without renaming.
+    """
+
+    def __init__(self, config: AprielH1Config, layer_idx: int):
+        super().__init__()
+        self.is_mamba = config.layer_types[layer_idx] == MAMBA
+        if self.is_mamba:
+            self.mixer = AprielH1Mamba(config, layer_idx)
+        else:
+            self.self_attn = AprielH1Attention(config, layer_idx)
+        self.mlp = MistralMLP(config)
+        self.input_layernorm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        if self.is_mamba:
+            hidden_states = self.mixer(hidden_states, padding_mask=padding_mask, past_key_values=past_key_values)
+        else:
+            hidden_states = self.self_attn(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        return residual + hidden_states
+
+
+class AprielH1PreTrainedModel(PreTrainedModel):
+    config_class = AprielH1Config
+    config: AprielH1Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AprielH1DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _is_stateful = True  # Mamba states cannot be rolled back: no assisted generation
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, AprielH1Mamba):
+            self._init_mamba(module, self.config)
+
+    @staticmethod
+    def _init_mamba(module: AprielH1Mamba, config: AprielH1Config) -> None:
+        """S4D-real A, unit skip D, and a time-step bias whose softplus is log-uniform in [dt_min, dt_max]
+        (Mamba's initialisation, also the one Apriel-H1 and M1 use for the parts MIL does not set).
+
+        Goes through ``transformers.initialization`` so that weights loaded from a checkpoint are left alone.
+        """
+        arange = torch.arange(1, module.d_state + 1, dtype=torch.float32, device=module.A_log.device)
+        init.copy_(module.A_log, torch.log(arange).expand(module.d_inner, -1))
+        init.ones_(module.D)
+        dt_init_std = module.dt_rank**-0.5 * config.mamba_dt_scale
+        init.uniform_(module.dt_proj.weight, -dt_init_std, dt_init_std)
+        if module.dt_proj.bias is not None:
+            log_min, log_max = math.log(config.mamba_dt_min), math.log(config.mamba_dt_max)
+            dt = torch.exp(torch.rand(module.d_inner, device=module.D.device) * (log_max - log_min) + log_min)
+            dt = dt.clamp(min=config.mamba_dt_init_floor)
+            init.copy_(module.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        bound = 1 / math.sqrt(module.d_conv)
+        init.uniform_(module.conv1d.weight, -bound, bound)
+        if module.conv1d.bias is not None:
+            init.uniform_(module.conv1d.bias, -bound, bound)
+
+
+class AprielH1Model(AprielH1PreTrainedModel):
+    def __init__(self, config: AprielH1Config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [AprielH1DecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
+        causal_mask = mask_function(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        # Mamba layers see only which of the current tokens are real; the 2-D mask covers past + current tokens.
+        padding_mask = None
+        if attention_mask is not None and attention_mask.dim() == 2 and inputs_embeds.shape[1] > 1:
+            padding_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden_states = [] if output_hidden_states else None
+        for decoder_layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                padding_mask=padding_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+
+class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: AprielH1Config):
+        super().__init__(config)
+        self.model = AprielH1Model(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+__all__ = ["AprielH1ForCausalLM", "AprielH1Model", "AprielH1PreTrainedModel"]
