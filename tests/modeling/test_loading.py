@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 
+from ..remote_code import assert_remote_code_reproduces
 from .tiny import tiny_config
 
 
@@ -61,29 +59,7 @@ def test_remote_code_loads_where_the_package_is_not_installed(saved_model, tmp_p
     ids = torch.randint(3, 97, (1, 8))
     with torch.no_grad():
         expected = model(ids).logits
-    torch.save({"ids": ids, "expected": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["modeling_apriel_h1"] = None  # the package is not importable in this process
-        import torch
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = torch.load({str(tmp_path / "io.pt")!r})
-        with torch.no_grad():
-            logits = model(io["ids"]).logits
-            generated = model.generate(io["ids"], max_new_tokens=4, do_sample=False, pad_token_id=0)
-        assert torch.equal(logits, io["expected"]), (logits - io["expected"]).abs().max()
-        assert generated.shape == (1, 12)
-        print("remote-code-ok")
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
-    )
-    assert "remote-code-ok" in result.stdout, result.stderr[-3000:]
+    assert_remote_code_reproduces(path, ids, expected, tmp_path)
 
 
 def test_device_map_auto_loads_on_cpu(saved_model):

@@ -1,0 +1,143 @@
+"""Model cards filled from what a run actually did: the model's config, ``conversion.json`` and the run manifest.
+
+Nothing in a card is typed by hand: the layer pattern comes from ``config.json``, the teacher and the
+initialisation from ``conversion.json``, and stages, tokens, losses, wall times and evaluation tables from the
+run manifest that ``recipes/schedule.py`` writes (``run_manifest.json``).
+
+    python -m model_cards.card --model out/final --manifest out/run_manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+TEMPLATE = "template.md.jinja"
+MAMBA_TYPES = {"mamba", "linear_attention"}
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _count_parameters(model_dir: Path) -> str:
+    """Parameter count from the safetensors headers (no weights are loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as handle:
+            for name in handle.keys():
+                total += _numel(handle.get_slice(name).get_shape())
+    return f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.2f}M"
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _stage_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for stage in stages:
+        initial, final = stage.get("initial_kd_loss"), stage.get("final_kd_loss")
+        loss_text = f"{initial:.4f} -> {final:.4f}" if initial is not None and final is not None else "n/a"
+        rows.append(
+            {
+                "name": stage["name"],
+                "num_mamba": len(stage["mamba_layers"]),
+                "layers_added": stage["layers_added"],
+                "importance_method": stage.get("importance_method", "given"),
+                "steps": stage.get("steps", 0),
+                "tokens": stage.get("tokens", 0),
+                "loss_text": loss_text,
+                "wall_text": f"{stage.get('wall_time_s', 0.0):.0f} s",
+            }
+        )
+    return rows
+
+
+def card_context(
+    model_dir: str | Path, manifest: dict[str, Any] | None = None, repo_id: str | None = None, license: str = "apache-2.0"
+) -> dict[str, Any]:
+    """Everything the template needs, gathered from the files of a run."""
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{model_dir} has no config.json; point --model at a save_pretrained directory")
+    conversion = _read_json(model_dir / "conversion.json")
+    merge = _read_json(model_dir / "merge.json")
+    layer_types = config["layer_types"]
+    mamba_layers = [i for i, kind in enumerate(layer_types) if kind in MAMBA_TYPES]
+    teacher = (manifest or {}).get("teacher") or (conversion or {}).get("teacher")
+    stages = _stage_rows((manifest or {}).get("stages", []))
+    mode = (manifest or {}).get("mode", "staged")
+    mode_sentence = (
+        f"Staged distillation in {len(stages)} stages, re-ranking the remaining attention layers before each stage."
+        if mode == "staged"
+        else "One-shot distillation: all layers replaced at once."
+    )
+    return {
+        "name": repo_id.split("/")[-1] if repo_id else model_dir.name,
+        "repo_id": repo_id or str(model_dir),
+        "license": license,
+        "teacher": teacher,
+        "num_layers": len(layer_types),
+        "num_mamba": len(mamba_layers),
+        "mamba_layers": mamba_layers or ["none"],
+        "pattern": "".join("M" if kind in MAMBA_TYPES else "A" for kind in layer_types),
+        "hidden_size": config["hidden_size"],
+        "d_state": config.get("mamba_d_state"),
+        "d_inner": config.get("mamba_d_inner"),
+        "d_xb": config.get("mamba_d_xb"),
+        "parameters": _count_parameters(model_dir),
+        "conversion": {
+            "init_method": (conversion or {}).get("init_method", "mil"),
+            "package_version": (conversion or {}).get("package_version", "unknown"),
+        }
+        if conversion
+        else None,
+        "stages": stages,
+        "mode_sentence": mode_sentence,
+        "total_tokens": sum(stage["tokens"] for stage in stages),
+        "sft": (manifest or {}).get("sft"),
+        "merge": {"sources": merge["merged_from"], "weights": [f"{w:.2f}" for w in merge["weights"]]} if merge else None,
+        "evaluation": (manifest or {}).get("evaluation"),
+    }
+
+
+def render_model_card(
+    model_dir: str | Path, manifest: dict[str, Any] | None = None, repo_id: str | None = None
+) -> str:
+    environment = Environment(
+        loader=FileSystemLoader(Path(__file__).parent), undefined=StrictUndefined, keep_trailing_newline=True
+    )
+    return environment.get_template(TEMPLATE).render(**card_context(model_dir, manifest, repo_id))
+
+
+def write_model_card(model_dir: str | Path, manifest_path: str | Path | None = None, repo_id: str | None = None) -> Path:
+    """Render the card and write it as the model directory's README.md."""
+    manifest = _read_json(Path(manifest_path)) if manifest_path else None
+    card = render_model_card(model_dir, manifest, repo_id)
+    path = Path(model_dir) / "README.md"
+    path.write_text(card)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a save_pretrained directory of the hybrid")
+    parser.add_argument("--manifest", help="run_manifest.json written by recipes/schedule.py")
+    parser.add_argument("--repo-id", help="the Hub repository the card will live in (for the usage snippet)")
+    args = parser.parse_args(argv)
+    print(f"wrote {write_model_card(args.model, args.manifest, args.repo_id)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Upload a hybrid to the Hub as a repository that loads anywhere: weights, remote code, tokenizer and card.
+
+``prepare_hub_folder`` builds the exact folder that would be uploaded (tests load it in a clean process);
+``push_to_hub`` uploads that folder with ``huggingface_hub``.
+
+    python -m model_cards.hub --model out/final --manifest out/run_manifest.json --repo-id me/my-hybrid-h1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import modeling_apriel_h1
+from model_cards.card import render_model_card
+
+# The remote code a repository needs so that trust_remote_code=True works without this package.
+REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "modeling_apriel_h1.py", "mamba_reference.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_apriel_h1.AprielH1Config",
+    "AutoModel": "modeling_apriel_h1.AprielH1Model",
+    "AutoModelForCausalLM": "modeling_apriel_h1.AprielH1ForCausalLM",
+}
+# What a repository carries besides the remote code: weights, configs, tokenizer, provenance.
+UPLOADED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
+SKIPPED_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+
+
+def prepare_hub_folder(
+    model_dir: str | Path, folder: str | Path, manifest: dict | None = None, repo_id: str | None = None
+) -> Path:
+    """Copy what a Hub repository needs into ``folder``, refresh the remote code and auto_map, write the card."""
+    model_dir, folder = Path(model_dir), Path(folder)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; point at a save_pretrained directory")
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "apriel_h1":
+        raise ValueError(f"{model_dir} holds a {config.get('model_type')!r} model; push_to_hub here is for apriel_h1 hybrids")
+    if not any(model_dir.glob("*.safetensors")):
+        raise FileNotFoundError(f"{model_dir} has no safetensors weights")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.is_file() and item.suffix in UPLOADED_SUFFIXES and item.name not in SKIPPED_FILES:
+            shutil.copy2(item, folder / item.name)
+    package_dir = Path(modeling_apriel_h1.__file__).parent
+    for name in REMOTE_CODE_FILES:
+        shutil.copy2(package_dir / name, folder / name)
+    config["auto_map"] = AUTO_MAP
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / "README.md").write_text(render_model_card(model_dir, manifest, repo_id))
+    return folder
+
+
+def push_to_hub(
+    model_dir: str | Path, repo_id: str, manifest: dict | None = None, private: bool = False,
+    token: str | None = None, staging_dir: str | Path | None = None,
+) -> str:
+    """Create (or reuse) ``repo_id`` and upload the prepared folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    staging = Path(staging_dir) if staging_dir else Path(model_dir).parent / f".{Path(model_dir).name}-hub"
+    if staging.exists():
+        shutil.rmtree(staging)
+    prepare_hub_folder(model_dir, staging, manifest, repo_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(staging), commit_message="Upload Apriel-H1 hybrid")
+    return str(commit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--repo-id", required=True)
+    parser.add_argument("--manifest", help="run_manifest.json for the card")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--dry-run", metavar="DIR", help="only write the folder that would be uploaded to DIR")
+    args = parser.parse_args(argv)
+    manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
+    if args.dry_run:
+        print(f"prepared {prepare_hub_folder(args.model, args.dry_run, manifest, args.repo_id)}")
+        return
+    print(push_to_hub(args.model, args.repo_id, manifest, args.private))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Model cards carry the run's real numbers; the Hub folder loads as remote code in a clean process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model_cards.card import render_model_card, write_model_card
+from model_cards.hub import prepare_hub_folder
+from modeling_apriel_h1 import AprielH1ForCausalLM
+from tests.modeling.tiny import tiny_config
+from tests.remote_code import assert_remote_code_reproduces
+
+MANIFEST = {
+    "teacher": "/runs/teacher-tiny",
+    "mode": "staged",
+    "stages": [
+        {"name": "stage-1", "target_mamba_layers": 1, "layers_added": [2], "mamba_layers": [2],
+         "importance_method": "loo", "steps": 40, "tokens": 12345, "initial_kd_loss": 1.2345,
+         "final_kd_loss": 0.4321, "wall_time_s": 61.7, "status": "done"},
+        {"name": "stage-2", "target_mamba_layers": 2, "layers_added": [1], "mamba_layers": [1, 2],
+         "importance_method": "mmr", "steps": 40, "tokens": 23456, "initial_kd_loss": 0.9876,
+         "final_kd_loss": 0.5555, "wall_time_s": 70.2, "status": "done"},
+    ],
+    "sft": {"steps": 20, "tokens": 4567, "final_loss": 0.789},
+    "evaluation": {
+        "description": "Held-out synthetic problems.",
+        "columns": ["accuracy", "tokens/s"],
+        "rows": [{"model": "teacher", "metrics": {"accuracy": "0.812", "tokens/s": "101.5"}},
+                 {"model": "stage-2", "metrics": {"accuracy": "0.734", "tokens/s": "133.9"}}],
+    },
+}
+
+
+@pytest.fixture
+def hybrid_dir(tmp_path):
+    torch.manual_seed(0)
+    model = AprielH1ForCausalLM(tiny_config(["attention", "mamba", "mamba", "attention"])).eval()
+    model.save_pretrained(tmp_path / "hybrid")
+    (tmp_path / "hybrid" / "conversion.json").write_text(
+        json.dumps({"teacher": "/runs/teacher-tiny", "init_method": "mil", "package_version": "0.1.0"})
+    )
+    return model, tmp_path / "hybrid"
+
+
+def test_card_contains_the_numbers_of_the_manifest(hybrid_dir):
+    _, path = hybrid_dir
+    card = render_model_card(path, MANIFEST, repo_id="me/tiny-h1")
+    assert card.startswith("---\nlicense: apache-2.0")
+    assert "base_model: /runs/teacher-tiny" in card
+    assert "`AMMA`" in card and "| Mamba layers | 1, 2 |" in card
+    assert "| stage-1 | 1 | 2 | loo | 40 | 12,345 | 1.2345 -> 0.4321 | 62 s |" in card
+    assert "| stage-2 | 2 | 1 | mmr | 40 | 23,456 | 0.9876 -> 0.5555 | 70 s |" in card
+    assert "Total distillation tokens: 35,801." in card
+    assert "| stage-2 | 0.734 | 133.9 |" in card
+    assert "final loss 0.7890" in card
+    assert 'from_pretrained("me/tiny-h1", trust_remote_code=True)' in card
+
+
+def test_card_without_a_manifest_still_describes_the_model(hybrid_dir):
+    _, path = hybrid_dir
+    card = write_model_card(path).read_text()
+    assert "How it was made" not in card and "## Architecture" in card and "2 attention, 2 Mamba" in card
+
+
+def test_hub_folder_loads_as_remote_code_in_a_clean_process(hybrid_dir, tmp_path):
+    model, path = hybrid_dir
+    folder = prepare_hub_folder(path, tmp_path / "upload", MANIFEST, repo_id="me/tiny-h1")
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "conversion.json", "modeling_apriel_h1.py",
+            "configuration_apriel_h1.py", "mamba_reference.py"} <= names
+    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
+        "modeling_apriel_h1.AprielH1ForCausalLM"
+    )
+    ids = torch.randint(3, 97, (2, 7))
+    with torch.no_grad():
+        expected = model(ids).logits
+    assert_remote_code_reproduces(folder, ids, expected, tmp_path)
+
+
+def test_hub_folder_refuses_a_directory_without_weights(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        prepare_hub_folder(tmp_path / "empty", tmp_path / "upload")
