@@ -1,0 +1,76 @@
+"""Leave-one-out layer importance (Apriel-H1 paper, section 3.1, eq. 4).
+
+For each layer l the model with block l replaced by the identity, M^(-l), is scored against the unmodified
+model M: ``I_l = P(M) - P(M^(-l))``. A high score means the layer matters; the least important layers are
+the first to get a Mamba mixer.
+
+Cost: for every batch, one forward of the unmodified model and one per scored layer (the skipped block is
+swapped out for an identity module, so it costs nothing), and no gradients. Batches are the outer loop, so
+only one batch's reference hidden states are alive at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from conversion.importance.layers import check_layer_indices, decoder_layers, skip_layer
+from conversion.importance.scoring import RowSums, ScoringData, final_hidden_states, head_weights, performance, row_sums
+
+
+@dataclass
+class LooResult:
+    metric: str
+    baseline: float  # P of the unmodified model
+    performance: dict[int, float]  # P of the model without layer l
+    importance: dict[int, float]  # baseline - performance[l]
+
+
+def _collect(totals: dict, key, sums: RowSums, rows: torch.Tensor) -> None:
+    """Scatter one batch's per-row sums into the variant's global per-row totals."""
+    target = totals[key]
+    for name, value in sums._asdict().items():
+        target[name][rows] = value.cpu()
+
+
+@torch.no_grad()
+def leave_one_out(
+    model: nn.Module,
+    data: ScoringData,
+    layers: list[int] | None = None,
+    chunk_size: int = 1024,
+    progress: bool = True,
+) -> LooResult:
+    """LOO importance of ``layers`` (default: every layer) of ``model`` on ``data``."""
+    num_layers = len(decoder_layers(model))
+    layers = check_layer_indices(layers, num_layers)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    variants = [None, *layers]  # None: the unmodified model
+    totals = {
+        variant: {name: torch.zeros(data.num_rows) for name in RowSums._fields} for variant in variants
+    }
+    bar = tqdm(total=len(data.batches) * len(variants), desc="LOO", unit="forward", disable=not progress)
+    try:
+        for batch in data.batches:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            head = head_weights(model)
+            reference = final_hidden_states(model, batch)
+            _collect(totals, None, row_sums(reference, head, batch["labels"], chunk_size=chunk_size), batch["row"])
+            bar.update()
+            for layer in layers:
+                with skip_layer(model, layer):
+                    hidden = final_hidden_states(model, batch)
+                anchor = (reference, head) if data.needs_reference else None
+                _collect(totals, layer, row_sums(hidden, head, batch["labels"], anchor, chunk_size), batch["row"])
+                bar.update()
+    finally:
+        bar.close()
+        model.train(was_training)
+    scores = {variant: performance(data, RowSums(**totals[variant])) for variant in variants}
+    baseline = scores.pop(None)
+    return LooResult(data.metric, baseline, scores, {layer: baseline - value for layer, value in scores.items()})

@@ -1,0 +1,117 @@
+"""Leave-one-out importance: ranks built-to-differ layers correctly, restores the model, fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conversion.importance.__main__ import main
+from conversion.importance.layers import skip_layer
+from conversion.importance.loo import leave_one_out
+from conversion.importance.ranking import read_ranking
+from conversion.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+from tests.importance.tiny import ESSENTIAL, HARMLESS, layered_mistral, tokenizer
+
+QUESTIONS = [
+    {"question": "What is 2 + 3?", "choices": ["5", "7", "23", "1"], "answer": 0},
+    {"question": "Which is a colour?", "choices": ["dog", "blue", "run"], "answer": 1},
+    {"question": "Who is the tallest?", "choices": ["Alice", "Bob"], "answer": 1},
+    {"question": "Is true and false true?", "choices": ["True", "False"], "answer": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return layered_mistral(tok)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return load_texts(None, num_synthetic=8)[0]
+
+
+@pytest.mark.parametrize("metric", ["kl", "loss"])
+def test_loo_ranks_harmless_layer_least_and_essential_layer_most_important(model, tok, texts, metric):
+    data = text_data(texts, tok, metric, batch_size=4, max_length=96)
+    result = leave_one_out(model, data, progress=False)
+    ranking = sorted(result.importance, key=result.importance.get)
+    assert result.importance[HARMLESS] == pytest.approx(0.0, abs=1e-6)
+    assert ranking[-1] == ESSENTIAL
+    if metric == "kl":  # a KL is never negative; removing a layer of a random model may lower its loss
+        assert ranking[0] == HARMLESS
+
+
+def test_loo_accuracy_on_multiple_choice_file(model, tok, tmp_path):
+    # the "correct" answers are the unmodified model's own picks, so its accuracy is 1 and any drop is the layer's
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(json.dumps(q) for q in QUESTIONS))
+    data = choice_data(load_choice_questions(path), tok, batch_size=3)
+    sums = leave_one_out(model, data, layers=[HARMLESS], progress=False)
+    assert 0.0 <= sums.baseline <= 1.0
+    assert sums.importance[HARMLESS] == 0.0
+
+
+def test_skipped_layer_is_restored_even_when_the_forward_fails(model, tok):
+    original = model.model.layers[ESSENTIAL]
+    with pytest.raises(RuntimeError, match="boom"):
+        with skip_layer(model, ESSENTIAL):
+            assert model.model.layers[ESSENTIAL] is not original
+            raise RuntimeError("boom")
+    assert model.model.layers[ESSENTIAL] is original
+
+
+def test_loo_works_on_an_apriel_h1_hybrid(tok, texts):
+    torch.manual_seed(0)
+    config = AprielH1Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, mamba_d_state=8, layer_types=["attention", "mamba", "attention"],
+        pad_token_id=tok.pad_token_id,
+    )
+    hybrid = AprielH1ForCausalLM(config).eval()
+    data = text_data(texts[:4], tok, "kl", batch_size=2, max_length=48)
+    result = leave_one_out(hybrid, data, progress=False)
+    assert sorted(result.importance) == [0, 1, 2]
+    assert all(value > 0 for value in result.importance.values())
+
+
+def test_clear_errors(model, tok, tmp_path, texts):
+    data = text_data(texts[:2], tok, "kl", batch_size=2, max_length=32)
+    with pytest.raises(ValueError, match="out of range"):
+        leave_one_out(model, data, layers=[7], progress=False)
+    with pytest.raises(ValueError, match="no layers to rank"):
+        leave_one_out(model, data, layers=[], progress=False)
+    with pytest.raises(ValueError, match="unknown metric"):
+        check_metric("bleu", False)
+    with pytest.raises(ValueError, match="needs a multiple-choice file"):
+        check_metric("accuracy", False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"]}))
+    with pytest.raises(ValueError, match=r"lacks the field\(s\) \['answer'\]"):
+        load_choice_questions(bad)
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 5}))
+    with pytest.raises(ValueError, match="'answer' is 5"):
+        load_choice_questions(bad)
+
+
+def test_cli_writes_ranking_and_plot(model, tok, tmp_path):
+    model.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    output = tmp_path / "loo.json"
+    code = main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--num-texts", "4",
+                 "--max-length", "48", "--no-progress", "--highlight", "1"])
+    assert code == 0
+    payload = read_ranking(output)
+    assert set(payload) == {"method", "model", "metric", "scores", "ranking"}
+    assert payload["method"] == "loo" and payload["metric"] == "kl"
+    assert payload["ranking"][0] == HARMLESS and payload["ranking"][-1] == ESSENTIAL
+    png = output.with_suffix(".png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--metric", "bleu"]) == 2
