@@ -1,0 +1,35 @@
+"""An output directory that appears complete or not at all."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staged_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
+
+    Beside, not in /tmp, so the final rename stays on one filesystem (atomic, no copy of a 30 GB checkpoint).
+    A failure removes the temporary directory and leaves an existing ``target`` untouched.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output directory {target} already exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.converting-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+        target.rename(retired / target.name)
+        staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(target)

@@ -1,0 +1,127 @@
+"""The list of student tensors, each with its name, shape and a recipe that computes it from the teacher.
+
+Both conversion paths run the same plan: in memory (the teacher's ``state_dict``) and streaming (a sharded
+safetensors checkpoint read tensor by tensor). Knowing every shape before computing anything lets the
+streaming writer lay out a shard's header first and then write tensors one at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+
+from .mil import ATTENTION_NAMES, mil_mixer_tensors
+
+_ATTENTION_TENSOR = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(\w+)\.(weight|bias)$")
+# Buffers some older checkpoints carry; the model recomputes them.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    shape: tuple[int, ...]
+    compute: Callable[[], torch.Tensor]
+
+
+def expected_student_shapes(config: AprielH1Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the student with its shape, from a model built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = AprielH1ForCausalLM(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+class _LayerMixer:
+    """Computes a replaced layer's mixer tensors once, then hands them out one by one (and forgets them)."""
+
+    def __init__(self, make: Callable[[], dict[str, torch.Tensor]]):
+        self._make = make
+        self._tensors: dict[str, torch.Tensor] | None = None
+
+    def take(self, name: str) -> torch.Tensor:
+        if self._tensors is None:
+            self._tensors = self._make()
+        tensor = self._tensors.pop(name)
+        if not self._tensors:
+            self._make = None  # the layer is done; drop the teacher tensors the closure holds
+        return tensor
+
+
+def plan_student_tensors(
+    config: AprielH1Config,
+    teacher_names: list[str],
+    read: Callable[[str], torch.Tensor],
+    new_mamba_layers: list[int],
+    seed: int,
+    dtype: torch.dtype,
+) -> list[tuple[str, PlannedTensor]]:
+    """For each student tensor, in teacher order: (the teacher tensor it comes from or is placed beside, plan).
+
+    Tensors of untouched layers are copied (cast to ``dtype``); a replaced layer's attention tensors become its
+    MIL mixer, placed where the teacher's first attention tensor of that layer was. The result is checked
+    against the student's parameters, so a teacher tensor we cannot place is an error, never silently dropped.
+    """
+    expected = expected_student_shapes(config)
+    replaced = set(new_mamba_layers)
+    mixers: dict[int, _LayerMixer] = {}
+    plan: list[tuple[str, PlannedTensor]] = []
+    for name in teacher_names:
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        match = _ATTENTION_TENSOR.match(name)
+        if match and int(match.group(1)) in replaced:
+            layer = int(match.group(1))
+            if layer not in mixers:
+                mixers[layer] = _plan_mixer(config, layer, teacher_names, read, seed, dtype)
+                plan += [
+                    (name, PlannedTensor(mixer_name, expected[mixer_name], _taker(mixers[layer], mixer_name)))
+                    for mixer_name in expected
+                    if mixer_name.startswith(f"model.layers.{layer}.mixer.")
+                ]
+            continue
+        if name not in expected:
+            raise ValueError(
+                f"teacher tensor {name!r} has no place in the AprielH1 student; the teacher uses a feature the "
+                "conversion does not support"
+            )
+        plan.append((name, PlannedTensor(name, expected[name], _copier(read, name, dtype))))
+    planned = {entry.name for _, entry in plan}
+    missing = sorted(set(expected) - planned - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
+    if missing:
+        raise ValueError(f"the teacher checkpoint lacks tensors the student needs: {missing[:8]}")
+    return plan
+
+
+def _copier(read: Callable[[str], torch.Tensor], name: str, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    return lambda: read(name).to(dtype)
+
+
+def _taker(mixer: _LayerMixer, full_name: str) -> Callable[[], torch.Tensor]:
+    relative = full_name.split(".mixer.", 1)[1]
+    return lambda: mixer.take(relative)
+
+
+def _plan_mixer(
+    config: AprielH1Config,
+    layer: int,
+    teacher_names: list[str],
+    read: Callable[[str], torch.Tensor],
+    seed: int,
+    dtype: torch.dtype,
+) -> _LayerMixer:
+    prefix = f"model.layers.{layer}.self_attn."
+    sources = [name for name in teacher_names if name.startswith(prefix)]
+    missing = [f"{prefix}{proj}.weight" for proj in ATTENTION_NAMES if f"{prefix}{proj}.weight" not in sources]
+    if missing:
+        raise ValueError(f"layer {layer} is to be replaced but the teacher lacks {missing}")
+
+    def make() -> dict[str, torch.Tensor]:
+        attention = {name.removeprefix(prefix): read(name) for name in sources}
+        return mil_mixer_tensors(attention, config, layer, seed, dtype)
+
+    return _LayerMixer(make)

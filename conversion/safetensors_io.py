@@ -1,0 +1,102 @@
+"""Reading and writing safetensors checkpoints one tensor at a time, so that memory stays near one tensor.
+
+Reading uses safetensors' ``safe_open``, reopened for every tensor: the file is memory-mapped only while that
+tensor is copied out, so the pages of a whole shard never pile up in the process's resident memory.
+
+Writing cannot use ``safetensors.torch.save_file``: it needs every tensor of the shard in memory and then
+makes a bytes copy of each (about twice the shard). ``write_safetensors`` writes the same format (8-byte
+little-endian header length, JSON header with dtype / shape / data_offsets, then the raw bytes; see the
+safetensors README) from a plan whose shapes are known up front, computing and writing one tensor at a time.
+Tests check that ``safe_open`` and ``from_pretrained`` read the result back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .plan import PlannedTensor
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+
+class CheckpointReader:
+    """A safetensors checkpoint directory (one file or an index of shards), read one tensor at a time."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        index = self.directory / INDEX_FILE
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        elif (self.directory / SINGLE_FILE).is_file():
+            with safe_open(self.directory / SINGLE_FILE, framework="pt") as handle:
+                weight_map = {name: SINGLE_FILE for name in handle.keys()}
+        else:
+            raise FileNotFoundError(
+                f"{self.directory} has neither {SINGLE_FILE} nor {INDEX_FILE}; conversion reads safetensors "
+                "checkpoints only (re-save a .bin checkpoint with save_pretrained(safe_serialization=True))"
+            )
+        self.files = sorted(set(weight_map.values()))
+        self.names_by_file = {file: [] for file in self.files}
+        for name, file in weight_map.items():
+            self.names_by_file[file].append(name)
+        self.weight_map = weight_map
+
+    @property
+    def names(self) -> list[str]:
+        """All tensor names, grouped by file in file order (the order conversion writes them in)."""
+        return [name for file in self.files for name in self.names_by_file[file]]
+
+    def read(self, name: str) -> torch.Tensor:
+        with safe_open(self.directory / self.weight_map[name], framework="pt") as handle:
+            return handle.get_tensor(name).clone()  # own the memory, so the mapping can close
+
+    def dtype(self, name: str) -> torch.dtype:
+        with safe_open(self.directory / self.weight_map[name], framework="pt") as handle:
+            return _TORCH_DTYPES[handle.get_slice(name).get_dtype()]
+
+    def file_size(self, file: str) -> int:
+        return (self.directory / file).stat().st_size
+
+
+def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], dtype: torch.dtype) -> int:
+    """Write ``tensors`` (all of ``dtype``) to ``path`` as a safetensors file; returns the bytes of tensor data."""
+    tensors = list(tensors)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for entry in tensors:
+        size = element_size * _numel(entry.shape)
+        header[entry.name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(entry.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # align the data to 8 bytes, as safetensors does
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for entry in tensors:
+            tensor = entry.compute()
+            if tuple(tensor.shape) != entry.shape or tensor.dtype != dtype:
+                raise RuntimeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, planned {entry.shape} {dtype}")
+            handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
+            del tensor
+    return offset
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
