@@ -55,8 +55,10 @@ def selective_scan(
     A = A.float()
     B = _expand_groups(B.float(), dim)  # (batch, dim, N, L)
     C = _expand_groups(C.float(), dim)
-    decay = torch.exp(delta.unsqueeze(2) * A[None, :, :, None])  # (batch, dim, N, L)
-    drive = delta.unsqueeze(2) * B * u.unsqueeze(2)  # (batch, dim, N, L)
+    # time-major so that each step reads a contiguous slice and backward stacks instead of scattering
+    decay = torch.exp(delta.unsqueeze(2) * A[None, :, :, None]).permute(3, 0, 1, 2)  # (L, batch, dim, N)
+    drive = (delta.unsqueeze(2) * B * u.unsqueeze(2)).permute(3, 0, 1, 2)  # (L, batch, dim, N)
+    readout = C.permute(3, 0, 1, 2)  # (L, batch, dim, N)
 
     state = (
         initial_state.float().clone()
@@ -64,9 +66,9 @@ def selective_scan(
         else u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32)
     )
     outputs = []
-    for t in range(length):
-        state = decay[..., t] * state + drive[..., t]
-        outputs.append((state * C[..., t]).sum(-1))
+    for decay_t, drive_t, readout_t in zip(decay.unbind(0), drive.unbind(0), readout.unbind(0)):
+        state = decay_t * state + drive_t
+        outputs.append((state * readout_t).sum(-1))
     y = torch.stack(outputs, dim=-1) if outputs else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + u * D.float()[None, :, None]

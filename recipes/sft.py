@@ -1,0 +1,141 @@
+"""Supervised fine-tuning of a hybrid on reasoning traces with TRL's ``SFTTrainer`` (the H1-30-SFT step).
+
+The data options are the distillation recipe's (``recipes.data``): the bundled synthetic traces, local
+jsonl/parquet files, or a ``datasets`` name, in chat or prompt/completion form, rendered with the tokenizer's
+chat template, loss on the assistant tokens only. Checkpoints are safetensors; ``--resume`` continues from the
+newest one; the final model and an ``sft.json`` record (steps, tokens, final loss) land in ``output_dir``.
+
+    python -m recipes.sft --model out/stage-3 --output-dir out/sft --data synthetic --max-steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from recipes.atomic import atomic_output_dir
+from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
+
+RECORD_FILE = "sft.json"
+
+
+@dataclass
+class SFTRecipe:
+    """Every knob of the SFT pass; a YAML file may set any of them, the command line overrides."""
+
+    model: str = ""  # a save_pretrained directory (a distilled hybrid); its tokenizer must sit beside it
+    output_dir: str = "outputs/sft"
+    data: str = SYNTHETIC_SOURCE  # "synthetic", a local .jsonl/.parquet file, or a datasets name
+    synthetic_examples: int = 2000  # rows generated when data is "synthetic"
+    max_seq_length: int = 512
+    packing: bool = False
+    learning_rate: float = 2e-5
+    warmup_steps: float = 0.05  # an int is a step count, a float in [0, 1) a fraction of max_steps
+    max_steps: int = 100
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    save_steps: int = 50
+    logging_steps: int = 10
+    seed: int = 0
+    bf16: bool = False
+
+
+def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRecipe:
+    values: dict[str, object] = {}
+    if config_path:
+        values.update(yaml.safe_load(Path(config_path).read_text()) or {})
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {field.name for field in fields(SFTRecipe)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown SFT settings {unknown}; the settings are {sorted(known)}")
+    recipe = SFTRecipe(**values)
+    if not recipe.model:
+        raise ValueError("no model to fine-tune: set `model` (a save_pretrained directory) in the config or --model")
+    return recipe
+
+
+def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
+    """Fine-tune ``recipe.model``; returns (and writes) the record that model cards and manifests read."""
+    set_seed(recipe.seed)
+    output_dir = Path(recipe.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model)
+    model = AutoModelForCausalLM.from_pretrained(recipe.model)
+    rows = load_conversations(recipe.data, synthetic_examples=recipe.synthetic_examples, seed=recipe.seed)
+    train_dataset = build_dataset(rows, tokenizer, recipe.max_seq_length, recipe.packing)
+    checkpoints_dir = output_dir / "checkpoints"
+    args = SFTConfig(
+        output_dir=str(checkpoints_dir),
+        max_length=recipe.max_seq_length,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=recipe.warmup_steps,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        save_steps=recipe.save_steps,
+        save_strategy="steps",
+        logging_steps=recipe.logging_steps,
+        seed=recipe.seed,
+        bf16=recipe.bf16,
+        report_to=[],
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
+    checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    record = {
+        "model": recipe.model,
+        "steps": trainer.state.global_step,
+        "tokens": int(trainer.state.num_input_tokens_seen or _tokens_from_logs(trainer.state.log_history)),
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "wall_time_s": time.perf_counter() - start,
+        "recipe": asdict(recipe),
+    }
+    with atomic_output_dir(output_dir / "final", overwrite=True) as staging:
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        for sidecar in ("conversion.json",):
+            source = Path(recipe.model) / sidecar
+            if source.is_file():
+                (staging / sidecar).write_text(source.read_text())
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _tokens_from_logs(log_history: list[dict]) -> int:
+    """TRL logs the running token count as ``num_tokens``; use the last one."""
+    counts = [entry["num_tokens"] for entry in log_history if "num_tokens" in entry]
+    return int(counts[-1]) if counts else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with SFTRecipe fields")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    for field in fields(SFTRecipe):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, dest=field.name, type=lambda text: text.lower() in ("1", "true", "yes"))
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(field.default) if field.default != "" else str)
+    args = vars(parser.parse_args(argv))
+    config, resume = args.pop("config"), args.pop("resume")
+    record = run_sft(load_recipe(config, args), resume=resume)
+    print(f"SFT done: {record['steps']} steps, {record['tokens']:,} tokens, final loss {record['final_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
