@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="one result file per finished layer; a rerun skips those, shards share it")
     mmr.add_argument("--shard", default="0/1", help="i/n: evaluate every n-th candidate starting at the i-th")
     mmr.add_argument("--steps", type=int, default=100, help="distillation steps per candidate (paper: 100)")
-    mmr.add_argument("--learning-rate", type=float, default=1e-3)
+    mmr.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (warm-up over the first tenth)")
     mmr.add_argument("--batch-size", type=int, default=4)
     mmr.add_argument("--max-length", type=int, default=512, help="tokens per training sequence")
     mmr.add_argument("--data", default="synthetic", help="distillation data (recipes.data sources; default: synthetic)")

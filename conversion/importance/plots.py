@@ -58,7 +58,7 @@ def plot_mmr(payload: dict, path: str | Path) -> Path:
     final_position = {layer: rank for rank, layer in enumerate(sorted(layers, key=lambda l: (final[l], l)))}
     steps = payload.get("steps", "N")
 
-    figure, axes = plt.subplots(figsize=(6.4, max(3.5, 0.32 * len(layers) + 1.8)))
+    figure, axes = plt.subplots(figsize=(6.4, max(4.5, 0.32 * len(layers) + 1.8)))
     colours = plt.get_cmap("viridis")
     for layer in layers:
         colour = colours(final_position[layer] / max(1, len(layers) - 1))
@@ -70,7 +70,8 @@ def plot_mmr(payload: dict, path: str | Path) -> Path:
     axes.set_ylim(-0.7, len(layers) - 0.3)
     axes.set_xticks([0, 1], ["step 0\n(MIL init)", f"after {steps} steps"])
     axes.set_yticks([])
-    axes.set_ylabel("rank by KD loss (↑ more important; bottom = replaced first)")
+    axes.set_ylabel("rank by KD loss (↑ more important)")
+    axes.set_xlabel("points: held-out KD loss; bottom row = lowest loss = replaced first", fontsize=8)
     for side in ("top", "right", "left"):
         axes.spines[side].set_visible(False)
     axes.set_title(

@@ -53,7 +53,11 @@ def write_json_atomically(path: str | Path, payload: dict) -> None:
 
 
 def write_ranking(path: str | Path, payload: dict) -> None:
+    """Write a ranking that both this module and conversion's reader (``conversion.importance_file``) accept."""
+    from conversion.importance_file import parse_importance
+
     validate_ranking(payload)
+    parse_importance(payload, source=str(path))
     write_json_atomically(path, payload)
 
 
