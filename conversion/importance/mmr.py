@@ -128,10 +128,17 @@ def distillation_batches(tokenizer, settings: MmrSettings) -> tuple[list[dict], 
 # ----------------------------------------------------------------------------------------------- one candidate
 
 
+def _detached(head: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return tuple(None if tensor is None else tensor.detach() for tensor in head)
+
+
 def _kd_sums(student: nn.Module, teacher_hidden: torch.Tensor, teacher_head, batch: dict, chunk_size: int):
     student_hidden = final_hidden_states(student, batch)
+    student_head = head_weights(student)
+    if not torch.is_grad_enabled():  # the chunked loss computes head gradients whenever the head requires them
+        student_head = _detached(student_head)
     return chunked_distillation_sums(
-        student_hidden, head_weights(student), teacher_hidden, teacher_head, batch["labels"][:, 1:],
+        student_hidden, student_head, teacher_hidden, teacher_head, batch["labels"][:, 1:],
         kind=METRIC, chunk_size=chunk_size,
     )
 
@@ -170,7 +177,7 @@ def score_candidate(
     student = convert_model(teacher, [layer], seed=settings.seed).to(device)
     student.train()
     parameters = _trainable_parameters(student, layer, settings.trainable)
-    teacher_head = tuple(t.detach() if t is not None else None for t in head_weights(teacher))
+    teacher_head = _detached(head_weights(teacher))
     initial_loss = _held_out_loss(student, held_out, teacher_head, settings.chunk_size)
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
     warmup = max(1, settings.steps // 10)

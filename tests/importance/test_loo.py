@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +117,8 @@ def test_cli_writes_ranking_and_plot(model, tok, tmp_path):
     png = output.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--metric", "bleu"]) == 2
+    # the module entry point itself: redraw the plot from the ranking file
+    redraw = subprocess.run([sys.executable, "-m", "conversion.importance", "plot", str(output), "--plot",
+                             str(tmp_path / "again.png")], capture_output=True, text=True, timeout=120)
+    assert redraw.returncode == 0, redraw.stderr
+    assert (tmp_path / "again.png").read_bytes().startswith(b"\x89PNG")
