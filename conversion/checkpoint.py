@@ -74,8 +74,8 @@ def convert_checkpoint(
         seed=seed,
     )
     with staged_output_dir(output, overwrite=overwrite) as staging:
-        _write_shards(staging, [shards[file] for file in reader.files if shards[file]], dtype, progress)
-        _write_config_and_code(staging, config)
+        _write_shards(staging, [shards[file] for file in reader.files if shards[file]], progress)
+        write_config_and_code(staging, config)
         for name in TEACHER_FILES_TO_COPY:
             if (teacher / name).is_file():
                 shutil.copy2(teacher / name, staging / name)
@@ -83,7 +83,7 @@ def convert_checkpoint(
     return record
 
 
-def _write_shards(directory: Path, shards: list[list[PlannedTensor]], dtype: torch.dtype, progress: bool) -> None:
+def _write_shards(directory: Path, shards: list[list[PlannedTensor]], progress: bool) -> None:
     names = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)
     ]
@@ -92,7 +92,7 @@ def _write_shards(directory: Path, shards: list[list[PlannedTensor]], dtype: tor
     bar = tqdm(total=sum(len(shard) for shard in shards), desc="converting tensors", unit="tensor", disable=not progress)
     for name, shard in zip(names, shards):
         bar.set_postfix_str(name)
-        total_size += write_safetensors(directory / name, _advancing(shard, bar), dtype)
+        total_size += write_safetensors(directory / name, _advancing(shard, bar))
         weight_map.update({entry.name: name for entry in shard})
     bar.close()
     if len(shards) > 1:
@@ -109,12 +109,12 @@ def _advancing(shard: list[PlannedTensor], bar: tqdm) -> list[PlannedTensor]:
             bar.update(1)
             return tensor
 
-        return PlannedTensor(entry.name, entry.shape, compute)
+        return PlannedTensor(entry.name, entry.shape, entry.dtype, compute)
 
     return [ticking(entry) for entry in shard]
 
 
-def _write_config_and_code(directory: Path, config: AprielH1Config) -> None:
+def write_config_and_code(directory: Path, config: AprielH1Config) -> None:
     """config.json with auto_map, plus the modeling files, as ``save_pretrained`` would write them."""
     with torch.device("meta"):
         model = AprielH1ForCausalLM(config)

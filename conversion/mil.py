@@ -63,7 +63,7 @@ def mil_mixer_tensors(
     generator = layer_generator(seed, layer_index)
     # nn.Linear's default (kaiming-uniform, a=sqrt(5)) bound, what Mamba and Fast-LLM's MIL script leave z and dt_in_proj with
     linear_bound = 1 / math.sqrt(hidden)
-    z_weight = _uniform((d_inner, hidden), linear_bound, generator)
+    z_weight = _uniform((d_inner, hidden), linear_bound, generator).to(dtype)  # the largest draw: stored in dtype at once
     dt_in_weight = _uniform((dt_rank, hidden), linear_bound, generator)
     dt_std = dt_rank**-0.5 * config.mamba_dt_scale
     dt_proj_weight = _uniform((d_inner, dt_rank), dt_std, generator)
@@ -75,11 +75,11 @@ def mil_mixer_tensors(
     conv_weight = _uniform((d_inner, 1, d_conv), conv_bound, generator)
     conv_bias = _uniform((d_inner,), conv_bound, generator)
 
-    def teacher(name: str) -> torch.Tensor:
-        return attention[name].to("cpu", torch.float32)
+    def teacher(name: str) -> torch.Tensor:  # straight to the output dtype: a copy, and no float32 detour in memory
+        return attention[name].to("cpu", dtype)
 
     def teacher_bias(name: str, width: int) -> torch.Tensor:
-        return teacher(f"{name}.bias") if f"{name}.bias" in attention else torch.zeros(width)
+        return teacher(f"{name}.bias") if f"{name}.bias" in attention else torch.zeros(width, dtype=dtype)
 
     tensors = {
         # rows in the mixer's order: z, x, B, C
@@ -97,8 +97,8 @@ def mil_mixer_tensors(
         tensors["conv1d.bias"] = conv_bias
     if config.mamba_proj_bias:
         tensors["in_proj.bias"] = torch.cat(
-            [torch.zeros(d_inner), teacher_bias("v_proj", d_xb), teacher_bias("k_proj", d_xb), teacher_bias("q_proj", d_inner)]
+            [torch.zeros(d_inner, dtype=dtype), teacher_bias("v_proj", d_xb), teacher_bias("k_proj", d_xb), teacher_bias("q_proj", d_inner)]
         )
-        tensors["dt_in_proj.bias"] = torch.zeros(dt_rank)
+        tensors["dt_in_proj.bias"] = torch.zeros(dt_rank, dtype=dtype)
         tensors["out_proj.bias"] = teacher_bias("o_proj", hidden)
-    return {name: tensor.to(dtype) for name, tensor in tensors.items()}
+    return {name: tensor.to(dtype) for name, tensor in tensors.items()}  # draws are made in float32, stored in dtype

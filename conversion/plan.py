@@ -26,6 +26,7 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 class PlannedTensor:
     name: str
     shape: tuple[int, ...]
+    dtype: torch.dtype
     compute: Callable[[], torch.Tensor]
 
 
@@ -79,7 +80,7 @@ def plan_student_tensors(
             if layer not in mixers:
                 mixers[layer] = _plan_mixer(config, layer, teacher_names, read, seed, dtype)
                 plan += [
-                    (name, PlannedTensor(mixer_name, expected[mixer_name], _taker(mixers[layer], mixer_name)))
+                    (name, PlannedTensor(mixer_name, expected[mixer_name], dtype, _taker(mixers[layer], mixer_name)))
                     for mixer_name in expected
                     if mixer_name.startswith(f"model.layers.{layer}.mixer.")
                 ]
@@ -89,7 +90,7 @@ def plan_student_tensors(
                 f"teacher tensor {name!r} has no place in the AprielH1 student; the teacher uses a feature the "
                 "conversion does not support"
             )
-        plan.append((name, PlannedTensor(name, expected[name], _copier(read, name, dtype))))
+        plan.append((name, PlannedTensor(name, expected[name], dtype, _copier(read, name, dtype))))
     planned = {entry.name for _, entry in plan}
     missing = sorted(set(expected) - planned - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
     if missing:

@@ -1,7 +1,8 @@
 """Reading and writing safetensors checkpoints one tensor at a time, so that memory stays near one tensor.
 
-Reading uses safetensors' ``safe_open``, reopened for every tensor: the file is memory-mapped only while that
-tensor is copied out, so the pages of a whole shard never pile up in the process's resident memory.
+Reading uses safetensors' ``safe_open``, reopened for every tensor: the returned tensor is backed by its own
+memory map, whose pages become resident only as the tensor is used and are released with it, so the pages of
+a whole shard never pile up in the process's resident memory.
 
 Writing cannot use ``safetensors.torch.save_file``: it needs every tensor of the shard in memory and then
 makes a bytes copy of each (about twice the shard). ``write_safetensors`` writes the same format (8-byte
@@ -61,25 +62,26 @@ class CheckpointReader:
 
     def read(self, name: str) -> torch.Tensor:
         with safe_open(self.directory / self.weight_map[name], framework="pt") as handle:
-            return handle.get_tensor(name).clone()  # own the memory, so the mapping can close
+            return handle.get_tensor(name)
 
     def dtype(self, name: str) -> torch.dtype:
+        return self.layout(name)[1]
+
+    def layout(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype, from the header alone."""
         with safe_open(self.directory / self.weight_map[name], framework="pt") as handle:
-            return _TORCH_DTYPES[handle.get_slice(name).get_dtype()]
-
-    def file_size(self, file: str) -> int:
-        return (self.directory / file).stat().st_size
+            tensor = handle.get_slice(name)
+            return tuple(tensor.get_shape()), _TORCH_DTYPES[tensor.get_dtype()]
 
 
-def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], dtype: torch.dtype) -> int:
-    """Write ``tensors`` (all of ``dtype``) to ``path`` as a safetensors file; returns the bytes of tensor data."""
+def write_safetensors(path: Path, tensors: Iterable[PlannedTensor]) -> int:
+    """Write ``tensors`` to ``path`` as a safetensors file; returns the bytes of tensor data."""
     tensors = list(tensors)
-    element_size = torch.empty((), dtype=dtype).element_size()
     header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for entry in tensors:
-        size = element_size * _numel(entry.shape)
-        header[entry.name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(entry.shape), "data_offsets": [offset, offset + size]}
+        size = torch.empty((), dtype=entry.dtype).element_size() * _numel(entry.shape)
+        header[entry.name] = {"dtype": _DTYPE_NAMES[entry.dtype], "shape": list(entry.shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # align the data to 8 bytes, as safetensors does
@@ -88,8 +90,8 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], dtype: torch
         handle.write(encoded)
         for entry in tensors:
             tensor = entry.compute()
-            if tuple(tensor.shape) != entry.shape or tensor.dtype != dtype:
-                raise RuntimeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, planned {entry.shape} {dtype}")
+            if tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype:
+                raise RuntimeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, planned {entry.shape} {entry.dtype}")
             handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
             del tensor
     return offset

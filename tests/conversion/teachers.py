@@ -9,7 +9,6 @@ from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 
 from ..modeling.tiny import TINY, tiny_mistral_config
 
-# head_dim 16 = the default mamba_d_state, so d_inner (64) and d_xb (32) split into whole state groups.
 TEACHER_KINDS = ("mistral", "llama", "qwen2")
 
 
@@ -23,6 +22,7 @@ def _randomise_biases(model: PreTrainedModel, seed: int) -> None:
 
 
 def tiny_teacher(kind: str, seed: int = 0, **overrides) -> PreTrainedModel:
+    """head_dim 16 = the default mamba_d_state, so d_inner (64) and d_xb (32) split into whole state groups."""
     torch.manual_seed(seed)
     if kind == "mistral":
         model = MistralForCausalLM(tiny_mistral_config(**overrides))

@@ -1,0 +1,220 @@
+"""The staged Apriel-H1 schedule: rank, convert, distil, one stage per target number of Mamba layers.
+
+Paper section 3.2: H1-25/50 -> 27 -> 30 -> 34 -> 37 -> 40. Before each stage the remaining attention layers are
+ranked (leave-one-out on the teacher for the first stage, MIL-Mamba-Replacement on the previous stage's hybrid
+after that), the least important ones are converted with MIL initialisation starting from the previous
+stage's checkpoint, and the hybrid is distilled against the original frozen teacher. A one-shot mode replaces
+every layer of the final target at once, for comparison.
+
+The run is resumable at stage and step granularity: each step of a stage writes its output atomically and is
+skipped when present, distillation resumes from its newest complete checkpoint, and ``run_manifest.json``
+(what each stage replaced, tokens, losses, wall time) is rewritten atomically after every step. Model cards
+read that manifest.
+
+    python -m recipes.schedule --config recipes/configs/schedule_tiny.yaml [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import AutoConfig
+
+import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
+from conversion.importance.__main__ import main as importance_main
+from conversion.layers import existing_mamba_layers
+from recipes.checkpoints import write_json_atomically
+from recipes.distill_stage import FINAL_DIR, run_stage
+from recipes.stage_config import load_stage_config, parse_override
+
+MANIFEST_FILE = "run_manifest.json"
+# Mamba layers out of 50 after each of the paper's stages.
+PAPER_SCHEDULE = (25, 27, 30, 34, 37, 40)
+PAPER_DEPTH = 50
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """The whole staged run; every key is documented in ``recipes/configs/schedule_tiny.yaml``."""
+
+    teacher: str
+    output_dir: str
+    targets: Any = "paper"
+    one_shot: bool = False
+    first_importance: str = "loo"
+    later_importance: str = "mmr"
+    importance_options: dict = dataclasses.field(default_factory=dict)
+    mmr_options: dict = dataclasses.field(default_factory=dict)
+    distill_config: str = "recipes/configs/distill_tiny.yaml"
+    distill: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+
+def scaled_paper_targets(num_layers: int) -> list[int]:
+    """The paper's 25/27/30/34/37/40-of-50 targets at another depth (rounded, deduplicated, at least one
+    attention layer kept)."""
+    targets: list[int] = []
+    for count in PAPER_SCHEDULE:
+        target = min(max(round(count * num_layers / PAPER_DEPTH), 1), num_layers - 1)
+        if not targets or target > targets[-1]:
+            targets.append(target)
+    return targets
+
+
+def resolve_targets(config: ScheduleConfig, num_layers: int, already_mamba: int) -> list[int]:
+    targets = scaled_paper_targets(num_layers) if config.targets == "paper" else [int(t) for t in config.targets]
+    if not targets or any(b <= a for a, b in zip(targets, targets[1:])):
+        raise ValueError(f"targets {targets} must be a non-empty, strictly increasing list of Mamba-layer counts")
+    if targets[0] <= already_mamba or targets[-1] >= num_layers:
+        raise ValueError(
+            f"targets {targets} must lie between the teacher's {already_mamba} Mamba layers and its {num_layers} "
+            "layers (at least one attention layer stays)"
+        )
+    return targets[-1:] if config.one_shot else targets
+
+
+class Manifest:
+    """``run_manifest.json``: the run's record, rewritten atomically whenever a step finishes."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {**header, "stages": []}
+        for key in ("teacher_config_sha256", "targets", "mode"):
+            if self.data.get(key) != header[key]:
+                raise ValueError(
+                    f"{path} belongs to a run with {key}={self.data.get(key)!r}, not {header[key]!r}; use another "
+                    "output_dir or delete it to start over"
+                )
+
+    def stage(self, index: int) -> dict[str, Any]:
+        while len(self.data["stages"]) <= index:
+            self.data["stages"].append({"name": f"stage-{len(self.data['stages']) + 1}", "status": "pending"})
+        return self.data["stages"][index]
+
+    def save(self) -> None:
+        write_json_atomically(self.path, self.data)
+
+
+def _rank_layers(method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig) -> Path:
+    """Write the stage's importance ranking (JSON + plot) unless a previous attempt already did."""
+    ranking = stage_dir / f"importance_{method}.json"
+    if ranking.is_file():
+        return ranking
+    arguments = [method, str(model_dir), "--output", str(ranking)]
+    options = config.importance_options if method == "loo" else config.mmr_options
+    if method == "mmr":
+        arguments += ["--state-dir", str(stage_dir / "mmr_state"), "--seed", str(config.seed)]
+    for key, value in options.items():
+        arguments += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
+    if importance_main(arguments) != 0:
+        raise RuntimeError(f"importance estimation ({method}) failed for {model_dir}")
+    return ranking
+
+
+def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
+    fixed = {"teacher": config.teacher, "student": str(student_dir), "output_dir": str(output_dir)}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in {**config.distill, **fixed}.items()]
+    stage_config = load_stage_config(config.distill_config, overrides)
+    trainer = run_stage(stage_config, resume=True)
+    history = trainer.state.log_history
+    kd = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
+    return {
+        "steps": trainer.state.global_step,
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "initial_kd_loss": kd[0] if kd else None,
+        "final_kd_loss": kd[-1] if kd else None,
+        "kd_loss_curve": [(entry["step"], entry["kd_loss"]) for entry in history if "kd_loss" in entry],
+    }
+
+
+def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the manifest."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    teacher_config = AutoConfig.from_pretrained(config.teacher)
+    already_mamba = len(existing_mamba_layers(teacher_config))
+    targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
+    header = {
+        "teacher": config.teacher,
+        "teacher_config_sha256": teacher_config_sha256(teacher_config),
+        "num_layers": teacher_config.num_hidden_layers,
+        "targets": targets,
+        "mode": "one_shot" if config.one_shot else "staged",
+    }
+    manifest = Manifest(output_dir / MANIFEST_FILE, header)
+    base = Path(config.teacher)
+    for index, target in enumerate(targets):
+        stage = manifest.stage(index)
+        stage_dir = output_dir / stage["name"]
+        final_dir = stage_dir / "distill" / FINAL_DIR
+        if stage["status"] == "done":
+            base = final_dir
+            continue
+        began = time.perf_counter() - stage.get("wall_time_s", 0.0)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        method = config.first_importance if index == 0 else config.later_importance
+        ranking_path = _rank_layers(method, base, stage_dir, config)
+        base_config = AutoConfig.from_pretrained(base)
+        new_layers = least_important_layers(base_config, read_importance(ranking_path), target)
+        converted = stage_dir / "converted"
+        if not converted.is_dir():
+            convert_checkpoint(base, converted, new_layers, seed=config.seed, progress=False)
+        stage.update(
+            target_mamba_layers=target,
+            importance_method=method,
+            importance_file=str(ranking_path),
+            layers_added=sorted(new_layers),
+            mamba_layers=sorted(existing_mamba_layers(base_config) + list(new_layers)),
+            status="distilling",
+            wall_time_s=time.perf_counter() - began,
+        )
+        manifest.save()
+        stage.update(_distill(config, converted, stage_dir / "distill"))
+        stage.update(status="done", checkpoint=str(final_dir), wall_time_s=time.perf_counter() - began)
+        manifest.save()
+        base = final_dir
+    manifest.data["final_checkpoint"] = str(base)
+    manifest.save()
+    return manifest.data
+
+
+def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> ScheduleConfig:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    for override in overrides:
+        key, value = parse_override(override)
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    known = {field.name for field in dataclasses.fields(ScheduleConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown schedule keys {unknown} in {path}; the keys are {sorted(known)}")
+    return ScheduleConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="schedule YAML (see recipes/configs/schedule_tiny.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="key=value override, dotted for nested keys (e.g. distill.max_steps=10)")
+    args = parser.parse_args(argv)
+    manifest = run_schedule(load_schedule_config(args.config, args.overrides))
+    for stage in manifest["stages"]:
+        print(f"{stage['name']}: {len(stage['mamba_layers'])} Mamba layers (added {stage['layers_added']}), "
+              f"{stage['steps']} steps, {stage['tokens']:,} tokens, KD {stage['initial_kd_loss']:.4f} -> "
+              f"{stage['final_kd_loss']:.4f}, {stage['wall_time_s']:.0f} s")
+    print(f"final hybrid: {manifest['final_checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()
