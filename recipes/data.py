@@ -1,0 +1,125 @@
+"""Training data for distillation: load conversations, render them with the chat template, mask, pack.
+
+Distillation follows M1 and Apriel-H1 in using SFT data: conversations whose assistant turns the student
+must reproduce the teacher's distribution on. Only assistant tokens carry a label; everything else
+(system, user, template markup before the reply) gets -100 so neither the KD loss nor the student's CE
+counts it.
+
+Sources, chosen by the ``data`` string:
+
+* ``synthetic``: the bundled reasoning traces of :mod:`recipes.synthetic` (no download);
+* a local ``.jsonl``/``.json``/``.parquet`` file or a glob of them;
+* anything else is a ``datasets`` hub name passed to :func:`datasets.load_dataset`.
+
+Rows are either chat (``messages``: list of ``{role, content}``) or prompt/completion (``prompt`` and
+``completion`` strings, or lists of messages as TRL's conversational prompt-completion format has them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+from trl import pack_dataset
+
+from recipes.synthetic import synthetic_conversations
+
+SYNTHETIC_SOURCE = "synthetic"
+IGNORE_INDEX = -100
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def load_conversations(source: str, split: str = "train", synthetic_examples: int = 0, seed: int = 0) -> datasets.Dataset:
+    """The raw rows of ``source`` (see the module docstring for the accepted sources)."""
+    if source == SYNTHETIC_SOURCE:
+        return datasets.Dataset.from_list(synthetic_conversations(synthetic_examples, seed))
+    suffix = Path(source).suffix
+    if suffix in _LOCAL_FORMATS:
+        return datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=source, split="train")
+    return datasets.load_dataset(source, split=split)
+
+
+def to_messages(row: dict) -> list[dict[str, str]]:
+    """A row of either accepted format as one chat."""
+    if "messages" in row and row["messages"]:
+        return list(row["messages"])
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        return prompt + completion
+    raise ValueError(
+        f"A data row has neither a 'messages' list nor 'prompt'/'completion' fields (its keys: {sorted(row)}). "
+        "Convert the data to one of these two formats."
+    )
+
+
+def render_with_assistant_spans(
+    messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, list[tuple[int, int]]]:
+    """The chat rendered with the tokenizer's template, and the character spans of the assistant turns.
+
+    Each assistant turn spans from the end of the conversation rendered up to it *with* the generation
+    prompt to the end of the conversation rendered through it, so the span holds exactly what the model
+    generates: the reply and the template's end-of-turn markup.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                "The tokenizer's chat template renders earlier turns differently once later turns are added "
+                "(it is not prefix-preserving), so assistant tokens cannot be located. Use a template that "
+                "renders each turn the same whatever follows it, or one assistant turn per row."
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def tokenize_conversation(
+    messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[int]]:
+    """``input_ids``/``attention_mask``/``labels`` of one chat, truncated to ``max_length``; labels -100
+    everywhere but on tokens that start inside an assistant turn."""
+    text, spans = render_with_assistant_spans(messages, tokenizer)
+    encoding = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length
+    )
+    labels = [
+        token if any(start <= offset < end for start, end in spans) else IGNORE_INDEX
+        for token, (offset, _) in zip(encoding["input_ids"], encoding["offset_mapping"])
+    ]
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "labels": labels}
+
+
+def build_dataset(
+    rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, packing: bool
+) -> datasets.Dataset:
+    """Tokenized, masked (and optionally packed) training rows.
+
+    Rows left with no assistant token (e.g. truncated before the reply) are dropped. Packing uses TRL's
+    best-fit-decreasing packer: whole conversations share a row of ``max_length`` tokens, and a later
+    conversation attends to earlier ones in its row, as in pretraining-style packing (works with every
+    attention implementation and with Mamba mixers, which carry state across the row anyway).
+    """
+    if len(rows) == 0:
+        raise ValueError("The training data set is empty. Point `data` at a file or data set with rows in it.")
+    tokenized = rows.map(
+        lambda row: tokenize_conversation(to_messages(row), tokenizer, max_length),
+        remove_columns=rows.column_names,
+        desc="Rendering conversations",
+    )
+    tokenized = tokenized.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
+    if len(tokenized) == 0:
+        raise ValueError(
+            f"None of the {len(rows)} conversations has an assistant token within max_seq_length={max_length}, "
+            "so there is nothing to distill. Check that the rows have assistant turns, or raise max_seq_length."
+        )
+    if packing:
+        tokenized = pack_dataset(tokenized, seq_length=max_length, strategy="bfd").remove_columns("seq_lengths")
+    return tokenized

@@ -1,0 +1,174 @@
+"""One Apriel-H1 distillation stage: align a converted hybrid with its teacher by reverse-KL distillation.
+
+    accelerate launch recipes/distill_stage.py --config recipes/configs/distill_tiny.yaml [--set key=value ...] [--resume]
+    python recipes/distill_stage.py --config recipes/configs/distill_tiny.yaml
+
+The config (every key documented in the YAML file) names the teacher, the student (a conversion output
+directory), the data and the optimisation. Checkpoints go to ``output_dir/checkpoint-N`` (safetensors
+weights, optimizer, RNG state, and ``distillation_state.json`` with the tokens seen, written last so a
+checkpoint without it is known to be incomplete); ``--resume`` continues from the newest complete one. The
+distilled student is saved to ``output_dir/final``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (accelerate launch recipes/distill_stage.py): import from the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
+
+import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
+from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
+from recipes.data import build_dataset, load_conversations
+from recipes.distillation import DistillationTrainer
+from recipes.pairing import check_architectures_match, check_tokenizers_match
+from recipes.stage_config import StageConfig, load_stage_config
+from recipes.trainable import select_trainable_parameters
+
+FINAL_DIR = "final"
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="stage config YAML (see recipes/configs/distill_tiny.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, value read as YAML (repeatable): --set max_steps=100 --set packing=true",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    return parser.parse_args(argv)
+
+
+def require_model(path: str, role: str, how_to_make: str) -> None:
+    """Fail early, naming the command that creates it, when a model path is neither a local model directory
+    nor shaped like a hub name (``org/name``)."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"The {role} directory {path} has no config.json. Create it with: {how_to_make}")
+    elif path.count("/") != 1 or path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"The {role} {path} does not exist. Create it with: {how_to_make}")
+
+
+def load_tokenizer_if_present(path: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model, or None for a model directory without one."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments:
+    """Trainer settings of a stage: AdamW, linear warm-up and decay, tokens counted, safetensors checkpoints."""
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps,
+        seed=config.seed,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        report_to=config.report_to,
+    )
+
+
+def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
+    """Load, check, train, save; returns the trainer (its state holds the logs)."""
+    require_model(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR (or download a teacher)")
+    require_model(
+        config.student, "student", f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ..."
+    )
+    tokenizer = AutoTokenizer.from_pretrained(config.teacher)
+    check_tokenizers_match(tokenizer, load_tokenizer_if_present(config.student))
+    dtype = getattr(torch, config.dtype)
+    teacher = AutoModelForCausalLM.from_pretrained(config.teacher, dtype=dtype)
+    student = AutoModelForCausalLM.from_pretrained(config.student, dtype=dtype)
+    check_architectures_match(teacher, student)
+    select_trainable_parameters(student, config.trainable)
+
+    rows = load_conversations(config.data, config.data_split, config.synthetic_examples, config.data_seed)
+    if config.eval_examples:
+        split = rows.train_test_split(test_size=config.eval_examples, seed=config.data_seed)
+        rows, eval_rows = split["train"], split["test"]
+    train_dataset = build_dataset(rows, tokenizer, config.max_seq_length, config.packing)
+    eval_dataset = build_dataset(eval_rows, tokenizer, config.max_seq_length, config.packing) if config.eval_examples else None
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=training_arguments(config, has_eval=eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        loss_kind=config.loss,
+        beta=config.jsd_beta,
+        temperature=config.temperature,
+        chunk_size=config.chunk_size,
+    )
+    checkpoint = latest_complete_checkpoint(config.output_dir) if resume else None
+    if resume and checkpoint is None:
+        print(f"--resume: no complete checkpoint in {config.output_dir}; starting from the student.")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    final_dir = Path(config.output_dir) / FINAL_DIR
+    trainer.save_model(str(final_dir))
+    if trainer.args.should_save:
+        mark_checkpoint_complete(final_dir, trainer.distillation_state())
+    return trainer
+
+
+def summary(trainer: DistillationTrainer, config: StageConfig) -> str:
+    """What the stage did, for the end of the run's output."""
+    history = trainer.state.log_history
+    last_train = next((entry for entry in reversed(history) if "kd_loss" in entry), {})
+    last_eval = next((entry for entry in reversed(history) if "eval_kd_loss" in entry), {})
+    trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    lines = [
+        "Distillation stage finished",
+        f"  student -> {Path(config.output_dir) / FINAL_DIR}  (teacher {config.teacher}, loss {config.loss}, trainable {config.trainable}: {trained:,} parameters)",
+        f"  steps {trainer.state.global_step}, tokens seen {trainer.state.num_input_tokens_seen:,}",
+    ]
+    for label, entry, prefix in (("train (last log)", last_train, ""), ("eval", last_eval, "eval_")):
+        if entry:
+            lines.append(
+                f"  {label}: kd_loss {entry[prefix + 'kd_loss']:.4f}, student_ce {entry[prefix + 'student_ce']:.4f}, "
+                f"top1_agreement {entry[prefix + 'top1_agreement']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    config = load_stage_config(arguments.config, arguments.overrides)
+    trainer = run_stage(config, arguments.resume)
+    if trainer.is_world_process_zero():
+        print(summary(trainer, config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` whose loss is a divergence to a frozen teacher.
+
+Apriel-H1 aligns a freshly converted hybrid with its transformer teacher by end-to-end knowledge
+distillation (paper section 3.2): reverse KL at temperature 1 over the teacher's full next-token
+distribution, on the assistant tokens of SFT data. Everything else (optimizer, schedule, gradient
+accumulation, mixed precision, DDP/FSDP/DeepSpeed, checkpoints, logging) is ``Trainer``'s.
+
+The loss never materialises full logits: both models run their base model to the final hidden states
+and :func:`recipes.kd_loss.chunked_distillation_sums` projects them through the LM heads a chunk at a time.
+The teacher is placed the way TRL places its teachers and reference models: not wrapped for DDP, sharded
+for FSDP and ZeRO-3 through TRL's ``prepare_fsdp``/``prepare_deepspeed``. Both models' forwards run through
+their wrappers' ``forward`` (TRL's forward redirection) so that DDP sees the student's forward and
+FSDP/DeepSpeed gather parameters for it, and ZeRO-3-partitioned LM heads are gathered for the projection.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel, Trainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.models.utils import _ForwardRedirection
+from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+from recipes.checkpoints import mark_checkpoint_complete
+from recipes.kd_loss import LOSS_KINDS, DistillationSums, HeadWeights, chunked_distillation_sums
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def final_hidden_states(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The base model's last hidden state (batch, seq, hidden): what the LM head would project."""
+    return model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+
+
+def lm_head_weights(head: nn.Module) -> HeadWeights:
+    """An LM head's (weight, bias) as plain tensors: an FSDP2-sharded head (DTensor) is gathered once here,
+    not once per chunk."""
+    weight, bias = head.weight, head.bias
+    if isinstance(weight, DTensor):
+        return weight.full_tensor(), None if bias is None else bias.full_tensor()
+    return weight, bias
+
+
+class DistillationTrainer(Trainer):
+    """Trains ``model`` (the student) to match ``teacher_model``'s next-token distribution.
+
+    Args:
+        teacher_model: the frozen teacher; same vocabulary as the student. It is put in eval mode, frozen,
+            cast to the student's dtype and placed on the student's device(s).
+        loss_kind: ``reverse_kl`` (Apriel-H1's choice), ``forward_kl`` or ``jsd``.
+        beta: mixture weight of the generalised JSD (``jsd`` only).
+        temperature: softmax temperature of both distributions (1 in Apriel-H1).
+        chunk_size: tokens projected through the LM heads at a time; peak loss memory is about
+            ``chunk_size * vocab * 4 bytes`` times a small constant.
+
+    Logged besides ``loss``: ``kd_loss`` (per-token divergence), ``student_ce`` (the student's cross-entropy
+    on the labels) and ``top1_agreement`` (fraction of supervised tokens where both models' argmax agree).
+    """
+
+    # compute_loss divides by the supervised-token count of the whole accumulated batch (num_items_in_batch),
+    # so Trainer must not divide by the accumulation steps again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher_model: PreTrainedModel,
+        loss_kind: str = "reverse_kl",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        chunk_size: int = 1024,
+        **kwargs: Any,
+    ):
+        if loss_kind not in LOSS_KINDS:
+            raise ValueError(f"Unknown loss_kind={loss_kind!r}; choose one of {LOSS_KINDS}.")
+        super().__init__(*args, **kwargs)
+        # Trainer counts each accumulated batch's supervised tokens only for models that take loss kwargs;
+        # this loss always normalises by that count.
+        self.model_accepts_loss_kwargs = True
+        self.loss_kind, self.beta, self.temperature, self.chunk_size = loss_kind, beta, temperature, chunk_size
+        self.teacher_model = self._prepare_teacher(teacher_model)
+        self._forward_redirection = _ForwardRedirection()
+        self._metric_sums: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> nn.Module:
+        student_vocab = self.model.config.get_text_config().vocab_size
+        teacher_vocab = teacher.config.get_text_config().vocab_size
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"The student's vocab_size ({student_vocab}) differs from the teacher's ({teacher_vocab}). "
+                "Distillation compares full next-token distributions, so both must share one vocabulary: "
+                "convert the student from this teacher."
+            )
+        teacher.eval()
+        teacher.requires_grad_(False)
+        teacher.to(dtype=self.model.dtype)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        model_inputs = {key: inputs[key] for key in _MODEL_INPUTS if key in inputs}
+        labels = inputs["labels"][:, 1:]  # position t predicts token t + 1
+        student = self.accelerator.unwrap_model(model)
+        sums = self._forward_redirection(model, student, self._distillation_sums, student, model_inputs, labels)
+        self._accumulate_metrics(sums)
+
+        token_count = num_items_in_batch if num_items_in_batch is not None else max(sums.num_tokens, 1)
+        loss = sums.divergence / token_count
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens, while DDP averages the gradients over processes
+            loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def _distillation_sums(
+        self, student: PreTrainedModel, model_inputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> DistillationSums:
+        """Runs inside the student wrapper's forward (see ``compute_loss``)."""
+        student_hidden = final_hidden_states(student, model_inputs)[:, :-1]
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        with torch.no_grad():
+            teacher_hidden = self._forward_redirection(
+                self.teacher_model, teacher, final_hidden_states, teacher, model_inputs
+            )[:, :-1]
+        student_head, teacher_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+        with ExitStack() as gathered:
+            for head in (student_head, teacher_head):
+                gathered.enter_context(maybe_gather_lm_head_ctx(head.weight, head.bias))
+            return chunked_distillation_sums(
+                student_hidden,
+                lm_head_weights(student_head),
+                teacher_hidden.to(student_hidden.device),
+                lm_head_weights(teacher_head),
+                labels,
+                kind=self.loss_kind,
+                beta=self.beta,
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+            )
+
+    def _accumulate_metrics(self, sums: DistillationSums) -> None:
+        mode = "train" if self.model.training else "eval"
+        totals = self._metric_sums[mode]
+        for key, value in (
+            ("kd_loss", sums.divergence.detach()),
+            ("student_ce", sums.student_cross_entropy),
+            ("top1_agreement", sums.top1_agreements.float()),
+            ("tokens", torch.tensor(float(sums.num_tokens), device=sums.divergence.device)),
+        ):
+            totals[key] = totals.get(key, 0) + value
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation computes the distillation loss (the default would ask the student for logits)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the per-token KD loss, student CE and top-1 agreement since the last log, over all processes."""
+        mode = "train" if self.model.training else "eval"
+        totals = self._metric_sums.pop(mode, None)
+        if totals:
+            summed = self.accelerator.reduce(torch.stack([totals[key] for key in sorted(totals)]), reduction="sum")
+            summed = dict(zip(sorted(totals), summed.tolist()))
+            tokens = max(summed.pop("tokens"), 1.0)
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{key}": value / tokens for key, value in summed.items()})
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Saves as Trainer does, then marks the checkpoint complete with the tokens seen so far."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            mark_checkpoint_complete(checkpoint_dir, self.distillation_state())
+
+    def distillation_state(self) -> dict[str, Any]:
+        """What a stage has done so far, in the units the paper reports (steps and tokens)."""
+        return {
+            "global_step": self.state.global_step,
+            "num_input_tokens_seen": self.state.num_input_tokens_seen,
+            "loss_kind": self.loss_kind,
+            "temperature": self.temperature,
+        }

@@ -1,0 +1,186 @@
+"""A tiny local teacher (tokenizer + Mistral model) for tests, the default config and the demo.
+
+Real teachers are 15B-parameter downloads; tests and the end-to-end demo need one that is built in
+seconds on a CPU with nothing fetched. The tokenizer is character-level over printable ASCII (the
+synthetic traces' alphabet) with chat special tokens and a Jinja chat template; the model is a small
+GQA ``MistralForCausalLM``, the architecture family of Apriel's teachers. Random init is enough for
+tests; a few dozen training steps on the synthetic traces give the demo a teacher that knows something.
+
+Command line: ``python -m recipes.tiny_teacher --output DIR [--train-steps N] [--time-budget SECONDS]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    DataCollatorForSeq2Seq,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from recipes.atomic import atomic_output_dir
+from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+STAMP_FILE = "tiny_teacher.json"
+
+
+@dataclass(frozen=True)
+class TinyTeacherSpec:
+    """Everything that decides the teacher's weights; a cached teacher is reused only for the same spec."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    train_steps: int = 0
+    time_budget_s: float | None = None
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    max_seq_length: int = 384
+    seed: int = 0
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over printable ASCII and newline, with chat special tokens."""
+    specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
+    alphabet = [chr(code) for code in range(32, 127)] + ["\n"]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(specials + alphabet)}, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyTeacherSpec) -> MistralForCausalLM:
+    """A randomly initialised small GQA Mistral over ``tokenizer``'s vocabulary."""
+    set_seed(spec.seed)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=4 * spec.max_seq_length,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return MistralForCausalLM(config)
+
+
+class _StopAfter(TrainerCallback):
+    """Ends training once a wall-clock budget is spent (the demo wants 'as good as N seconds allow')."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = control.should_training_stop or time.monotonic() > self.deadline
+
+
+def train_on_synthetic(
+    model: MistralForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinyTeacherSpec, work_dir: Path
+) -> list[float]:
+    """Supervised training on synthetic traces (CE on assistant tokens); returns the logged losses."""
+    rows = load_conversations(SYNTHETIC_SOURCE, synthetic_examples=spec.train_steps * spec.batch_size, seed=spec.seed)
+    dataset = build_dataset(rows, tokenizer, spec.max_seq_length, packing=False)
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        max_steps=spec.train_steps,
+        per_device_train_batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        warmup_steps=max(1, spec.train_steps // 10),
+        lr_scheduler_type="cosine",
+        logging_steps=max(1, spec.train_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=spec.seed,
+    )
+    callbacks = [_StopAfter(spec.time_budget_s)] if spec.time_budget_s else []
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def ensure_tiny_teacher(directory: str | Path, spec: TinyTeacherSpec = TinyTeacherSpec()) -> Path:
+    """Build the tiny teacher into ``directory`` unless a teacher of the same spec is already there.
+
+    The directory appears complete or not at all, so parallel test workers and interrupted builds never
+    see half a teacher.
+    """
+    directory = Path(directory)
+    if _stamp(directory) == asdict(spec):
+        return directory
+    with atomic_output_dir(directory, overwrite=True) as staging:
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer, spec)
+        if spec.train_steps > 0:
+            train_on_synthetic(model, tokenizer, spec, staging / "trainer")
+            shutil.rmtree(staging / "trainer")
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / STAMP_FILE).write_text(json.dumps(asdict(spec), indent=2))
+    return directory
+
+
+def _stamp(directory: Path) -> dict | None:
+    path = directory / STAMP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="directory to write the teacher (model + tokenizer) to")
+    parser.add_argument("--train-steps", type=int, default=0, help="training steps on synthetic traces (0: random)")
+    parser.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    parser.add_argument("--hidden-size", type=int, default=TinyTeacherSpec.hidden_size)
+    parser.add_argument("--num-layers", type=int, default=TinyTeacherSpec.num_hidden_layers)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    spec = TinyTeacherSpec(
+        hidden_size=args.hidden_size,
+        intermediate_size=3 * args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        train_steps=args.train_steps,
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+    )
+    print(f"Tiny teacher ready at {ensure_tiny_teacher(args.output, spec)}")
+
+
+if __name__ == "__main__":
+    main()
