@@ -24,9 +24,9 @@ def _command(teacher: Path, output: Path) -> list[str]:
     overrides = {
         "teacher": str(teacher), "output_dir": str(output), "targets": "[1, 2]",
         "importance_options.num_texts": "4", "importance_options.max_length": "64",
-        "mmr_options.steps": "2", "mmr_options.max_length": "64", "mmr_options.eval_batches": "1",
+        "mmr_options.steps": "2", "mmr_options.max_length": "160", "mmr_options.eval_batches": "1",
         "distill.max_steps": "6", "distill.save_steps": "2", "distill.logging_steps": "1",
-        "distill.synthetic_examples": "48", "distill.max_seq_length": "96", "distill.per_device_batch_size": "4",
+        "distill.synthetic_examples": "48", "distill.max_seq_length": "160", "distill.per_device_batch_size": "4",
     }
     command = [sys.executable, "-m", "recipes.schedule", "--config", "recipes/configs/schedule_tiny.yaml"]
     for key, value in overrides.items():
