@@ -32,7 +32,7 @@ import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, load_conversations
 from recipes.distillation import DistillationTrainer
-from recipes.pairing import check_architectures_match, check_tokenizers_match
+from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
 from recipes.stage_config import StageConfig, load_stage_config
 from recipes.trainable import select_trainable_parameters
 
@@ -102,6 +102,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     require_model(
         config.student, "student", f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ..."
     )
+    check_conversion_record(config.teacher, config.student)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     check_tokenizers_match(tokenizer, load_tokenizer_if_present(config.student))
     dtype = getattr(torch, config.dtype)

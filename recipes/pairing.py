@@ -8,7 +8,12 @@ stopping for before hours of training.
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pathlib import Path
+
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from conversion import read_record, teacher_config_sha256
+from conversion.record import RECORD_FILE
 
 
 def check_tokenizers_match(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase | None) -> None:
@@ -34,3 +39,17 @@ def check_architectures_match(teacher: PreTrainedModel, student: PreTrainedModel
                 "is not a conversion of this teacher. Convert this teacher (python -m conversion.convert) or point "
                 "`teacher` at the model the student was converted from."
             )
+
+
+def check_conversion_record(teacher: str, student: str) -> None:
+    """When the student directory has a ``conversion.json``, the teacher recorded there must be this one
+    (compared by the hash of its configuration, as ``conversion`` records it)."""
+    if not (Path(student) / RECORD_FILE).is_file():
+        return
+    record = read_record(student)
+    if record.teacher_config_sha256 != teacher_config_sha256(AutoConfig.from_pretrained(teacher)):
+        raise ValueError(
+            f"The student {student} was converted from {record.teacher} (per its {RECORD_FILE}), whose configuration "
+            f"differs from that of the teacher {teacher}: the student is not a conversion of this teacher. Point "
+            "`teacher` at the model the student was converted from, or convert this teacher."
+        )

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conversion import convert_checkpoint
 from recipes.checkpoints import read_distillation_state
 from recipes.distill_stage import run_stage
 from recipes.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
 
-from .conftest import hybrid_student, load_teacher
+from .conftest import MAMBA_LAYERS, hybrid_student, load_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "recipes" / "configs" / "distill_tiny.yaml"
@@ -49,10 +51,18 @@ def stage_config(teacher, student, output_dir, *extra):
     return load_stage_config(TINY_CONFIG, overrides)
 
 
+def test_a_student_converted_from_another_teacher_is_refused(teacher_dir, tmp_path):
+    other_teacher = ensure_tiny_teacher(tmp_path / "other", TinyTeacherSpec(seed=0, num_hidden_layers=5))
+    student = tmp_path / "student"
+    convert_checkpoint(other_teacher, student, MAMBA_LAYERS, progress=False)
+    with pytest.raises(ValueError, match="is not a conversion of this teacher"):
+        run_stage(stage_config(teacher_dir, student, tmp_path / "run"), resume=False)
+
+
 def test_a_student_of_another_width_is_refused(teacher_dir, tmp_path):
     wider_teacher = ensure_tiny_teacher(tmp_path / "wide", TinyTeacherSpec(hidden_size=96, intermediate_size=192))
     student = tmp_path / "student"
-    hybrid_student(load_teacher(wider_teacher)).save_pretrained(student)
+    hybrid_student(load_teacher(wider_teacher)).save_pretrained(student)  # no conversion.json to go by
     with pytest.raises(ValueError, match=r"student's hidden_size \(96\) differs from the teacher's \(64\)"):
         run_stage(stage_config(teacher_dir, student, tmp_path / "run"), resume=False)
 
@@ -61,7 +71,7 @@ def test_a_student_with_another_tokenizer_is_refused(teacher_dir, student_dir, t
     student = tmp_path / "student"  # the same weights ...
     student.mkdir()
     for path in student_dir.iterdir():
-        if not path.name.startswith("tokenizer"):
+        if not path.name.startswith(("tokenizer", "conversion")):
             (student / path.name).symlink_to(path)
     tokenizer = build_tokenizer()
     tokenizer.add_tokens(["<|tool|>"])  # ... with a tokenizer of one more token
