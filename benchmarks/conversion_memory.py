@@ -4,11 +4,15 @@ Writes a synthetic Mistral-format checkpoint (random bf16, ~1 GB shards, several
 directory, converts it with ``conversion.convert`` in a child process, and reports the child's peak resident
 memory next to the largest shard. The peak is the child's own ``VmHWM`` (``/proc/self/status``, read as it
 finishes), not ``getrusage(RUSAGE_CHILDREN).ru_maxrss``: Linux carries the parent's high-water mark into a
-forked child's maxrss across exec, and the parent has just written gigabytes of random weights. The goal is a peak under 1.5x the largest shard,
-which is what lets a 30 GB 15B teacher convert on a 24 GB machine. Everything is deleted afterwards.
+forked child's maxrss across exec, and the parent has just written gigabytes of random weights. The goal is a
+peak under 1.5x the largest shard, which is what lets a 30 GB 15B teacher convert on a 24 GB machine.
+Everything is deleted afterwards.
 
-    python benchmarks/conversion_memory.py            # ~4.9 GB teacher, 10 layers, 5 replaced
-    python benchmarks/conversion_memory.py --layers 4 # quicker
+    python -m benchmarks.conversion_memory            # ~4.6 GiB teacher, 10 layers, 5 replaced
+    python -m benchmarks.conversion_memory --layers 4 # quicker
+
+(Run it as a module from the repository root: as a script, ``benchmarks/`` would come first on sys.path and
+``benchmarks/kernels.py`` would shadow the ``kernels`` package transformers probes for.)
 """
 
 from __future__ import annotations

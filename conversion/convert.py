@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             args.teacher, args.output, layers, seed=args.seed, dtype=DTYPES.get(args.dtype),
             overwrite=args.overwrite, progress=not args.no_progress,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

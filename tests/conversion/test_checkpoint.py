@@ -152,3 +152,22 @@ def test_a_teacher_without_safetensors_is_refused(tmp_path):
         file.unlink()
     with pytest.raises(FileNotFoundError, match="conversion reads safetensors checkpoints only"):
         convert_checkpoint(tmp_path / "t", tmp_path / "out", [1], progress=False)
+
+
+def test_a_teacher_with_tied_embeddings_converts_to_a_tied_student(tmp_path):
+    teacher = tiny_teacher("llama", tie_word_embeddings=True)
+    teacher.save_pretrained(tmp_path / "t")
+    convert_checkpoint(tmp_path / "t", tmp_path / "out", [], progress=False)
+    assert "lm_head.weight" not in _tensors(tmp_path / "out")
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(student(input_ids()).logits, teacher(input_ids()).logits)
+
+
+def test_cli_refuses_an_unsupported_architecture_naming_the_supported_ones(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97)).save_pretrained(tmp_path / "gpt2")
+    assert main(["--teacher", str(tmp_path / "gpt2"), "--output", str(tmp_path / "out"), "--mamba-layers", "1"]) == 2
+    assert "model_type 'gpt2' is not supported; supported teachers are mistral, llama, qwen2, apriel_h1" in capsys.readouterr().err
