@@ -32,7 +32,8 @@ class AprielH1Config(PreTrainedConfig):
             the output projection can take W_Q and W_O (Mamba-in-Llama initialisation).
         mamba_d_xb (`int`, *optional*): width of the x and B projections; defaults to
             `num_key_value_heads * head_dim` so that they can take W_V and W_K.
-        mamba_dt_rank (`int` or `"auto"`): rank of the low-rank time-step projection; "auto" = ceil(hidden/16).
+        mamba_dt_rank (`int` or `"auto"`): rank of the low-rank time-step projection (default 16); "auto" =
+            ceil(hidden/16), as in the released Apriel-H1 (320 for hidden 5120).
         mamba_d_conv (`int`): width of the depthwise causal convolution.
         mamba_conv_bias, mamba_proj_bias, mamba_dt_proj_bias (`bool`): bias flags of the conv, the in/out
             projections and the time-step projection.

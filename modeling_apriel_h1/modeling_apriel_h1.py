@@ -257,8 +257,9 @@ class AprielH1PreTrainedModel(PreTrainedModel):
 
     @staticmethod
     def _init_mamba(module: AprielH1Mamba, config: AprielH1Config) -> None:
-        """S4D-real A, unit skip D, and a time-step bias whose softplus is log-uniform in [dt_min, dt_max]
-        (Mamba's initialisation, also the one Apriel-H1 and M1 use for the parts MIL does not set).
+        """Mamba's initialisation for a mixer built from scratch: S4D-real A, unit skip D, and a time-step bias
+        whose softplus is log-uniform in [dt_min, dt_max]. Converted students get theirs from
+        ``conversion/mil.py`` instead (see docs/mil_initialisation.md).
 
         Goes through ``transformers.initialization`` so that weights loaded from a checkpoint are left alone.
         """
