@@ -1,0 +1,269 @@
+"""Time the Mamba-1 kernels at Apriel-H1's shapes: our Triton kernels vs mamba-ssm (when importable) and the
+PyTorch reference (only where its Python loop over time is affordable).
+
+    python benchmarks/kernels.py --markdown results.md      # the tables, printed and written as markdown
+    python benchmarks/kernels.py --sweep-tiles              # time the scan's candidate tile sizes
+
+Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
+bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
+also flushes the L2 cache before each repetition). Decoding steps are memory-bound and far shorter than a
+launch, so they run as CUDA graphs over enough independent input sets to overflow the L2 cache, and are
+reported as achieved bytes/s against a measured device-to-device copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from modeling_apriel_h1.ops import reference
+from modeling_apriel_h1.ops import triton_backend as tri
+from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
+from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
+from modeling_apriel_h1.ops.triton_kernels.selective_scan_fwd import selective_scan_forward
+
+DIM, N_STATES, GROUPS, CONV_WIDTH = 4096, 16, 256, 4
+SCAN_SHAPES = [(1, 4096), (1, 16384), (8, 4096), (8, 16384)]  # (batch, L)
+REFERENCE_SHAPE = (1, 512)  # the reference loops over time in Python: only a short sequence
+DECODE_BATCHES = [1, 8, 64]
+ACTIVATION_DTYPE = torch.bfloat16
+
+
+def load_mamba_ssm() -> tuple[Callable | None, Callable | None, str]:
+    """mamba-ssm's CUDA scan and Triton decoding step, or Nones and the reason they are missing."""
+    try:
+        import mamba_ssm
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    except ImportError as error:
+        return None, None, f"not importable ({error})"
+    return selective_scan_fn, selective_state_update, f"mamba-ssm {mamba_ssm.__version__}"
+
+
+def median_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
+    return do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 1 GiB device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def scan_inputs(batch: int, length: int, requires_grad: bool = False) -> dict[str, torch.Tensor]:
+    """Random inputs in a trained mixer's ranges: A = -(1..N), dt around 1e-3..1e-1 after the softplus."""
+    f32, act = dict(device="cuda", dtype=torch.float32), dict(device="cuda", dtype=ACTIVATION_DTYPE)
+    dt = torch.exp(torch.empty(DIM, **f32).uniform_(math.log(1e-3), math.log(1e-1)))
+    inputs = {
+        "u": torch.randn(batch, DIM, length, **act),
+        "delta": torch.randn(batch, DIM, length, **act) * 0.5,
+        "A": -torch.arange(1, N_STATES + 1, **f32).repeat(DIM, 1),
+        "B": torch.randn(batch, GROUPS, N_STATES, length, **act),
+        "C": torch.randn(batch, GROUPS, N_STATES, length, **act),
+        "D": torch.randn(DIM, **f32),
+        "z": torch.randn(batch, DIM, length, **act),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+    return {k: v.requires_grad_(requires_grad) for k, v in inputs.items()}
+
+
+@dataclass
+class Row:
+    op: str
+    impl: str
+    batch: int
+    length: int | str
+    ms: float | None
+    note: str = ""
+
+
+def time_scan(scan: Callable, batch: int, length: int, backward: bool) -> float:
+    """Median ms of one forward (under no_grad) or of forward + backward through all inputs."""
+    inputs = scan_inputs(batch, length, requires_grad=backward)
+    if not backward:
+        with torch.no_grad():
+            return median_ms(lambda: scan(**inputs, delta_softplus=True))
+    dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+    return median_ms(lambda: scan(**inputs, delta_softplus=True).backward(dy), grad_to_none=list(inputs.values()))
+
+
+def scan_rows(mamba_scan: Callable | None, mamba_note: str) -> list[Row]:
+    rows = []
+    shapes = [REFERENCE_SHAPE] + SCAN_SHAPES
+    for batch, length in shapes:
+        for backward in (False, True):
+            op = "scan fwd+bwd" if backward else "scan fwd"
+            ours = time_scan(tri.selective_scan, batch, length, backward)
+            theirs = time_scan(mamba_scan, batch, length, backward) if mamba_scan else None
+            ratio = f"{ours / theirs:.2f}x mamba-ssm" if theirs else ""
+            rows.append(Row(op, "triton", batch, length, ours, ratio))
+            rows.append(Row(op, "mamba-ssm", batch, length, theirs, "" if theirs else mamba_note))
+            if (batch, length) == REFERENCE_SHAPE:
+                rows.append(Row(op, "reference", batch, length, time_scan(reference.selective_scan, batch, length, backward)))
+            torch.cuda.empty_cache()
+    return rows
+
+
+def conv_rows() -> list[Row]:
+    rows = []
+    for batch, length in SCAN_SHAPES:
+        x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+        weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
+        bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
+        dout = torch.randn_like(x)
+        for impl, conv in (("triton", tri.causal_conv1d), ("reference", reference.causal_conv1d)):
+            with torch.no_grad():
+                rows.append(Row("conv fwd", impl, batch, length, median_ms(lambda: conv(x, weight, bias))))
+            leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+            rows.append(Row("conv fwd+bwd", impl, batch, length,
+                            median_ms(lambda: conv(*leaves)[0].backward(dout), grad_to_none=leaves)))
+    rows.append(Row("conv", "causal-conv1d", 0, "-", None, "not built on the device (about 7 more minutes)"))
+    return rows
+
+
+def graph_ms_per_call(step: Callable[[dict[str, torch.Tensor]], object], input_sets: list[dict[str, torch.Tensor]]) -> float:
+    """Median ms per call of ``step`` over input sets run back to back in one CUDA graph (no launch gaps)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for inputs in input_sets[:3]:
+            step(inputs)  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for inputs in input_sets:
+            step(inputs)
+    return median_ms(graph.replay) / len(input_sets)
+
+
+def sets_to_overflow_l2(bytes_per_set: int) -> int:
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(8, min(1024, math.ceil(4 * l2 / bytes_per_set)))
+
+
+def state_update_inputs(batch: int) -> dict[str, torch.Tensor]:
+    f32, act = dict(device="cuda", dtype=torch.float32), dict(device="cuda", dtype=ACTIVATION_DTYPE)
+    return {
+        "state": torch.randn(batch, DIM, N_STATES, **f32),
+        "x": torch.randn(batch, DIM, **act), "dt": torch.randn(batch, DIM, **act) * 0.5,
+        "A": -torch.rand(DIM, N_STATES, **f32) * N_STATES,
+        "B": torch.randn(batch, GROUPS, N_STATES, **act), "C": torch.randn(batch, GROUPS, N_STATES, **act),
+        "D": torch.randn(DIM, **f32), "z": torch.randn(batch, DIM, **act), "dt_bias": torch.randn(DIM, **f32) * 0.1,
+    }
+
+
+def moved_bytes(inputs: dict[str, torch.Tensor], written: list[str], output_bytes: int) -> int:
+    """Fewest bytes a step must move: every input read once, the in-place ones written back, the output written."""
+    read = sum(t.numel() * t.element_size() for t in inputs.values())
+    return read + sum(inputs[k].numel() * inputs[k].element_size() for k in written) + output_bytes
+
+
+def mamba_state_update(mamba_update: Callable) -> Callable:
+    """mamba-ssm's Triton step with channels viewed as (groups, channels per group) heads, as our wrapper does."""
+    per = DIM // GROUPS
+
+    def step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+        batch = x.shape[0]
+        return mamba_update(state.view(batch, GROUPS, per, N_STATES), x.view(batch, GROUPS, per),
+                            dt.view(batch, GROUPS, per), A.view(GROUPS, per, N_STATES), B, C, D.view(GROUPS, per),
+                            z.view(batch, GROUPS, per), dt_bias.view(GROUPS, per), dt_softplus=dt_softplus)
+    return step
+
+
+def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_note: str) -> list[Row]:
+    rows = []
+    for batch in DECODE_BATCHES:
+        sample = state_update_inputs(batch)
+        output_bytes = batch * DIM * 2
+        total = moved_bytes(sample, ["state"], output_bytes)
+        input_sets = [state_update_inputs(batch) for _ in range(sets_to_overflow_l2(total))]
+        impls = [("triton", tri.selective_state_update), ("reference", reference.selective_state_update)]
+        if mamba_update:
+            impls.insert(1, ("mamba-ssm", mamba_state_update(mamba_update)))
+        for impl, update in impls:
+            ms = graph_ms_per_call(lambda inputs: update(**inputs, dt_softplus=True), input_sets)
+            rate = total / (ms * 1e-3)
+            rows.append(Row("decode ssm step", impl, batch, 1, ms,
+                            f"{rate / 1e9:.0f} GB/s = {100 * rate / copy_bytes_per_s:.0f}% of copy"))
+        if not mamba_update:
+            rows.append(Row("decode ssm step", "mamba-ssm", batch, 1, None, mamba_note))
+
+        conv_sets = [{"x": torch.randn(batch, DIM, device="cuda", dtype=ACTIVATION_DTYPE),
+                      "conv_state": torch.randn(batch, DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
+                      "weight": torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
+                      "bias": torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)}]
+        conv_total = moved_bytes(conv_sets[0], ["conv_state"], output_bytes)
+        conv_sets += [{k: v.clone() for k, v in conv_sets[0].items()} for _ in range(sets_to_overflow_l2(conv_total) - 1)]
+        for impl, update in (("triton", tri.causal_conv1d_update), ("reference", reference.causal_conv1d_update)):
+            ms = graph_ms_per_call(lambda inputs: update(**inputs), conv_sets)
+            rate = conv_total / (ms * 1e-3)
+            rows.append(Row("decode conv step", impl, batch, 1, ms,
+                            f"{rate / 1e9:.0f} GB/s = {100 * rate / copy_bytes_per_s:.0f}% of copy"))
+    return rows
+
+
+def sweep_tiles() -> None:
+    """Time the forward and backward scan kernels alone for candidate tiles (the chunk must match)."""
+    candidates = [ScanTiles(block_d, chunk, warps) for chunk in (16, 32, 64) for block_d in (4, 8, 16)
+                  for warps in (2, 4, 8) if block_d * N_STATES * chunk // (32 * warps) in range(8, 129)]
+    print(f"{'batch':>5} {'L':>6} {'block_d':>7} {'chunk':>5} {'warps':>5} {'fwd ms':>8} {'bwd ms':>8}")
+    for batch, length in [(1, 16384), (8, 4096)]:
+        inputs = scan_inputs(batch, length)
+        dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+        args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        for tiles in candidates:
+            fwd = median_ms(lambda: selective_scan_forward(*args, True, None, False, tiles))
+            _, _, checkpoints = selective_scan_forward(*args, True, None, True, tiles)
+            bwd = median_ms(lambda: selective_scan_backward(dy, None, *args, True, checkpoints, False, tiles))
+            print(f"{batch:>5} {length:>6} {tiles.block_d:>7} {tiles.chunk:>5} {tiles.num_warps:>5} {fwd:>8.3f} {bwd:>8.3f}",
+                  flush=True)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| op | impl | batch | L | ms | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        ms = f"{row.ms:.4f}" if row.ms is not None and row.ms < 0.1 else (f"{row.ms:.3f}" if row.ms is not None else "-")
+        lines.append(f"| {row.op} | {row.impl} | {row.batch or '-'} | {row.length} | {ms} | {row.note} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markdown", help="also write the tables to this markdown file")
+    parser.add_argument("--sweep-tiles", action="store_true", help="time the scan's candidate tile sizes instead")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA device")
+    torch.manual_seed(0)
+    if args.sweep_tiles:
+        sweep_tiles()
+        return
+
+    mamba_scan, mamba_update, mamba_note = load_mamba_ssm()
+    device = torch.cuda.get_device_name()
+    bandwidth = copy_bandwidth()
+    header = (f"device: {device}; torch {torch.__version__}; triton {triton.__version__}; {mamba_note}\n"
+              f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s (bytes read + written)\n"
+              f"shapes: dim {DIM}, N {N_STATES}, {GROUPS} groups, conv width {CONV_WIDTH}, {ACTIVATION_DTYPE} activations")
+    print(header, flush=True)
+    rows = scan_rows(mamba_scan, mamba_note)
+    print(markdown_table(rows), flush=True)
+    rows += conv_rows()
+    rows += decode_rows(bandwidth, mamba_update, mamba_note)
+    table = markdown_table(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(header.replace("\n", "  \n") + "\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The four Mamba operations through our Triton kernels (reference signatures, compiled on first use).
+
+Importing this module raises ImportError when triton is missing; ``ops.resolve_ops`` relies on it. The scan
+and the convolution are autograd Functions (forward and backward kernels); the two decoding steps update
+their cache in place and are inference-only, like mamba-ssm's.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton  # noqa: F401  (fail at import, not at first call, when triton is missing)
+
+from . import reference
+from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
+from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
+from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
+from .triton_kernels.selective_scan_bwd import selective_scan_backward
+from .triton_kernels.selective_scan_fwd import selective_scan_forward
+from .triton_kernels.selective_state_update import selective_state_update_step
+
+NAME = "triton"
+
+
+def _unit_time_stride(x: torch.Tensor) -> torch.Tensor:
+    """The kernels read time (the last axis) with unit stride; copy only tensors that lack it."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_state_size(n_states: int) -> None:
+    if n_states & (n_states - 1):
+        raise ValueError(f"triton backend: state size N={n_states} must be a power of two (Mamba uses 16)")
+
+
+def _silu_or_none(activation: str | None, op: str) -> bool:
+    if activation in ("silu", "swish"):
+        return True
+    if activation is None:
+        return False
+    raise ValueError(f"{op}: unknown activation {activation!r}; use 'silu' or None")
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Returns ``(y, last_state)``; both are differentiable (the final state feeds the next chunk of a sequence)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state):
+        ctx.set_materialize_grads(False)
+        needs_grad = any(ctx.needs_input_grad)
+        y, last_state, checkpoints = selective_scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, store_checkpoints=needs_grad
+        )
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+            ctx.delta_softplus = delta_softplus
+            ctx.has_initial_state = initial_state is not None
+        return y, last_state
+
+    @staticmethod
+    def backward(ctx, dy, d_last_state):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        dy = _unit_time_stride(dy) if dy is not None else torch.zeros_like(u)
+        grads = selective_scan_backward(
+            dy, None if d_last_state is None else d_last_state.float().contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
+            wants_d_initial_state=ctx.has_initial_state and ctx.needs_input_grad[9],
+        )
+        return (
+            grads["u"], grads["delta"], grads["A"], grads["B"].to(B.dtype), grads["C"].to(C.dtype),
+            grads["D"], grads["z"], grads["delta_bias"], None, grads["initial_state"],
+        )
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """See ``reference.selective_scan``. A, D, delta_bias and the state run in fp32; the casts below are
+    autograd ops, so their gradients reach parameters of any dtype."""
+    _check_state_size(A.shape[1])
+    y, last_state = _SelectiveScan.apply(
+        _unit_time_stride(u), _unit_time_stride(delta), A.float().contiguous(),
+        _unit_time_stride(B), _unit_time_stride(C),
+        None if D is None else D.float().contiguous(),
+        None if z is None else _unit_time_stride(z),
+        None if delta_bias is None else delta_bias.float().contiguous(),
+        delta_softplus,
+        None if initial_state is None else initial_state.float().contiguous(),
+    )
+    return (y, last_state) if return_last_state else y
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """See ``reference.selective_state_update``: updates ``state`` in place, returns y (batch, dim)."""
+    _check_state_size(A.shape[1])
+    return selective_state_update_step(
+        state, x, dt, A.float().contiguous(), B, C, D, z, dt_bias, dt_softplus
+    )
+
+
+class _CausalConv1d(torch.autograd.Function):
+    """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu_activation: bool, history):
+        out = causal_conv1d_forward(x, weight, bias, silu_activation, history)
+        ctx.save_for_backward(x, weight, bias, history)
+        ctx.silu_activation = silu_activation
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias, history = ctx.saved_tensors
+        dx, dweight, dbias = causal_conv1d_backward(
+            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history
+        )
+        d_history = None
+        if history is not None and ctx.needs_input_grad[4]:
+            d_history = _history_grad(dout, x, weight, bias, ctx.silu_activation, history)
+        return dx, dweight.to(weight.dtype), None if dbias is None else dbias.to(bias.dtype), None, d_history
+
+
+def _history_grad(dout, x, weight, bias, silu_activation: bool, history):
+    """Gradient of the conv state that preceded x. It reaches only the first W-1 outputs, so the reference
+    on that short slice gives it at negligible cost."""
+    lead = weight.shape[1] - 1
+    with torch.enable_grad():
+        history_fp32 = history.detach().float().requires_grad_(True)
+        out, _ = reference.causal_conv1d(
+            x[..., :lead].detach().float(), weight.detach().float(), None if bias is None else bias.detach().float(),
+            "silu" if silu_activation else None, history_fp32,
+        )
+        (d_history,) = torch.autograd.grad(out, history_fp32, dout[..., :lead].float())
+    return d_history.to(history.dtype)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """See ``reference.causal_conv1d``: returns the output and the new conv state (the last W inputs)."""
+    silu_activation = _silu_or_none(activation, "causal_conv1d")
+    width = weight.shape[1]
+    history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
+    out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history)
+    if x.shape[-1] >= width:
+        new_state = x[..., -width:].clone()
+    else:
+        if history is None:
+            history = x.new_zeros(x.shape[0], x.shape[1], width)
+        new_state = torch.cat([history, x], dim=-1)[..., -width:]
+    return out, new_state
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """See ``reference.causal_conv1d_update``: shifts x into ``conv_state`` in place, returns the output."""
+    silu_activation = _silu_or_none(activation, "causal_conv1d_update")
+    return causal_conv1d_update_step(x, conv_state, weight.contiguous(), bias, silu_activation)
