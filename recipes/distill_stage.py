@@ -132,8 +132,8 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         chunk_size=config.chunk_size,
     )
     checkpoint = latest_complete_checkpoint(config.output_dir) if resume else None
-    if resume and checkpoint is None:
-        print(f"--resume: no complete checkpoint in {config.output_dir}; starting from the student.")
+    if resume:
+        print(f"--resume: {f'resuming from {checkpoint}' if checkpoint else 'no complete checkpoint, starting anew'}")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     final_dir = Path(config.output_dir) / FINAL_DIR

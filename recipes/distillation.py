@@ -75,7 +75,7 @@ class DistillationTrainer(Trainer):
         loss_kind: str = "reverse_kl",
         beta: float = 0.5,
         temperature: float = 1.0,
-        chunk_size: int = 1024,
+        chunk_size: int = 2048,
         **kwargs: Any,
     ):
         if loss_kind not in LOSS_KINDS:

@@ -11,7 +11,7 @@ respect to the student's hidden states and LM head right there (the fused-linear
 Kernel), so nothing of the chunk outlives it and the backward pass is a multiply by the incoming scalar.
 Peak memory is one chunk's logits instead of the whole sequence's, and no projection is recomputed.
 
-:func:`token_divergence` is the single definition of each divergence; the chunked path differentiates that
+:func:`divergence_from_log_probs` is the single definition of each divergence; the chunked path differentiates that
 same function on each chunk, so chunked and unchunked agree by construction (and a test checks it).
 """
 
@@ -24,18 +24,25 @@ import torch
 import torch.nn.functional as F
 
 LOSS_KINDS = ("reverse_kl", "forward_kl", "jsd")
+HeadWeights = tuple[torch.Tensor, torch.Tensor | None]  # an LM head's (weight (V, H), bias (V,) or None)
 
 
-def token_divergence(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, beta: float = 0.5, temperature: float = 1.0
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """fp32 log-softmax of ``logits / temperature`` over the vocabulary."""
+    logits = logits.float()
+    if temperature != 1.0:  # skipping the division at temperature 1 saves one vocab-sized temporary
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
+
+
+def divergence_from_log_probs(
+    log_p_student: torch.Tensor, log_p_teacher: torch.Tensor, kind: str, beta: float = 0.5
 ) -> torch.Tensor:
-    """Per-token divergence (tokens, vocab) -> (tokens,) in fp32.
+    """Per-token divergence (tokens, vocab) -> (tokens,) between two log-distributions.
 
     ``reverse_kl``: KL(p_s || p_t); ``forward_kl``: KL(p_t || p_s); ``jsd``: beta KL(p_t || m) + (1 - beta)
     KL(p_s || m) with m = beta p_t + (1 - beta) p_s (GKD's generalised JSD; beta in (0, 1)).
     """
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     if kind == "reverse_kl":
         return F.kl_div(log_p_teacher, log_p_student, reduction="none", log_target=True).sum(-1)
     if kind == "forward_kl":
@@ -50,6 +57,13 @@ def token_divergence(
     raise ValueError(f"Unknown distillation loss {kind!r}; choose one of {LOSS_KINDS}.")
 
 
+def token_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, beta: float = 0.5, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token divergence (tokens, vocab) -> (tokens,) in fp32 between the two models' softmax(logits / T)."""
+    return divergence_from_log_probs(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), kind, beta)
+
+
 class DistillationSums(NamedTuple):
     """Sums over the supervised tokens of a batch; divide by ``num_tokens`` (or the batch's global token
     count under gradient accumulation) for per-token values. Only ``divergence`` carries a gradient.
@@ -61,18 +75,45 @@ class DistillationSums(NamedTuple):
     num_tokens: int
 
 
-def _chunk_statistics(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+def _statistics(
+    student_log_probs: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's CE on the labels (at temperature 1) and how often both models' top-1 tokens agree."""
-    cross_entropy = F.cross_entropy(student_logits.float(), labels, reduction="sum")
-    agreements = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum()
+    """The student's CE on the labels (from its temperature-1 log-probs) and how often both models' top-1
+    tokens agree."""
+    cross_entropy = -student_log_probs.gather(-1, labels.unsqueeze(-1)).sum()
+    agreements = (student_log_probs.argmax(-1) == teacher_logits.argmax(-1)).sum()
     return cross_entropy, agreements
 
 
 def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """LM-head logits of a chunk, (chunk, hidden) -> (chunk, vocab), in the head's dtype as the model computes them."""
     return F.linear(hidden, weight, bias)
+
+
+def _chunk(
+    student_hidden: torch.Tensor,
+    student_head: HeadWeights,
+    teacher_hidden: torch.Tensor,
+    teacher_head: HeadWeights,
+    labels: torch.Tensor,
+    kind: str,
+    beta: float,
+    temperature: float,
+    needs_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Divergence sum, CE sum and top-1 agreements of one chunk, and the gradient of the divergence sum with
+    respect to the chunk's student logits (None when no gradient is needed). A function of its own so that
+    the chunk's vocab-sized temporaries are freed when it returns, before the next chunk allocates its own."""
+    student_logits = _project(student_hidden, *student_head)
+    teacher_logits = _project(teacher_hidden, *teacher_head)
+    with torch.enable_grad():
+        logits = student_logits.detach().requires_grad_(needs_grad)
+        log_p_student = log_probs(logits, temperature)
+        divergence = divergence_from_log_probs(log_p_student, log_probs(teacher_logits, temperature), kind, beta).sum()
+    student_log_probs = log_p_student.detach() if temperature == 1.0 else log_probs(student_logits)
+    cross_entropy, agreements = _statistics(student_log_probs, teacher_logits, labels)
+    grad_logits = torch.autograd.grad(divergence, logits)[0] if needs_grad else None
+    return divergence.detach(), cross_entropy, agreements, grad_logits
 
 
 class ChunkedDistillation(torch.autograd.Function):
@@ -110,24 +151,22 @@ class ChunkedDistillation(torch.autograd.Function):
         for start in range(0, student_hidden.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             hidden = student_hidden[chunk]
-            student_logits = _project(hidden, student_weight, student_bias)
-            teacher_logits = _project(teacher_hidden[chunk], teacher_weight, teacher_bias)
-            with torch.enable_grad():
-                logits = student_logits.detach().requires_grad_(needs_hidden_grad or needs_weight_grad or needs_bias_grad)
-                chunk_divergence = token_divergence(logits, teacher_logits, kind, beta, temperature).sum()
-            if logits.requires_grad:
-                (grad_logits,) = torch.autograd.grad(chunk_divergence, logits)
-                if needs_bias_grad:
-                    grad_bias += grad_logits.sum(0)
-                grad_logits = grad_logits.to(student_weight.dtype)
-                if needs_hidden_grad:
-                    grad_hidden[chunk] = grad_logits @ student_weight
-                if needs_weight_grad:
-                    grad_weight += grad_logits.t() @ hidden
-            divergence += chunk_divergence.detach().float()
-            chunk_cross_entropy, chunk_agreements = _chunk_statistics(student_logits, teacher_logits, labels[chunk])
+            chunk_divergence, chunk_cross_entropy, chunk_agreements, grad_logits = _chunk(
+                hidden, (student_weight, student_bias), teacher_hidden[chunk], (teacher_weight, teacher_bias),
+                labels[chunk], kind, beta, temperature, needs_hidden_grad or needs_weight_grad or needs_bias_grad,
+            )
+            divergence += chunk_divergence
             cross_entropy += chunk_cross_entropy
             agreements += chunk_agreements
+            if grad_logits is None:
+                continue
+            if needs_bias_grad:
+                grad_bias += grad_logits.sum(0)
+            grad_logits = grad_logits.to(student_weight.dtype)
+            if needs_hidden_grad:
+                grad_hidden[chunk] = grad_logits @ student_weight
+            if needs_weight_grad:
+                grad_weight += grad_logits.t() @ hidden
 
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (student_hidden.dtype, student_weight.dtype, None if student_bias is None else student_bias.dtype)
@@ -135,17 +174,14 @@ class ChunkedDistillation(torch.autograd.Function):
         return divergence, cross_entropy, agreements
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_divergence: torch.Tensor, *_unused: torch.Tensor):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-
+        # Scaled in place: the weight's fp32 gradient is the size of the LM head, and a copy would be one more.
         scaled = [
-            None if grad is None else (grad * grad_divergence).to(dtype)
-            for grad, dtype in zip((grad_hidden, grad_weight, grad_bias), ctx.dtypes)
+            None if grad is None else grad.mul_(grad_divergence).to(dtype)
+            for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes)
         ]
         return *scaled, *([None] * 8)
-
-
-HeadWeights = tuple[torch.Tensor, torch.Tensor | None]  # an LM head's (weight (V, H), bias (V,) or None)
 
 
 def chunked_distillation_sums(
@@ -157,7 +193,7 @@ def chunked_distillation_sums(
     kind: str = "reverse_kl",
     beta: float = 0.5,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
     ignore_index: int = -100,
 ) -> DistillationSums:
     """Distillation sums for next-token prediction, never materialising either model's full logits.
@@ -200,5 +236,5 @@ def distillation_sums_from_logits(
     student_logits, teacher_logits = student_logits[supervised], teacher_logits[supervised].detach()
     divergence = token_divergence(student_logits, teacher_logits, kind, beta, temperature).sum()
     with torch.no_grad():
-        cross_entropy, agreements = _chunk_statistics(student_logits, teacher_logits, labels[supervised])
+        cross_entropy, agreements = _statistics(log_probs(student_logits), teacher_logits, labels[supervised])
     return DistillationSums(divergence, cross_entropy, agreements, int(supervised.sum()))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conversion import convert_checkpoint
-from recipes.checkpoints import read_distillation_state
+from recipes.checkpoints import STATE_FILE, read_distillation_state
 from recipes.distill_stage import run_stage
 from recipes.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
@@ -23,17 +23,27 @@ QUICK = ["synthetic_examples=40", "eval_examples=4", "max_steps=4", "save_steps=
          "per_device_batch_size=2", "max_seq_length=192"]
 
 
-def test_the_tiny_config_runs_end_to_end_as_a_script(teacher_dir, student_dir, tmp_path):
-    overrides = [f"teacher={teacher_dir}", f"student={student_dir}", f"output_dir={tmp_path / 'run'}", *QUICK]
-    command = [sys.executable, str(REPO / "recipes" / "distill_stage.py"), "--config", str(TINY_CONFIG)]
+def run_script(tmp_path: Path, overrides: list[str], *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "recipes" / "distill_stage.py"), "--config", str(TINY_CONFIG), *flags]
     command += [argument for override in overrides for argument in ("--set", override)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_tiny_config_runs_end_to_end_as_a_script_and_resumes(teacher_dir, student_dir, tmp_path):
+    run = tmp_path / "run"
+    overrides = [f"teacher={teacher_dir}", f"student={student_dir}", f"output_dir={run}", *QUICK]
+    result = run_script(tmp_path, overrides)
     assert "Distillation stage finished" in result.stdout
-    final = tmp_path / "run" / "final"
-    assert (final / "model.safetensors").is_file()
-    assert read_distillation_state(final)["global_step"] == 4
-    assert read_distillation_state(tmp_path / "run" / "checkpoint-4")["num_input_tokens_seen"] > 0
+    assert (run / "final" / "model.safetensors").is_file()
+    assert read_distillation_state(run / "final")["global_step"] == 4
+    assert read_distillation_state(run / "checkpoint-4")["num_input_tokens_seen"] > 0
+
+    (run / "checkpoint-4" / STATE_FILE).unlink()  # as if killed while writing checkpoint-4
+    result = run_script(tmp_path, overrides, "--resume")
+    assert f"resuming from {run / 'checkpoint-2'}" in result.stdout
+    assert read_distillation_state(run / "final")["global_step"] == 4
 
 
 def test_every_config_key_must_be_known_and_present(tmp_path):
