@@ -52,7 +52,7 @@ class ScheduleConfig:
     later_importance: str = "mmr"
     importance_options: dict = dataclasses.field(default_factory=dict)
     mmr_options: dict = dataclasses.field(default_factory=dict)
-    distill_config: str = "recipes/configs/distill_tiny.yaml"
+    distill_config: str = str(Path(__file__).parent / "configs" / "distill_tiny.yaml")
     distill: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
 
@@ -199,6 +199,8 @@ def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> Schedul
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown schedule keys {unknown} in {path}; the keys are {sorted(known)}")
+    if "distill_config" in values:  # relative to the schedule file, so the config pair can be copied together
+        values["distill_config"] = str(Path(path).parent / values["distill_config"])
     return ScheduleConfig(**values)
 
 
