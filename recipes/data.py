@@ -30,7 +30,9 @@ IGNORE_INDEX = -100
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def load_conversations(source: str, split: str = "train", synthetic_examples: int = 0, seed: int = 0) -> datasets.Dataset:
+def load_conversations(
+    source: str, split: str = "train", synthetic_examples: int = 0, seed: int = 0
+) -> datasets.Dataset:
     """The raw rows of ``source`` (see the module docstring for the accepted sources)."""
     if source == SYNTHETIC_SOURCE:
         return datasets.Dataset.from_list(synthetic_conversations(synthetic_examples, seed))

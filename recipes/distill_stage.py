@@ -1,6 +1,6 @@
 """One Apriel-H1 distillation stage: align a converted hybrid with its teacher by reverse-KL distillation.
 
-    accelerate launch recipes/distill_stage.py --config recipes/configs/distill_tiny.yaml [--set key=value ...] [--resume]
+    accelerate launch recipes/distill_stage.py --config recipes/configs/distill_tiny.yaml [--set KEY=VALUE] [--resume]
     python recipes/distill_stage.py --config recipes/configs/distill_tiny.yaml
 
 The config (every key documented in the YAML file) names the teacher, the student (a conversion output
@@ -46,7 +46,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, value read as YAML (repeatable): --set max_steps=100 --set packing=true",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir"
+    )
     return parser.parse_args(argv)
 
 
@@ -100,7 +102,9 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     """Load, check, train, save; returns the trainer (its state holds the logs)."""
     require_model(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR (or download a teacher)")
     require_model(
-        config.student, "student", f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ..."
+        config.student,
+        "student",
+        f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ...",
     )
     check_conversion_record(config.teacher, config.student)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
@@ -116,7 +120,9 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         split = rows.train_test_split(test_size=config.eval_examples, seed=config.data_seed)
         rows, eval_rows = split["train"], split["test"]
     train_dataset = build_dataset(rows, tokenizer, config.max_seq_length, config.packing)
-    eval_dataset = build_dataset(eval_rows, tokenizer, config.max_seq_length, config.packing) if config.eval_examples else None
+    eval_dataset = None
+    if config.eval_examples:
+        eval_dataset = build_dataset(eval_rows, tokenizer, config.max_seq_length, config.packing)
 
     trainer = DistillationTrainer(
         model=student,
@@ -151,7 +157,8 @@ def summary(trainer: DistillationTrainer, config: StageConfig) -> str:
     trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     lines = [
         "Distillation stage finished",
-        f"  student -> {Path(config.output_dir) / FINAL_DIR}  (teacher {config.teacher}, loss {config.loss}, trainable {config.trainable}: {trained:,} parameters)",
+        f"  student -> {Path(config.output_dir) / FINAL_DIR}",
+        f"  teacher {config.teacher}, loss {config.loss}, trainable {config.trainable} ({trained:,} parameters)",
         f"  steps {trainer.state.global_step}, tokens seen {trainer.state.num_input_tokens_seen:,}",
     ]
     for label, entry, prefix in (("train (last log)", last_train, ""), ("eval", last_eval, "eval_")):

@@ -56,7 +56,7 @@ class DistillationTrainer(Trainer):
             cast to the student's dtype and placed on the student's device(s).
         loss_kind: ``reverse_kl`` (Apriel-H1's choice), ``forward_kl`` or ``jsd``.
         beta: mixture weight of the generalised JSD (``jsd`` only).
-        temperature: softmax temperature of both distributions (1 in Apriel-H1).
+        temperature: softmax temperature of both distributions (1 in Apriel-H1); the loss is not rescaled by T^2.
         chunk_size: tokens projected through the LM heads at a time; peak loss memory is about
             ``chunk_size * vocab * 4 bytes`` times a small constant.
 

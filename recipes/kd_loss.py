@@ -49,7 +49,7 @@ def divergence_from_log_probs(
         return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
     if kind == "jsd":
         if not 0.0 < beta < 1.0:
-            raise ValueError(f"The JSD loss needs 0 < beta < 1, got beta={beta}. Use forward_kl/reverse_kl for the ends.")
+            raise ValueError(f"The JSD loss needs 0 < beta < 1, got beta={beta}; forward_kl/reverse_kl are the ends.")
         log_mixture = torch.logaddexp(log_p_teacher + math.log(beta), log_p_student + math.log1p(-beta))
         kl_teacher = F.kl_div(log_mixture, log_p_teacher, reduction="none", log_target=True).sum(-1)
         kl_student = F.kl_div(log_mixture, log_p_student, reduction="none", log_target=True).sum(-1)
@@ -61,7 +61,8 @@ def token_divergence(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, beta: float = 0.5, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token divergence (tokens, vocab) -> (tokens,) in fp32 between the two models' softmax(logits / T)."""
-    return divergence_from_log_probs(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), kind, beta)
+    log_p_student, log_p_teacher = log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
+    return divergence_from_log_probs(log_p_student, log_p_teacher, kind, beta)
 
 
 class DistillationSums(NamedTuple):

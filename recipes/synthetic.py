@@ -55,7 +55,8 @@ def _chained_arithmetic(rng: random.Random) -> Problem:
         steps.append(f"{value} {symbol} {operand} = {result}")
         expression = f"({expression}) {symbol} {operand}" if index else f"{expression} {symbol} {operand}"
         value = result
-    return Problem("arithmetic", f"Compute {expression}. Work from the innermost parentheses out.", tuple(steps), str(value))
+    question = f"Compute {expression}. Work from the innermost parentheses out."
+    return Problem("arithmetic", question, tuple(steps), str(value))
 
 
 def _word_problem(rng: random.Random) -> Problem:
@@ -118,7 +119,8 @@ def generate_problems(num_problems: int, seed: int) -> list[Problem]:
 
 def synthetic_conversations(num_problems: int, seed: int) -> list[dict]:
     """Rows in the recipe's chat format (``messages``) with the exact ``answer`` kept for scoring."""
-    return [{"messages": p.messages(), "answer": p.answer, "kind": p.kind} for p in generate_problems(num_problems, seed)]
+    problems = generate_problems(num_problems, seed)
+    return [{"messages": p.messages(), "answer": p.answer, "kind": p.kind} for p in problems]
 
 
 def extract_answer(completion: str) -> str | None:

@@ -71,7 +71,8 @@ def test_frozen_parameters_get_no_gradient_and_stay_unchanged(
             for name, parameter in model.named_parameters():
                 assert (parameter.grad is not None) == (name in trained), name
 
-    make_trainer(teacher, student, tokenizer, train_dataset, tmp_path, callbacks=[CheckGradients()], max_steps=3).train()
+    trainer = make_trainer(teacher, student, tokenizer, train_dataset, tmp_path, [CheckGradients()], max_steps=3)
+    trainer.train()
     for name, parameter in student.named_parameters():
         assert torch.equal(parameter, before[name]) != (name in trained), name
 
@@ -131,8 +132,9 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(teacher_d
 def test_checkpoints_record_the_tokens_seen(teacher_dir, tokenizer, train_dataset, tmp_path):
     one_epoch = train_dataset.select(range(4))  # two steps of two rows: every row seen exactly once
     teacher = load_teacher(teacher_dir)
+    student = hybrid_student(teacher)
     trainer = make_trainer(
-        teacher, hybrid_student(teacher), tokenizer, one_epoch, tmp_path, max_steps=2, save_strategy="steps", save_steps=2
+        teacher, student, tokenizer, one_epoch, tmp_path, max_steps=2, save_strategy="steps", save_steps=2
     )
     trainer.train()
     checkpoint = tmp_path / "checkpoint-2"
