@@ -21,9 +21,9 @@ from transformers.dynamic_module_utils import custom_object_save
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 
 from .mil import INIT_METHOD
-from .output_dir import staged_output_dir
+from .atomic_io import staged_output_dir
 from .plan import PlannedTensor, plan_student_tensors
-from .record import ConversionRecord, package_version, teacher_config_sha256, write_record
+from .record import ConversionRecord, ancestors_of, package_version, teacher_config_sha256, write_record
 from .safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointReader, write_safetensors
 from .teachers import hybrid_config_from_teacher
 
@@ -72,6 +72,7 @@ def convert_checkpoint(
         package_version=package_version(),
         dtype=str(dtype).removeprefix("torch."),
         seed=seed,
+        ancestor_config_sha256s=ancestors_of(teacher),
     )
     with staged_output_dir(output, overwrite=overwrite) as staging:
         _write_shards(staging, [shards[file] for file in reader.files if shards[file]], progress)

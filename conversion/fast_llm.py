@@ -26,7 +26,7 @@ from modeling_apriel_h1 import AprielH1Config
 from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA
 
 from .checkpoint import write_config_and_code
-from .output_dir import staged_output_dir
+from .atomic_io import staged_output_dir
 from .plan import PlannedTensor
 from .safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointReader, write_safetensors
 

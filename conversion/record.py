@@ -31,6 +31,9 @@ class ConversionRecord:
     package_version: str
     dtype: str
     seed: int
+    # Config hashes of the models the teacher itself was converted from, nearest first: a staged run converts
+    # stage N from stage N-1's hybrid but distils against the original transformer, which is listed here.
+    ancestor_config_sha256s: tuple[str, ...] = ()
 
 
 def teacher_config_sha256(config: PretrainedConfig | dict) -> str:
@@ -59,6 +62,8 @@ def read_record(directory: str | Path) -> ConversionRecord:
         raise FileNotFoundError(f"{path} does not exist; {directory} was not written by conversion.convert")
     fields = json.loads(path.read_text())
     expected = set(ConversionRecord.__dataclass_fields__)
+    fields.setdefault("ancestor_config_sha256s", [])  # records written before lineage was kept
+    fields["ancestor_config_sha256s"] = tuple(fields["ancestor_config_sha256s"])
     if set(fields) != expected:
         raise ValueError(
             f"{path} has fields {sorted(fields)}, expected {sorted(expected)}; was it written by another version?"
@@ -67,4 +72,14 @@ def read_record(directory: str | Path) -> ConversionRecord:
 
 
 def is_conversion_of(record: ConversionRecord, teacher_config: PretrainedConfig | dict) -> bool:
-    return record.teacher_config_sha256 == teacher_config_sha256(teacher_config)
+    """Whether the student descends from ``teacher_config``: its direct teacher or one the teacher came from."""
+    wanted = teacher_config_sha256(teacher_config)
+    return wanted == record.teacher_config_sha256 or wanted in record.ancestor_config_sha256s
+
+
+def ancestors_of(teacher_dir: str | Path) -> tuple[str, ...]:
+    """The lineage a conversion of ``teacher_dir`` inherits: empty for a plain transformer."""
+    if not (Path(teacher_dir) / RECORD_FILE).is_file():
+        return ()
+    record = read_record(teacher_dir)
+    return (record.teacher_config_sha256, *record.ancestor_config_sha256s)

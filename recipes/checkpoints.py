@@ -10,19 +10,13 @@ records what the paper reports per stage: the tokens seen so far.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
+from conversion.atomic_io import write_json_atomically
+
 STATE_FILE = "distillation_state.json"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write ``payload`` so that ``path`` holds either the old content or the whole new one, never a part."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
 
 
 def mark_checkpoint_complete(checkpoint_dir: Path, state: dict) -> None:

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from model_cards.card import write_model_card  # noqa: E402
-from recipes.checkpoints import write_json_atomically  # noqa: E402
+from conversion.atomic_io import write_json_atomically  # noqa: E402
 from recipes.evaluate import HELD_OUT_SEED, score_on_problems  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402

@@ -13,6 +13,7 @@ distilled student is saved to ``output_dir/final``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from transformers import (
 )
 
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
+from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, load_conversations
 from recipes.distillation import DistillationTrainer
@@ -144,6 +146,9 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
 
     final_dir = Path(config.output_dir) / FINAL_DIR
     trainer.save_model(str(final_dir))
+    record = Path(config.student) / RECORD_FILE
+    if trainer.args.should_save and record.is_file():  # the distilled student keeps its provenance
+        shutil.copy2(record, final_dir / RECORD_FILE)
     if trainer.args.should_save:
         mark_checkpoint_complete(final_dir, trainer.distillation_state())
     return trainer

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from recipes.atomic import atomic_output_dir
+from conversion.atomic_io import staged_output_dir
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -87,7 +87,7 @@ def merge_checkpoints(
         shards.setdefault(shard, []).append(name)
     maps = [weight_map(path) for path in paths]
 
-    with atomic_output_dir(Path(output), overwrite=overwrite) as staging:
+    with staged_output_dir(Path(output), overwrite=overwrite) as staging:
         for shard, names in tqdm(sorted(shards.items()), desc="merging shards", unit="shard"):
             merged: dict[str, torch.Tensor] = {}
             for name in names:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from conversion import read_record, teacher_config_sha256
-from conversion.record import RECORD_FILE
+from conversion.record import RECORD_FILE, is_conversion_of, read_record
 
 
 def check_tokenizers_match(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase | None) -> None:
@@ -47,7 +46,7 @@ def check_conversion_record(teacher: str, student: str) -> None:
     if not (Path(student) / RECORD_FILE).is_file():
         return
     record = read_record(student)
-    if record.teacher_config_sha256 != teacher_config_sha256(AutoConfig.from_pretrained(teacher)):
+    if not is_conversion_of(record, AutoConfig.from_pretrained(teacher)):
         raise ValueError(
             f"The student {student} was converted from {record.teacher} (per its {RECORD_FILE}), whose configuration "
             f"differs from that of the teacher {teacher}: the student is not a conversion of this teacher. Point "

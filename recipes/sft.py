@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
-from recipes.atomic import atomic_output_dir
+from conversion.atomic_io import staged_output_dir
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 RECORD_FILE = "sft.json"
@@ -104,7 +104,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         "wall_time_s": time.perf_counter() - start,
         "recipe": asdict(recipe),
     }
-    with atomic_output_dir(output_dir / "final", overwrite=True) as staging:
+    with staged_output_dir(output_dir / "final", overwrite=True) as staging:
         trainer.save_model(str(staging))
         tokenizer.save_pretrained(str(staging))
         for sidecar in ("conversion.json",):

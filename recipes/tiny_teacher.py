@@ -30,7 +30,7 @@ from transformers import (
     set_seed,
 )
 
-from recipes.atomic import atomic_output_dir
+from conversion.atomic_io import staged_output_dir
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
@@ -144,7 +144,7 @@ def ensure_tiny_teacher(directory: str | Path, spec: TinyTeacherSpec = TinyTeach
     directory = Path(directory)
     if _stamp(directory) == asdict(spec):
         return directory
-    with atomic_output_dir(directory, overwrite=True) as staging:
+    with staged_output_dir(directory, overwrite=True) as staging:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, spec)
         if spec.train_steps > 0:

@@ -33,7 +33,8 @@ from transformers import DataCollatorForSeq2Seq
 
 from conversion import convert_model
 from conversion.importance.layers import check_layer_indices, decoder_layers
-from conversion.importance.ranking import ranking_payload, write_json_atomically
+from conversion.atomic_io import write_json_atomically
+from conversion.importance.ranking import ranking_payload
 from conversion.importance.scoring import final_hidden_states, head_weights
 from recipes.data import build_dataset, load_conversations
 from recipes.kd_loss import chunked_distillation_sums

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from conversion.atomic_io import write_json_atomically
 
 METHODS = ("loo", "mmr")
 
@@ -41,15 +42,6 @@ def ranking_payload(method: str, model: str, metric: str, scores: dict[int, floa
         "ranking": rank_layers(scores),
         **extra,
     }
-
-
-def write_json_atomically(path: str | Path, payload: dict) -> None:
-    """``path`` holds the old content or the whole new one, never a part (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def write_ranking(path: str | Path, payload: dict) -> None:

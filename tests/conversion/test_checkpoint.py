@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -171,3 +170,19 @@ def test_cli_refuses_an_unsupported_architecture_naming_the_supported_ones(tmp_p
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97)).save_pretrained(tmp_path / "gpt2")
     assert main(["--teacher", str(tmp_path / "gpt2"), "--output", str(tmp_path / "out"), "--mamba-layers", "1"]) == 2
     assert "model_type 'gpt2' is not supported; supported teachers are mistral, llama, qwen2, apriel_h1" in capsys.readouterr().err
+
+
+def test_converting_a_converted_model_keeps_the_lineage_back_to_the_transformer(teacher_dir, tmp_path):
+    """Stage N converts stage N-1's hybrid but distils against the original teacher: the record knows both."""
+    from transformers import AutoConfig
+
+    from conversion.record import is_conversion_of
+
+    convert_checkpoint(teacher_dir, tmp_path / "stage1", [1], progress=False)
+    convert_checkpoint(tmp_path / "stage1", tmp_path / "stage2", [2], progress=False)
+    first, second = read_record(tmp_path / "stage1"), read_record(tmp_path / "stage2")
+    original = AutoConfig.from_pretrained(teacher_dir)
+    assert first.ancestor_config_sha256s == ()
+    assert second.ancestor_config_sha256s == (teacher_config_sha256(original),)
+    assert is_conversion_of(second, original) and is_conversion_of(second, AutoConfig.from_pretrained(tmp_path / "stage1"))
+    assert not is_conversion_of(first, AutoConfig.from_pretrained(tmp_path / "stage2"))

@@ -1,7 +1,9 @@
-"""An output directory that appears complete or not at all."""
+"""Files and directories that appear complete or not at all: a crash never leaves half of one behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,3 +35,15 @@ def staged_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(target)
+
+
+def write_json_atomically(path: str | Path, payload: dict) -> None:
+    """``path`` holds the old content or the whole new one, never a part (temporary file, then rename).
+
+    The temporary name carries the process id, so processes sharing a directory (MMR shards) never collide.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, path)
