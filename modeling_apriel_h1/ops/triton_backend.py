@@ -46,22 +46,22 @@ class _SelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state):
         ctx.set_materialize_grads(False)
         needs_grad = any(ctx.needs_input_grad)
-        y, last_state, checkpoints = selective_scan_forward(
+        y, last_state, states = selective_scan_forward(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, store_checkpoints=needs_grad
         )
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.delta_softplus = delta_softplus
             ctx.has_initial_state = initial_state is not None
         return y, last_state
 
     @staticmethod
     def backward(ctx, dy, d_last_state):
-        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         dy = _unit_time_stride(dy) if dy is not None else torch.zeros_like(u)
         grads = selective_scan_backward(
             dy, None if d_last_state is None else d_last_state.float().contiguous(),
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states,
             wants_d_initial_state=ctx.has_initial_state and ctx.needs_input_grad[9],
         )
         return (

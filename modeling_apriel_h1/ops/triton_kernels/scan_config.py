@@ -5,6 +5,9 @@ a chunk of ``chunk`` steps is scanned in parallel (``tl.associative_scan``) and 
 next chunk, so the work is parallel over (batch, channels) and sequential over L, as in mamba-ssm's CUDA
 kernel. The forward stores the state at the start of every chunk so the backward can rebuild each chunk's
 states without rerunning the whole sequence; the backward therefore has to use the forward's chunk length.
+
+A chunk is a (block_d, chunk) tile with time contiguous: bf16 loads put 8 consecutive steps in each thread
+and 32 lanes side by side, so a chunk of 256 steps is one warp wide and the scan never crosses warps.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ class ScanTiles:
     num_warps: int
 
 
-# Measured on an H100 at Apriel's shapes (dim 4096, N 16, 16 channels per group); see benchmarks/RESULTS.md.
-FORWARD_TILES = ScanTiles(block_d=8, chunk=32, num_warps=4)
-BACKWARD_TILES = ScanTiles(block_d=8, chunk=32, num_warps=4)
+# Chosen by `benchmarks/kernels.py --sweep-tiles` on an H100 at Apriel's shapes; see benchmarks/RESULTS.md.
+FORWARD_TILES = ScanTiles(block_d=8, chunk=256, num_warps=8)
+BACKWARD_TILES = ScanTiles(block_d=8, chunk=256, num_warps=8)
 
 
 def channel_block(channels_per_group: int, cap: int) -> int:
@@ -37,3 +40,9 @@ def channel_block(channels_per_group: int, cap: int) -> int:
     while block * 2 <= cap and channels_per_group % (block * 2) == 0:
         block *= 2
     return block
+
+
+def state_slots(n_chunks: int, keep_every_chunk: bool) -> int:
+    """Slots of the per-program state buffer: one per chunk boundary when the backward needs them (slot c =
+    the state before chunk c, slot n_chunks = the final state), else two used alternately."""
+    return n_chunks + 1 if keep_every_chunk else 2
