@@ -47,7 +47,7 @@ def resolve_ops(device: torch.device, preference: str | None = None) -> ModuleTy
         if module is None:
             raise RuntimeError(
                 f"kernel backend {choice!r} was forced but cannot run on {device}: it needs a CUDA device"
-                + (" and mamba-ssm + causal-conv1d installed (pip install 'apriel-h1[kernels]')" if choice == "mamba_ssm" else " and triton")
+                + (" and mamba-ssm installed (pip install 'apriel-h1[kernels]')" if choice == "mamba_ssm" else " and triton")
             )
         return module
     if not on_cuda:

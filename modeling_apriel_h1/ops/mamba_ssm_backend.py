@@ -1,19 +1,31 @@
-"""The four Mamba operations through mamba-ssm and causal-conv1d's CUDA kernels (reference signatures).
+"""The four Mamba operations through mamba-ssm's kernels (reference signatures).
 
-Importing this module raises ImportError when either package is missing; ``ops.resolve_ops`` relies on it.
+The scan and the decoding step come from mamba-ssm. The convolution comes from causal-conv1d when it is
+installed, else from our Triton kernels (causal-conv1d takes longer to build than mamba-ssm itself, and many
+installs have only the latter). Importing this module raises ImportError when mamba-ssm is missing;
+``ops.resolve_ops`` relies on it.
 """
 
 from __future__ import annotations
 
 import torch
-from causal_conv1d import causal_conv1d_fn as _conv_fn
-from causal_conv1d import causal_conv1d_update as _conv_update
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update
 
 from . import reference
 
 NAME = "mamba_ssm"
+
+try:
+    from causal_conv1d import causal_conv1d_fn as _conv_fn
+    from causal_conv1d import causal_conv1d_update as _conv_update
+
+    CONV_SOURCE = "causal_conv1d"
+except ImportError:
+    from . import triton_backend as _triton
+
+    _conv_fn = _conv_update = None
+    CONV_SOURCE = "triton"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -45,6 +57,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
 def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None):
     """causal-conv1d's kernel for a fresh sequence; the conv state is the last ``width`` inputs."""
+    if _conv_fn is None:
+        return _triton.causal_conv1d(x, weight, bias, activation, initial_state)
     if initial_state is not None:
         return reference.causal_conv1d(x, weight, bias, activation, initial_state)
     width = weight.shape[1]
@@ -54,4 +68,6 @@ def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None):
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
+    if _conv_update is None:
+        return _triton.causal_conv1d_update(x, conv_state, weight, bias, activation)
     return _conv_update(x, conv_state, weight, bias, activation)
