@@ -212,7 +212,7 @@ def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_no
 
 def sweep_tiles() -> None:
     """Time the forward and backward scan kernels alone for candidate tiles (the chunk must match)."""
-    candidates = [ScanTiles(8, 256, 8), ScanTiles(4, 256, 4), ScanTiles(16, 256, 8), ScanTiles(8, 128, 4)]
+    candidates = [ScanTiles(8, 128, 4), ScanTiles(8, 64, 2), ScanTiles(4, 128, 2), ScanTiles(16, 128, 8), ScanTiles(8, 256, 8)]
     print(f"{'batch':>5} {'L':>6} {'block_d':>7} {'chunk':>5} {'warps':>5} {'fwd ms':>8} {'bwd ms':>8}")
     for batch, length in [(1, 16384), (8, 4096)]:
         inputs = scan_inputs(batch, length)

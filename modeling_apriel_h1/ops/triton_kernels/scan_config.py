@@ -7,7 +7,7 @@ kernel. The forward stores the state at the start of every chunk so the backward
 states without rerunning the whole sequence; the backward therefore has to use the forward's chunk length.
 
 A chunk is a (block_d, chunk) tile with time contiguous: bf16 loads put 8 consecutive steps in each thread
-and 32 lanes side by side, so a chunk of 256 steps is one warp wide and the scan never crosses warps.
+and lanes side by side (16 lanes cover a chunk of 128 steps), so the scan never crosses warps.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class ScanTiles:
 
 
 # Chosen by `benchmarks/kernels.py --sweep-tiles` on an H100 at Apriel's shapes; see benchmarks/RESULTS.md.
-FORWARD_TILES = ScanTiles(block_d=8, chunk=256, num_warps=8)
-BACKWARD_TILES = ScanTiles(block_d=8, chunk=256, num_warps=8)
+FORWARD_TILES = ScanTiles(block_d=8, chunk=128, num_warps=4)
+BACKWARD_TILES = ScanTiles(block_d=8, chunk=128, num_warps=4)
 
 
 def channel_block(channels_per_group: int, cap: int) -> int:
