@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from model_cards.card import write_model_card  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
-from recipes.evaluate import HELD_OUT_SEED, score_on_problems  # noqa: E402
+from recipes.evaluate import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402
 from recipes.synthetic import generate_problems  # noqa: E402
@@ -38,7 +38,7 @@ from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher  # noqa: E
 SCHEDULE_CONFIG = Path(__file__).parent / "configs" / "schedule_demo.yaml"
 TEACHER_SPEC = TinyTeacherSpec(
     hidden_size=64, intermediate_size=192, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-    train_steps=300, time_budget_s=60.0, batch_size=16, learning_rate=3e-3, max_seq_length=256, seed=0,
+    train_steps=100, time_budget_s=90.0, batch_size=16, learning_rate=3e-3, max_seq_length=256, seed=0,
 )
 
 
@@ -49,13 +49,19 @@ def evaluate_models(models: dict[str, Path], tokenizer_dir: Path, num_problems: 
     rows = []
     for name, path in models.items():
         model = AutoModelForCausalLM.from_pretrained(path)
-        score = score_on_problems(model, tokenizer, problems, max_new_tokens=96, batch_size=16, description=name)
-        rows.append({"model": name, "score": asdict(score),
-                     "metrics": {"accuracy": f"{score.accuracy:.3f}", "tokens/s": f"{score.tokens_per_s:.1f}"}})
+        score = {
+            **asdict(score_on_problems(model, tokenizer, problems, max_new_tokens=192, batch_size=16, description=name)),
+            **asdict(teacher_forced_scores(model, tokenizer, problems)),
+        }
+        rows.append({"model": name, "score": score, "metrics": {
+            "answer accuracy": f"{score['accuracy']:.3f}", "token accuracy": f"{score['token_accuracy']:.3f}",
+            "CE": f"{score['cross_entropy']:.3f}", "tokens/s": f"{score['tokens_per_s']:.1f}",
+        }})
     return {
-        "description": f"{num_problems} held-out synthetic problems (seed {HELD_OUT_SEED}), greedy decoding, "
-        "exact match of the final answer; tokens/s of batched generation on this machine's CPU.",
-        "columns": ["accuracy", "tokens/s"],
+        "description": f"{num_problems} held-out synthetic problems (seed {HELD_OUT_SEED}). Answer accuracy: exact "
+        "match of the final answer of a greedy completion. Token accuracy and CE: teacher-forced on the reference "
+        "solutions (assistant tokens). tokens/s: batched greedy generation on this machine's CPU.",
+        "columns": ["answer accuracy", "token accuracy", "CE", "tokens/s"],
         "rows": rows,
     }
 
@@ -70,9 +76,10 @@ def plot_summary(manifest: dict, path: Path) -> Path:
     losses.legend()
     rows = manifest.get("evaluation", {}).get("rows", [])
     names = [row["model"] for row in rows]
-    accuracy = [row["score"]["accuracy"] for row in rows]
-    scores.bar(names, accuracy, color="tab:blue")
-    scores.set(title="Held-out accuracy (bars) and decode tokens/s (line)", ylabel="accuracy", ylim=(0, 1))
+    scores.bar(names, [row["score"]["token_accuracy"] for row in rows], color="tab:blue", label="token accuracy")
+    scores.bar(names, [row["score"]["accuracy"] for row in rows], color="tab:green", width=0.4, label="answer accuracy")
+    scores.set(title="Held-out quality (bars) and decode tokens/s (line)", ylabel="accuracy", ylim=(0, 1))
+    scores.legend(loc="lower left")
     throughput = scores.twinx()
     throughput.plot(names, [row["score"]["tokens_per_s"] for row in rows], color="tab:red", marker="s")
     throughput.set_ylabel("tokens/s")
@@ -84,24 +91,22 @@ def plot_summary(manifest: dict, path: Path) -> Path:
 
 
 def summary_table(manifest: dict) -> str:
-    lines = ["", "model          Mamba layers  steps  tokens    KD loss start->end  accuracy  tokens/s"]
+    header = "model     Mamba  steps    tokens  train loss start->end  answer acc  token acc     CE  tokens/s"
     evaluation = {row["model"]: row["score"] for row in manifest.get("evaluation", {}).get("rows", [])}
-    teacher = evaluation.get("teacher")
-    if teacher:
-        lines.append(f"{'teacher':14} {0:12}  {'-':>5}  {'-':>8}  {'-':>18}  {teacher['accuracy']:8.3f}  {teacher['tokens_per_s']:8.1f}")
+    rows = [("teacher", 0, "-", "-", "-")]
     for stage in manifest["stages"]:
-        score = evaluation.get(stage["name"], {})
+        loss = f"KD {stage['initial_kd_loss']:.4f}->{stage['final_kd_loss']:.4f}"
+        rows.append((stage["name"], len(stage["mamba_layers"]), stage["steps"], f"{stage['tokens']:,}", loss))
+    if manifest.get("sft"):
+        sft = manifest["sft"]
+        rows.append(("sft", len(manifest["stages"][-1]["mamba_layers"]), sft["steps"], f"{sft['tokens']:,}",
+                     f"CE {sft['final_loss']:.4f}"))
+    lines = ["", header]
+    for name, mamba, steps, tokens, loss in rows:
+        score = evaluation.get(name, {})
         lines.append(
-            f"{stage['name']:14} {len(stage['mamba_layers']):12}  {stage['steps']:5}  {stage['tokens']:8,}  "
-            f"{stage['initial_kd_loss']:8.4f}->{stage['final_kd_loss']:8.4f}  {score.get('accuracy', float('nan')):8.3f}  "
-            f"{score.get('tokens_per_s', float('nan')):8.1f}"
-        )
-    sft = manifest.get("sft")
-    if sft:
-        score = evaluation.get("sft", {})
-        lines.append(
-            f"{'sft':14} {len(manifest['stages'][-1]['mamba_layers']):12}  {sft['steps']:5}  {sft['tokens']:8,}  "
-            f"{'(CE ' + format(sft['final_loss'], '.4f') + ')':>18}  {score.get('accuracy', float('nan')):8.3f}  "
+            f"{name:9} {mamba:5}  {steps:>5}  {tokens:>8}  {loss:>21}  {score.get('accuracy', float('nan')):10.3f}  "
+            f"{score.get('token_accuracy', float('nan')):9.3f}  {score.get('cross_entropy', float('nan')):5.3f}  "
             f"{score.get('tokens_per_s', float('nan')):8.1f}"
         )
     return "\n".join(lines)
@@ -109,7 +114,8 @@ def summary_table(manifest: dict) -> str:
 
 def run_demo(output: Path, num_problems: int = 32, sft_steps: int = 20) -> dict:
     began = time.perf_counter()
-    print(f"[1/5] tiny teacher ({TEACHER_SPEC.num_hidden_layers} layers, ~{TEACHER_SPEC.time_budget_s:.0f} s of training)")
+    print(f"[1/5] tiny teacher: {TEACHER_SPEC.num_hidden_layers} layers, {TEACHER_SPEC.train_steps} training steps "
+          f"(at most {TEACHER_SPEC.time_budget_s:.0f} s)")
     teacher = ensure_tiny_teacher(output / "teacher", TEACHER_SPEC)
     print("[2/5] staged schedule: rank -> convert (MIL) -> distil (reverse KL), stage by stage")
     config = load_schedule_config(SCHEDULE_CONFIG, [f"teacher={teacher}", f"output_dir={output / 'schedule'}"])

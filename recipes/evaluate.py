@@ -1,8 +1,11 @@
-"""Score a model on held-out synthetic problems: answer accuracy and decode throughput.
+"""Score a model on held-out synthetic problems: answer accuracy, teacher-forced quality, decode throughput.
 
 Accuracy is exact match of the ``Answer:`` line of a greedy completion (``recipes.synthetic.is_correct``);
 throughput is generated tokens per second of wall time over the whole batched run, prompts left-padded as in
-serving. Teacher and hybrids are measured the same way, one after another, in the same process.
+serving. Exact match is all-or-nothing and stays at zero for weak (tiny, briefly trained) models, so the
+teacher-forced scores on the reference solutions (cross-entropy and top-1 accuracy per assistant token) are
+reported too: they show how much a hybrid lost against its teacher even when neither solves a problem.
+Teacher and hybrids are measured the same way, one after another, in the same process.
 
     python -m recipes.evaluate --model out/final --problems 64 --seed 12345
 """
@@ -19,10 +22,44 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from recipes.data import IGNORE_INDEX, tokenize_conversation
 from recipes.synthetic import Problem, generate_problems, is_correct
 
 # Held-out problems come from a seed the training data never uses (training uses small seeds).
 HELD_OUT_SEED = 1_000_003
+
+
+@dataclass
+class TeacherForcedScore:
+    cross_entropy: float  # mean over assistant tokens of the reference solutions
+    token_accuracy: float  # fraction of those tokens that are the model's top-1 prediction
+    num_tokens: int
+
+
+@torch.no_grad()
+def teacher_forced_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], batch_size: int = 16
+) -> TeacherForcedScore:
+    """Cross-entropy and top-1 accuracy of ``model`` on the assistant tokens of the problems' solutions."""
+    if not problems:
+        raise ValueError("no problems to evaluate; ask for at least one")
+    model.eval()
+    rows = [tokenize_conversation(p.messages(), tokenizer, max_length=4096) for p in problems]
+    total_loss, correct, count = 0.0, 0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(row["input_ids"]) for row in batch)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([row["input_ids"] + [pad] * (width - len(row["input_ids"])) for row in batch])
+        labels = torch.tensor([row["labels"] + [IGNORE_INDEX] * (width - len(row["labels"])) for row in batch])
+        mask = (ids != pad).long() if pad is not None else torch.ones_like(ids)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False).logits
+        logits, targets = logits[:, :-1].float(), labels[:, 1:].to(model.device)
+        supervised = targets != IGNORE_INDEX
+        total_loss += float(torch.nn.functional.cross_entropy(logits[supervised], targets[supervised], reduction="sum"))
+        correct += int((logits.argmax(-1)[supervised] == targets[supervised]).sum())
+        count += int(supervised.sum())
+    return TeacherForcedScore(cross_entropy=total_loss / count, token_accuracy=correct / count, num_tokens=count)
 
 
 @dataclass
@@ -86,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    score = score_on_problems(
-        model, tokenizer, generate_problems(args.problems, args.seed), args.max_new_tokens, args.batch_size
-    )
-    print(json.dumps(asdict(score), indent=2))
+    problems = generate_problems(args.problems, args.seed)
+    score = score_on_problems(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
+    forced = teacher_forced_scores(model, tokenizer, problems, args.batch_size)
+    print(json.dumps({**asdict(score), **asdict(forced)}, indent=2))
 
 
 if __name__ == "__main__":

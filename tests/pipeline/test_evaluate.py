@@ -44,3 +44,32 @@ def test_accuracy_counts_exact_final_answers_and_throughput_counts_generated_tok
 def test_evaluation_needs_problems():
     with pytest.raises(ValueError, match="no problems"):
         score_on_problems(None, build_tokenizer(), [])
+
+
+def test_teacher_forced_scores_reward_the_model_that_predicts_the_solution():
+    """A model whose next-token prediction is always right scores accuracy 1 and near-zero loss; a uniform one
+    scores log(vocab)."""
+    from transformers.modeling_outputs import CausalLMOutput
+
+    from recipes.evaluate import teacher_forced_scores
+
+    tokenizer = build_tokenizer()
+    vocab = len(tokenizer)
+
+    class Oracle(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, input_ids, attention_mask, use_cache):
+            logits = torch.full((*input_ids.shape, vocab), -30.0)
+            logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 30.0)
+            return CausalLMOutput(logits=logits)
+
+    class Uniform(Oracle):
+        def forward(self, input_ids, attention_mask, use_cache):
+            return CausalLMOutput(logits=torch.zeros(*input_ids.shape, vocab))
+
+    problems = generate_problems(5, seed=3)
+    perfect = teacher_forced_scores(Oracle(), tokenizer, problems, batch_size=2)
+    assert perfect.token_accuracy == 1.0 and perfect.cross_entropy < 1e-6 and perfect.num_tokens > 100
+    uniform = teacher_forced_scores(Uniform(), tokenizer, problems, batch_size=2)
+    assert uniform.cross_entropy == pytest.approx(torch.log(torch.tensor(float(vocab))).item(), rel=1e-5)

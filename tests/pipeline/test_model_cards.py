@@ -84,3 +84,20 @@ def test_hub_folder_refuses_a_directory_without_weights(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         prepare_hub_folder(tmp_path / "empty", tmp_path / "upload")
+
+
+def test_demo_summary_table_and_plot_show_the_manifest(tmp_path):
+    from recipes.demo import plot_summary, summary_table
+
+    manifest = json.loads(json.dumps(MANIFEST))
+    for stage in manifest["stages"]:
+        stage["kd_loss_curve"] = [[5, stage["initial_kd_loss"]], [10, stage["final_kd_loss"]]]
+    manifest["evaluation"]["rows"] = [
+        {"model": name, "metrics": {}, "score": {"accuracy": 0.25, "token_accuracy": accuracy, "cross_entropy": 1.5,
+                                                 "tokens_per_s": 100.0 + i}}
+        for i, (name, accuracy) in enumerate([("teacher", 0.7), ("stage-1", 0.65), ("stage-2", 0.61), ("sft", 0.66)])
+    ]
+    table = summary_table(manifest)
+    assert "KD 1.2345->0.4321" in table and "12,345" in table and "0.610" in table and "CE 0.7890" in table
+    path = plot_summary(manifest, tmp_path / "summary.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
