@@ -49,6 +49,7 @@ def evaluate_models(models: dict[str, Path], tokenizer_dir: Path, num_problems: 
     rows = []
     for name, path in models.items():
         model = AutoModelForCausalLM.from_pretrained(path)
+        score_on_problems(model, tokenizer, problems[:2], max_new_tokens=4, description=f"{name} warm-up")  # untimed
         score = {
             **asdict(score_on_problems(model, tokenizer, problems, max_new_tokens=192, batch_size=16, description=name)),
             **asdict(teacher_forced_scores(model, tokenizer, problems)),
@@ -79,7 +80,7 @@ def plot_summary(manifest: dict, path: Path) -> Path:
     scores.bar(names, [row["score"]["token_accuracy"] for row in rows], color="tab:blue", label="token accuracy")
     scores.bar(names, [row["score"]["accuracy"] for row in rows], color="tab:green", width=0.4, label="answer accuracy")
     scores.set(title="Held-out quality (bars) and decode tokens/s (line)", ylabel="accuracy", ylim=(0, 1))
-    scores.legend(loc="lower left")
+    scores.legend(loc="lower left", framealpha=0.9)
     throughput = scores.twinx()
     throughput.plot(names, [row["score"]["tokens_per_s"] for row in rows], color="tab:red", marker="s")
     throughput.set_ylabel("tokens/s")
