@@ -11,8 +11,6 @@ Everything is deleted afterwards.
     python -m benchmarks.conversion_memory            # ~4.6 GiB teacher, 10 layers, 5 replaced
     python -m benchmarks.conversion_memory --layers 4 # quicker
 
-(Run it as a module from the repository root: as a script, ``benchmarks/`` would come first on sys.path and
-``benchmarks/kernels.py`` would shadow the ``kernels`` package transformers probes for.)
 """
 
 from __future__ import annotations

@@ -42,18 +42,20 @@ def evenly_spread(count: int, layers: int) -> list[int]:
 def time_generate(model, args: argparse.Namespace) -> tuple[float, float, float]:
     """(prefill seconds, decode seconds, decode tokens/s), median of ``--repeats`` runs after a warm-up."""
     ids = torch.randint(3, args.vocab, (args.batch, args.prompt), device="cuda")
-    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None, min_new_tokens=args.new_tokens)
-    model.generate(ids[:, :64], max_new_tokens=8, **kwargs)  # warm-up: kernels compiled, allocator primed
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    model.generate(ids[:, :64], max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up: kernels compiled
     prefills, decodes = [], []
     for _ in range(args.repeats):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, **kwargs)
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
         torch.cuda.synchronize()
         prefill = time.perf_counter() - start
         start = time.perf_counter()
-        model.generate(ids, max_new_tokens=args.new_tokens, **kwargs)
+        out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kwargs)
         torch.cuda.synchronize()
+        if out.shape[1] != args.prompt + args.new_tokens:
+            raise RuntimeError(f"generated {out.shape[1] - args.prompt} tokens instead of {args.new_tokens}")
         prefills.append(prefill)
         decodes.append(time.perf_counter() - start - prefill)
     prefill, decode = sorted(prefills)[len(prefills) // 2], sorted(decodes)[len(decodes) // 2]

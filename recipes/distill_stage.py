@@ -97,6 +97,7 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         gradient_checkpointing=config.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
         report_to=config.report_to,
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss
     )
 
 

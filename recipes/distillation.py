@@ -104,8 +104,24 @@ class DistillationTrainer(Trainer):
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(teacher, self.accelerator)
         if self.is_fsdp_enabled:
-            return prepare_fsdp(teacher, self.accelerator)
+            return self._prepare_fsdp_teacher(teacher)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _prepare_fsdp_teacher(self, teacher: PreTrainedModel) -> nn.Module:
+        """Shard the teacher with its own layer classes, then leave the FSDP plugin as the student needs it.
+
+        accelerate's plugin keeps one auto-wrap policy, built from the first model it wraps and a list of layer
+        class names that must all exist in that model. Teacher and student have different decoder layers
+        (``MistralDecoderLayer`` vs ``AprielH1DecoderLayer``), so one list cannot serve both: the teacher is
+        wrapped with its ``_no_split_modules`` and the plugin's policy is restored for the student.
+        """
+        plugin = self.accelerator.state.fsdp_plugin
+        saved = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
+        plugin.transformer_cls_names_to_wrap = list(getattr(teacher, "_no_split_modules", None) or [])
+        try:
+            return prepare_fsdp(teacher, self.accelerator)
+        finally:
+            plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = saved
 
     def compute_loss(
         self,
@@ -134,24 +150,38 @@ class DistillationTrainer(Trainer):
         student_hidden = final_hidden_states(student, model_inputs)[:, :-1]
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
-            teacher_hidden = self._forward_redirection(
-                self.teacher_model, teacher, final_hidden_states, teacher, model_inputs
-            )[:, :-1]
-        student_head, teacher_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+            teacher_hidden, teacher_weights = self._forward_redirection(
+                self.teacher_model, teacher, self._teacher_hidden_and_head, teacher, model_inputs
+            )
+        student_head = student.get_output_embeddings()
         with ExitStack() as gathered:
-            for head in (student_head, teacher_head):
-                gathered.enter_context(maybe_gather_lm_head_ctx(head.weight, head.bias))
+            gathered.enter_context(maybe_gather_lm_head_ctx(student_head.weight, student_head.bias))
+            if teacher_weights is None:
+                teacher_head = teacher.get_output_embeddings()
+                gathered.enter_context(maybe_gather_lm_head_ctx(teacher_head.weight, teacher_head.bias))
+                teacher_weights = lm_head_weights(teacher_head)
             return chunked_distillation_sums(
                 student_hidden,
                 lm_head_weights(student_head),
-                teacher_hidden.to(student_hidden.device),
-                lm_head_weights(teacher_head),
+                teacher_hidden[:, :-1].to(student_hidden.device),
+                teacher_weights,
                 labels,
                 kind=self.loss_kind,
                 beta=self.beta,
                 temperature=self.temperature,
                 chunk_size=self.chunk_size,
             )
+
+    def _teacher_hidden_and_head(
+        self, teacher: PreTrainedModel, model_inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, HeadWeights | None]:
+        """Runs inside the teacher wrapper's forward. Under FSDP1 the LM head is a view of a flat parameter that
+        is whole only during that forward, so its weights are copied out here; otherwise None (read later)."""
+        hidden = final_hidden_states(teacher, model_inputs)
+        if not (self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version == 1):
+            return hidden, None
+        weight, bias = lm_head_weights(teacher.get_output_embeddings())
+        return hidden, (weight.detach().clone(), None if bias is None else bias.detach().clone())
 
     def _accumulate_metrics(self, sums: DistillationSums) -> None:
         mode = "train" if self.model.training else "eval"

@@ -8,6 +8,7 @@ asking for one that cannot run here is an error, not a silent fallback.
 
 from __future__ import annotations
 
+import functools
 import os
 from types import ModuleType
 
@@ -19,8 +20,12 @@ BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 ENV_VAR = "APRIEL_H1_KERNELS"
 
 
+@functools.cache
 def _load(name: str) -> ModuleType | None:
-    """Import a backend module, or return None when its packages are missing."""
+    """Import a backend module, or return None when its packages are missing.
+
+    Cached: every Mamba layer asks at every decoding step, and a failed import is not cached by Python.
+    """
     try:
         if name == "mamba_ssm":
             from . import mamba_ssm_backend as module

@@ -14,7 +14,7 @@ common=(--config recipes/configs/distill_tiny.yaml --set "teacher=$work/teacher"
 accelerate launch --num_processes 2 --multi_gpu --mixed_precision no \
   recipes/distill_stage.py "${common[@]}" --set "output_dir=$work/ddp"
 accelerate launch --num_processes 2 --use_fsdp --mixed_precision no --fsdp_sharding_strategy FULL_SHARD \
-  --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap AprielH1DecoderLayer \
+  --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
   --fsdp_state_dict_type FULL_STATE_DICT --fsdp_use_orig_params true \
   recipes/distill_stage.py "${common[@]}" --set "output_dir=$work/fsdp"
 python3 tests/distributed/verify_runs.py "$work/ddp" "$work/fsdp"

@@ -24,7 +24,7 @@ class ScanTiles:
     num_warps: int
 
 
-# Chosen by `benchmarks/kernels.py --sweep-tiles` on an H100 at Apriel's shapes; see benchmarks/RESULTS.md.
+# Chosen by `benchmarks/kernel_speed.py --sweep-tiles` on an H100 at Apriel's shapes; see benchmarks/RESULTS.md.
 FORWARD_TILES = ScanTiles(block_d=8, chunk=128, num_warps=4)
 BACKWARD_TILES = ScanTiles(block_d=8, chunk=128, num_warps=4)
 

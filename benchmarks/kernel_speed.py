@@ -1,8 +1,8 @@
 """Time the Mamba-1 kernels at Apriel-H1's shapes: our Triton kernels vs mamba-ssm (when importable) and the
 PyTorch reference (only where its Python loop over time is affordable).
 
-    PYTHONPATH=. python benchmarks/kernels.py --markdown results.md   # the tables, printed and written as markdown
-    PYTHONPATH=. python benchmarks/kernels.py --sweep-tiles           # time the scan's candidate tile sizes
+    PYTHONPATH=. python benchmarks/kernel_speed.py --markdown results.md   # the tables, printed and written as markdown
+    PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time the scan's candidate tile sizes
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--sweep-tiles", action="store_true", help="time the scan's candidate tile sizes instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/kernels.py needs a CUDA device")
+        raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
     torch.manual_seed(0)
     if args.sweep_tiles:
         sweep_tiles()
