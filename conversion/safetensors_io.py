@@ -14,6 +14,7 @@ Tests check that ``safe_open`` and ``from_pretrained`` read the result back exac
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,7 +81,7 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor]) -> int:
     header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for entry in tensors:
-        size = torch.empty((), dtype=entry.dtype).element_size() * _numel(entry.shape)
+        size = torch.empty((), dtype=entry.dtype).element_size() * math.prod(entry.shape)
         header[entry.name] = {"dtype": _DTYPE_NAMES[entry.dtype], "shape": list(entry.shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -95,10 +96,3 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor]) -> int:
             handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
             del tensor
     return offset
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count

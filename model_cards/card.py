@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
 MAMBA_TYPES = {"mamba", "linear_attention"}
@@ -26,21 +29,9 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
 
 def _count_parameters(model_dir: Path) -> str:
     """Parameter count from the safetensors headers (no weights are loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as handle:
-            for name in handle.keys():
-                total += _numel(handle.get_slice(name).get_shape())
+    reader = CheckpointReader(model_dir)
+    total = sum(math.prod(reader.layout(name)[0]) for name in reader.names)
     return f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.2f}M"
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _stage_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,28 +16,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from conversion.atomic_io import staged_output_dir
+from conversion.safetensors_io import INDEX_FILE, CheckpointReader
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
 # Files copied from the first checkpoint: config, remote code, tokenizer, generation settings, provenance.
 SIDECAR_SUFFIXES = (".json", ".py", ".jinja", ".txt", ".model")
-
-
-def weight_map(checkpoint: Path) -> dict[str, str]:
-    """Tensor name -> shard file name of a safetensors checkpoint (sharded or single file)."""
-    index = checkpoint / INDEX_NAME
-    if index.is_file():
-        return json.loads(index.read_text())["weight_map"]
-    single = checkpoint / WEIGHTS_NAME
-    if not single.is_file():
-        raise FileNotFoundError(f"{checkpoint} has neither {WEIGHTS_NAME} nor {INDEX_NAME}: save it with save_pretrained")
-    with safe_open(single, framework="pt") as handle:
-        return {name: WEIGHTS_NAME for name in handle.keys()}
 
 
 def check_compatible(checkpoints: list[Path]) -> None:
@@ -53,7 +39,7 @@ def check_compatible(checkpoints: list[Path]) -> None:
         for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
             if config.get(key) != first.get(key):
                 raise ValueError(f"{path} has {key}={config.get(key)} but {checkpoints[0]} has {first.get(key)}")
-    names = [set(weight_map(path)) for path in checkpoints]
+    names = [set(CheckpointReader(path).weight_map) for path in checkpoints]
     for path, these in zip(checkpoints[1:], names[1:]):
         if these != names[0]:
             missing = sorted(names[0] - these)[:3]
@@ -81,31 +67,26 @@ def merge_checkpoints(
         raise ValueError("merging needs at least two checkpoints")
     check_compatible(paths)
     mix = normalised_weights(weights, len(paths))
-    layout = weight_map(paths[0])
-    shards: dict[str, list[str]] = {}
-    for name, shard in layout.items():
-        shards.setdefault(shard, []).append(name)
-    maps = [weight_map(path) for path in paths]
+    readers = [CheckpointReader(path) for path in paths]
 
     with staged_output_dir(Path(output), overwrite=overwrite) as staging:
-        for shard, names in tqdm(sorted(shards.items()), desc="merging shards", unit="shard"):
+        for shard in tqdm(readers[0].files, desc="merging shards", unit="shard"):
             merged: dict[str, torch.Tensor] = {}
-            for name in names:
+            for name in readers[0].names_by_file[shard]:
                 total = None
                 dtype = None
-                for path, mapping, weight in zip(paths, maps, mix):
-                    with safe_open(path / mapping[name], framework="pt") as handle:
-                        tensor = handle.get_tensor(name)
+                for reader, weight in zip(readers, mix):
+                    tensor = reader.read(name)
                     dtype = dtype or tensor.dtype
                     term = tensor.double() * weight
                     total = term if total is None else total + term
                 merged[name] = total.to(dtype)
             save_file(merged, staging / shard, metadata={"format": "pt"})
         for item in paths[0].iterdir():
-            if item.is_file() and item.suffix in SIDECAR_SUFFIXES and item.name != INDEX_NAME:
+            if item.is_file() and item.suffix in SIDECAR_SUFFIXES and item.name != INDEX_FILE:
                 shutil.copy2(item, staging / item.name)
-        if (paths[0] / INDEX_NAME).is_file():
-            shutil.copy2(paths[0] / INDEX_NAME, staging / INDEX_NAME)
+        if (paths[0] / INDEX_FILE).is_file():
+            shutil.copy2(paths[0] / INDEX_FILE, staging / INDEX_FILE)
         record = {"merged_from": [str(p) for p in paths], "weights": mix}
         (staging / "merge.json").write_text(json.dumps(record, indent=2) + "\n")
     return Path(output)

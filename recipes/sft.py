@@ -88,6 +88,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         seed=recipe.seed,
         bf16=recipe.bf16,
         report_to=[],
+        include_num_input_tokens_seen="non_padding",  # counted as the distillation stages count them
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
@@ -99,7 +100,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     record = {
         "model": recipe.model,
         "steps": trainer.state.global_step,
-        "tokens": int(trainer.state.num_input_tokens_seen or _tokens_from_logs(trainer.state.log_history)),
+        "tokens": int(trainer.state.num_input_tokens_seen),
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "wall_time_s": time.perf_counter() - start,
         "recipe": asdict(recipe),
@@ -113,12 +114,6 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
                 (staging / sidecar).write_text(source.read_text())
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def _tokens_from_logs(log_history: list[dict]) -> int:
-    """TRL logs the running token count as ``num_tokens``; use the last one."""
-    counts = [entry["num_tokens"] for entry in log_history if "num_tokens" in entry]
-    return int(counts[-1]) if counts else 0
 
 
 def main(argv: list[str] | None = None) -> None:
