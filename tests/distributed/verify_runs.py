@@ -17,6 +17,11 @@ def verify(run: Path) -> str:
     marker = json.loads((checkpoint / "distillation_state.json").read_text())
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     losses = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
+    if run.name == "zero3":
+        # DeepSpeed names per-rank model-state files only under stage 3, where the parameters are partitioned
+        step_dir = checkpoint / f"global_step{marker['global_step']}"
+        shards = sorted(path.name for path in step_dir.glob("zero_pp_rank_*_model_states.pt"))
+        assert len(shards) == 2, f"{run}: expected a ZeRO-3 model-state shard per rank, found {shards}"
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     with torch.no_grad():
         logits = model(torch.randint(3, 100, (1, 16))).logits
