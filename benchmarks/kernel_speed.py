@@ -2,7 +2,7 @@
 PyTorch reference (only where its Python loop over time is affordable).
 
     PYTHONPATH=. python benchmarks/kernel_speed.py --markdown results.md   # the tables, printed and written as markdown
-    PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time the scan's candidate tile sizes
+    PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time candidate tile sizes (scan, conv step)
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -24,6 +24,7 @@ from triton.testing import do_bench
 
 from modeling_apriel_h1.ops import reference
 from modeling_apriel_h1.ops import triton_backend as tri
+from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_fwd import selective_scan_forward
@@ -178,42 +179,62 @@ def mamba_state_update(mamba_update: Callable) -> Callable:
     return step
 
 
+def conv_update_inputs(batch: int) -> list[dict[str, torch.Tensor]]:
+    """Independent input sets for the conv decoding step, enough of them to overflow the L2 cache."""
+    first = {"x": torch.randn(batch, DIM, device="cuda", dtype=ACTIVATION_DTYPE),
+             "conv_state": torch.randn(batch, DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
+             "weight": torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
+             "bias": torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)}
+    total = moved_bytes(first, ["conv_state"], batch * DIM * 2)
+    return [first] + [{k: v.clone() for k, v in first.items()} for _ in range(sets_to_overflow_l2(total) - 1)]
+
+
+def same_size_copy_ms(moved: int) -> float:
+    """ms per device-to-device copy that moves ``moved`` bytes (read + written), timed like the decoding steps:
+    the floor for a kernel of that size, launch and tail included."""
+    src = torch.empty(moved // 2, device="cuda", dtype=torch.uint8)
+    sets = [{"src": src.clone(), "dst": torch.empty_like(src)} for _ in range(sets_to_overflow_l2(moved))]
+    return graph_ms_per_call(lambda inputs: inputs["dst"].copy_(inputs["src"]), sets)
+
+
+def bandwidth_note(moved: int, ms: float, copy_bytes_per_s: float, copy_ms: float) -> str:
+    rate = moved / (ms * 1e-3)
+    return (f"{rate / 1e9:.0f} GB/s = {100 * rate / copy_bytes_per_s:.0f}% of copy, "
+            f"{100 * copy_ms / ms:.0f}% of a same-size copy")
+
+
 def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_note: str) -> list[Row]:
     rows = []
     for batch in DECODE_BATCHES:
         sample = state_update_inputs(batch)
         output_bytes = batch * DIM * 2
         total = moved_bytes(sample, ["state"], output_bytes)
+        copy_ms = same_size_copy_ms(total)
         input_sets = [state_update_inputs(batch) for _ in range(sets_to_overflow_l2(total))]
         impls = [("triton", tri.selective_state_update), ("reference", reference.selective_state_update)]
         if mamba_update:
             impls.insert(1, ("mamba-ssm", mamba_state_update(mamba_update)))
         for impl, update in impls:
             ms = graph_ms_per_call(lambda inputs: update(**inputs, dt_softplus=True), input_sets)
-            rate = total / (ms * 1e-3)
-            rows.append(Row("decode ssm step", impl, batch, 1, ms,
-                            f"{rate / 1e9:.0f} GB/s = {100 * rate / copy_bytes_per_s:.0f}% of copy"))
+            rows.append(Row("decode ssm step", impl, batch, 1, ms, bandwidth_note(total, ms, copy_bytes_per_s, copy_ms)))
         if not mamba_update:
             rows.append(Row("decode ssm step", "mamba-ssm", batch, 1, None, mamba_note))
 
-        conv_sets = [{"x": torch.randn(batch, DIM, device="cuda", dtype=ACTIVATION_DTYPE),
-                      "conv_state": torch.randn(batch, DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
-                      "weight": torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE),
-                      "bias": torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)}]
+        conv_sets = conv_update_inputs(batch)
         conv_total = moved_bytes(conv_sets[0], ["conv_state"], output_bytes)
-        conv_sets += [{k: v.clone() for k, v in conv_sets[0].items()} for _ in range(sets_to_overflow_l2(conv_total) - 1)]
+        conv_copy_ms = same_size_copy_ms(conv_total)
         for impl, update in (("triton", tri.causal_conv1d_update), ("reference", reference.causal_conv1d_update)):
             ms = graph_ms_per_call(lambda inputs: update(**inputs), conv_sets)
-            rate = conv_total / (ms * 1e-3)
             rows.append(Row("decode conv step", impl, batch, 1, ms,
-                            f"{rate / 1e9:.0f} GB/s = {100 * rate / copy_bytes_per_s:.0f}% of copy"))
+                            bandwidth_note(conv_total, ms, copy_bytes_per_s, conv_copy_ms)))
     return rows
 
 
 def sweep_tiles() -> None:
-    """Time the forward and backward scan kernels alone for candidate tiles (the chunk must match)."""
-    candidates = [ScanTiles(8, 128, 4), ScanTiles(8, 64, 2), ScanTiles(4, 128, 2), ScanTiles(16, 128, 8), ScanTiles(8, 256, 8)]
-    print(f"{'batch':>5} {'L':>6} {'block_d':>7} {'chunk':>5} {'warps':>5} {'fwd ms':>8} {'bwd ms':>8}")
+    """Time the forward and backward scan kernels alone for candidate tiles (both kernels use one chunk)."""
+    candidates = [ScanTiles(64, 1, 1), ScanTiles(64, 2, 2), ScanTiles(128, 1, 1), ScanTiles(128, 2, 2),
+                  ScanTiles(32, 1, 1), ScanTiles(256, 4, 4)]
+    print(f"{'batch':>5} {'L':>6} {'chunk':>5} {'fwd warps':>9} {'bwd warps':>9} {'fwd ms':>8} {'bwd ms':>8}")
     for batch, length in [(1, 16384), (8, 4096)]:
         inputs = scan_inputs(batch, length)
         dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
@@ -222,8 +243,22 @@ def sweep_tiles() -> None:
             fwd = median_ms(lambda: selective_scan_forward(*args, True, None, False, tiles))
             _, _, states = selective_scan_forward(*args, True, None, True, tiles)
             bwd = median_ms(lambda: selective_scan_backward(dy, None, *args, True, states, False, tiles))
-            print(f"{batch:>5} {length:>6} {tiles.block_d:>7} {tiles.chunk:>5} {tiles.num_warps:>5} {fwd:>8.3f} {bwd:>8.3f}",
-                  flush=True)
+            print(f"{batch:>5} {length:>6} {tiles.chunk:>5} {tiles.forward_num_warps:>9} "
+                  f"{tiles.backward_num_warps:>9} {fwd:>8.3f} {bwd:>8.3f}", flush=True)
+
+
+def sweep_conv_update(copy_bytes_per_s: float) -> None:
+    """Achieved bandwidth of the conv decoding step for candidate (channels per program, warps)."""
+    print(f"{'batch':>5} {'block_d':>7} {'warps':>5} {'us':>7} {'% of copy':>9} {'% of same-size copy':>19}")
+    for batch in DECODE_BATCHES:
+        sets = conv_update_inputs(batch)
+        total = moved_bytes(sets[0], ["conv_state"], batch * DIM * 2)
+        copy_ms = same_size_copy_ms(total)
+        for block_d, num_warps in [(64, 2), (128, 4), (256, 4), (512, 8)]:
+            ms = graph_ms_per_call(lambda inputs: causal_conv1d_update_step(
+                inputs["x"], inputs["conv_state"], inputs["weight"], inputs["bias"], True, block_d, num_warps), sets)
+            print(f"{batch:>5} {block_d:>7} {num_warps:>5} {ms * 1e3:>7.2f} "
+                  f"{100 * total / (ms * 1e-3) / copy_bytes_per_s:>8.0f}% {100 * copy_ms / ms:>18.0f}%", flush=True)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -237,13 +272,14 @@ def markdown_table(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--markdown", help="also write the tables to this markdown file")
-    parser.add_argument("--sweep-tiles", action="store_true", help="time the scan's candidate tile sizes instead")
+    parser.add_argument("--sweep-tiles", action="store_true", help="time candidate tile sizes of the scan and the conv step instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
     torch.manual_seed(0)
     if args.sweep_tiles:
         sweep_tiles()
+        sweep_conv_update(copy_bandwidth())
         return
 
     mamba_scan, mamba_update, mamba_note = load_mamba_ssm()

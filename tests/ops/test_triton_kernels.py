@@ -42,9 +42,9 @@ def triton_ops():
 
 
 def _chunk() -> int:
-    from modeling_apriel_h1.ops.triton_kernels.scan_config import FORWARD_TILES
+    from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
 
-    return FORWARD_TILES.chunk
+    return SCAN_TILES.chunk
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

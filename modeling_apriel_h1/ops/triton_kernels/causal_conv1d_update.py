@@ -21,43 +21,55 @@ def _causal_conv1d_update_kernel(
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
 ):
     """Grid (batch, dim blocks). x (batch, dim); state (batch, dim, WIDTH) any strides (it is the caller's
-    cache, updated where it lives); weight (dim, WIDTH) contiguous; out (batch, dim) contiguous."""
+    cache, updated where it lives); weight (dim, WIDTH) contiguous; out (batch, dim) contiguous.
+
+    Each channel's window is read once, whole and aligned, and written back one tap to the left with x in
+    the newest tap: ``new[k] = old[k + 1]``, so ``out = sum_{k >= 1} w[k - 1] old[k] + w[W - 1] x``.
+    """
     batch = tl.program_id(0).to(tl.int64)
-    unclamped = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    in_dim = unclamped < dim
-    channels = tl.minimum(unclamped, dim - 1)
+    channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    in_dim = channels < dim
     taps = tl.arange(0, WIDTH_POW2)  # (WIDTH_POW2,)
+    is_tap = (taps < WIDTH)[None, :]
     state_rows = state_ptr + batch * stride_s_b + channels[:, None] * stride_s_d  # (BLOCK_D, 1)
 
-    # new_state[k] = state[k + 1] for k < WIDTH - 1, and x for the newest tap.
-    shifted = tl.load(state_rows + (taps[None, :] + 1) * stride_s_w, mask=(taps + 1 < WIDTH)[None, :], other=0.0)
-    x = tl.load(x_ptr + batch * stride_x_b + channels * stride_x_d)  # (BLOCK_D,)
-    new_state = tl.where((taps == WIDTH - 1)[None, :], x[:, None].to(shifted.dtype), shifted)  # (BLOCK_D, WIDTH_POW2)
-    # The load above reads entries that the store below overwrites, held by other threads of this program.
-    tl.debug_barrier()
-    tl.store(state_rows + taps[None, :] * stride_s_w, new_state, mask=in_dim[:, None] & (taps < WIDTH)[None, :])
-
-    weight = tl.load(weight_ptr + channels[:, None] * WIDTH + taps[None, :], mask=(taps < WIDTH)[None, :], other=0.0)
-    out = tl.sum(new_state.to(tl.float32) * weight.to(tl.float32), axis=1)  # (BLOCK_D,)
+    old = tl.load(state_rows + taps[None, :] * stride_s_w, mask=in_dim[:, None] & is_tap, other=0.0)
+    x = tl.load(x_ptr + batch * stride_x_b + channels * stride_x_d, mask=in_dim, other=0.0)  # (BLOCK_D,)
+    # weight of tap k - 1 beside old tap k (tap 0 leaves the window)
+    weight_rows = weight_ptr + channels[:, None] * WIDTH
+    shifted_weight = tl.load(weight_rows + taps[None, :] - 1, mask=in_dim[:, None] & (taps >= 1)[None, :] & is_tap,
+                             other=0.0)
+    newest_weight = tl.load(weight_ptr + channels * WIDTH + WIDTH - 1, mask=in_dim, other=0.0)
+    out = tl.sum(old.to(tl.float32) * shifted_weight.to(tl.float32), axis=1) + x.to(tl.float32) * newest_weight.to(tl.float32)
     if HAS_BIAS:
-        out += tl.load(bias_ptr + channels).to(tl.float32)
+        out += tl.load(bias_ptr + channels, mask=in_dim, other=0.0).to(tl.float32)
     if SILU:
         out = silu(out)
+    # Triton may split a window over threads: all of them must have read it before any shifts it.
+    tl.debug_barrier()
+    tl.store(state_rows + (taps[None, :] - 1) * stride_s_w, old, mask=in_dim[:, None] & (taps >= 1)[None, :] & is_tap)
+    tl.store(state_rows + (WIDTH - 1) * stride_s_w, x[:, None].to(old.dtype), mask=in_dim[:, None])
     tl.store(out_ptr + batch * dim + channels, out.to(out_ptr.dtype.element_ty), mask=in_dim)
 
 
 def causal_conv1d_update_step(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    silu_activation: bool,
+    block_d: int = UPDATE_BLOCK_D,
+    num_warps: int = UPDATE_NUM_WARPS,
 ) -> torch.Tensor:
     """Launch one conv decoding step; updates ``conv_state`` in place and returns the output (batch, dim)."""
     batch, dim = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
-    _causal_conv1d_update_kernel[(batch, triton.cdiv(dim, UPDATE_BLOCK_D))](
+    _causal_conv1d_update_kernel[(batch, triton.cdiv(dim, block_d))](
         x, conv_state, weight, bias if bias is not None else weight, out,
         dim, x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        WIDTH=width, WIDTH_POW2=triton.next_power_of_2(width), BLOCK_D=UPDATE_BLOCK_D,
+        WIDTH=width, WIDTH_POW2=triton.next_power_of_2(width), BLOCK_D=block_d,
         HAS_BIAS=bias is not None, SILU=silu_activation,
-        num_warps=UPDATE_NUM_WARPS,
+        num_warps=num_warps,
     )
     return out

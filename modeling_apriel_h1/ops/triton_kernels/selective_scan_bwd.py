@@ -21,77 +21,74 @@ import triton
 import triton.language as tl
 
 from .device_functions import LOG2E, linear_recurrence_combine, sigmoid, silu, silu_grad, softplus
-from .scan_config import BACKWARD_TILES, ScanTiles, channel_block, state_slots
+from .scan_config import SCAN_TILES, ScanTiles
 
 
 @triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, states_ptr, dy_ptr, d_last_state_ptr,
     du_ptr, d_delta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, d_delta_bias_partial_ptr,
-    d_initial_state_ptr, dh_carry_ptr,
-    dim, length, n_chunks, n_slots, channels_per_group, groups,
+    d_initial_state_ptr,
+    dim, length, n_chunks, channels_per_group, groups,
     stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
     stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n, stride_dy_b, stride_dy_d,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     HAS_D_LAST_STATE: tl.constexpr, WANTS_D_INITIAL_STATE: tl.constexpr,
 ):
-    """One program = one batch row x BLOCK_D channels (one B/C group), walking the chunks backwards.
+    """One program = one batch row x one channel, walking the chunks backwards with (N, CHUNK) tiles.
 
-    Same (BLOCK_D, CHUNK) tiles and static loop over the N states as the forward. ``states`` is the
-    forward's (batch, dim, n_slots, N) buffer (slot c = state before chunk c); ``dh_carry`` (batch, dim, 2, N)
-    fp32 carries dh across chunk boundaries (two slots used alternately, a barrier after each chunk).
-    du, d_delta, dz (batch, dim, L) contiguous; dB, dC (batch, G, N, L), dA (batch, dim, N) fp32, zeroed,
-    accumulated atomically; dD, d_delta_bias (batch, dim) fp32 per-batch partials the launcher sums.
+    ``states`` is the forward's (batch, dim, n_chunks + 1, N) buffer (slot c = state before chunk c). du, d_delta,
+    dz (batch, dim, L) contiguous; dB, dC (batch, G, N, L) fp32, zeroed, accumulated atomically by the group's
+    channels; dA (batch, dim, N), dD and d_delta_bias (batch, dim) fp32 per-batch partials the launcher sums.
+    Everything carried between chunks (dh, and the dA, dD, d_delta_bias sums) stays in registers: passing
+    dh through memory puts a store, a barrier and a load on every chunk's critical path, which made this
+    kernel 2.4x slower.
     """
     batch = tl.program_id(0).to(tl.int64)
-    first_channel = tl.program_id(1) * BLOCK_D
-    channels = first_channel + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    channel = tl.program_id(1)
     steps = tl.arange(0, CHUNK)  # (CHUNK,)
     states = tl.arange(0, N)  # (N,)
-    group = first_channel // channels_per_group
-    is_last_step = (steps == CHUNK - 1)[None, :]  # (1, CHUNK)
+    group = channel // channels_per_group
+    row = batch * dim + channel  # this program's (batch, channel) row of the (batch, dim, ...) tensors
+    is_first_step = (steps == 0)[None, :]  # (1, CHUNK)
+    is_last_step = (steps == CHUNK - 1)[None, :]
 
-    carry_rows = dh_carry_ptr + (batch * dim + channels) * 2 * N  # (BLOCK_D,)
-    state_offsets = (batch * dim + channels[:, None]) * N + states[None, :]  # (BLOCK_D, N)
+    A = tl.load(A_ptr + channel * N + states)  # (N,)
+    A_log2 = A * LOG2E  # exp(dt A) = exp2(dt A_log2)
     if HAS_D_LAST_STATE:
-        dh_end = tl.load(d_last_state_ptr + state_offsets)
+        dh_carry = tl.load(d_last_state_ptr + row * N + states)  # (N,) dh at the first step after the chunk
     else:
-        dh_end = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    tl.store(carry_rows[:, None] + states[None, :], dh_end)  # slot 0: dh at the step after the last chunk
-    tl.debug_barrier()
-
+        dh_carry = tl.zeros((N,), dtype=tl.float32)
     if HAS_D:
-        D = tl.load(D_ptr + channels).to(tl.float32)
+        D = tl.load(D_ptr + channel).to(tl.float32)
     if HAS_DELTA_BIAS:
-        delta_bias = tl.load(delta_bias_ptr + channels).to(tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    d_delta_bias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        delta_bias = tl.load(delta_bias_ptr + channel).to(tl.float32)
+    dA_acc = tl.zeros((N, CHUNK), dtype=tl.float32)
+    dD_acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    d_delta_bias_acc = tl.zeros((CHUNK,), dtype=tl.float32)
 
-    state_rows = states_ptr + (batch * dim + channels) * n_slots * N  # (BLOCK_D,)
-    u_rows = u_ptr + batch * stride_u_b + channels[:, None] * stride_u_d  # (BLOCK_D, 1)
-    delta_rows = delta_ptr + batch * stride_delta_b + channels[:, None] * stride_delta_d
-    dy_rows = dy_ptr + batch * stride_dy_b + channels[:, None] * stride_dy_d
-    grad_rows = batch * dim * length + channels[:, None] * length  # offsets into du, d_delta, dz
+    state_row = states_ptr + row * (n_chunks + 1) * N
+    u_row = u_ptr + batch * stride_u_b + channel * stride_u_d
+    delta_row = delta_ptr + batch * stride_delta_b + channel * stride_delta_d
+    dy_row = dy_ptr + batch * stride_dy_b + channel * stride_dy_d
     if HAS_Z:
-        z_rows = z_ptr + batch * stride_z_b + channels[:, None] * stride_z_d
-    B_rows = B_ptr + batch * stride_B_b + group * stride_B_g + channels[:, None] * 0  # (BLOCK_D, 1), + n, t
-    C_rows = C_ptr + batch * stride_C_b + group * stride_C_g + channels[:, None] * 0
-    dBC_row = ((batch * groups + group) * N) * length  # offset of (batch, group, n=0, t=0) in dB, dC
+        z_row = z_ptr + batch * stride_z_b + channel * stride_z_d
+    B_tile = B_ptr + batch * stride_B_b + group * stride_B_g + states[:, None] * stride_B_n  # (N, 1), + t
+    C_tile = C_ptr + batch * stride_C_b + group * stride_C_g + states[:, None] * stride_C_n
+    dBC_tile = ((batch * groups + group) * N + states[:, None]) * length  # (N, 1) offsets into dB, dC
 
     for reverse_chunk in range(n_chunks):
         chunk = n_chunks - 1 - reverse_chunk
-        carry_slot = reverse_chunk % 2
-        next_carry_slot = (reverse_chunk + 1) % 2
         t = chunk * CHUNK + steps  # (CHUNK,)
-        in_seq = (t < length)[None, :]  # (1, CHUNK)
-        next_in_seq = (t + 1 < length)[None, :]
-        u = tl.load(u_rows + t[None, :], mask=in_seq, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
-        dt_raw = tl.load(delta_rows + t[None, :], mask=in_seq, other=0.0).to(tl.float32)
-        dt_next = tl.load(delta_rows + t[None, :] + 1, mask=next_in_seq, other=0.0).to(tl.float32)
+        in_seq = t < length
+        next_in_seq = t + 1 < length
+        u = tl.load(u_row + t, mask=in_seq, other=0.0).to(tl.float32)  # (CHUNK,)
+        dt_raw = tl.load(delta_row + t, mask=in_seq, other=0.0).to(tl.float32)
+        dt_next = tl.load(delta_row + t + 1, mask=next_in_seq, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
-            dt_raw += delta_bias[:, None]
-            dt_next += delta_bias[:, None]
+            dt_raw += delta_bias
+            dt_next += delta_bias
         if DELTA_SOFTPLUS:
             dt = softplus(dt_raw)
             dt_next = softplus(dt_next)
@@ -101,82 +98,69 @@ def _selective_scan_bwd_kernel(
         dt = tl.where(in_seq, dt, 0.0)
         dt_next = tl.where(next_in_seq, dt_next, 0.0)
         dt_u = dt * u
-        dy = tl.load(dy_rows + t[None, :], mask=in_seq, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + t, mask=in_seq, other=0.0).to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_rows + t[None, :], mask=in_seq, other=0.0).to(tl.float32)
+            z = tl.load(z_row + t, mask=in_seq, other=0.0).to(tl.float32)
             dy_ssm = dy * silu(z)  # y = (y_ssm + D u) * silu(z)
-            y_ungated = D[:, None] * u if HAS_D else tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         else:
             dy_ssm = dy
-        dh_dot_B = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)  # sum_n dh B
-        d_dt_via_decay = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)  # sum_n d(dt A) A
+        B = tl.load(B_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)  # (N, CHUNK)
+        C = tl.load(C_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)
 
-        for n in tl.static_range(N):
-            A_n = tl.load(A_ptr + channels * N + n)  # (BLOCK_D,)
-            B_n = tl.load(B_rows + n * stride_B_n + t[None, :], mask=in_seq, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
-            C_n = tl.load(C_rows + n * stride_C_n + t[None, :], mask=in_seq, other=0.0).to(tl.float32)
+        # Rebuild the chunk's states exactly as the forward did.
+        h_start = tl.load(state_row + chunk * N + states)  # (N,)
+        decay = tl.exp2(dt[None, :] * A_log2[:, None])  # (N, CHUNK)
+        drive = dt_u[None, :] * B
+        decay_prefix, local_states = tl.associative_scan((decay, drive), axis=1, combine_fn=linear_recurrence_combine)
+        hs = local_states + decay_prefix * h_start[:, None]
 
-            # Rebuild state n over the chunk exactly as the forward did.
-            h_n = tl.load(state_rows + chunk * N + n)  # (BLOCK_D,)
-            decay = tl.exp2(dt * (A_n * LOG2E)[:, None])  # (BLOCK_D, CHUNK)
-            drive = dt_u * B_n
-            decay_prefix, local_states = tl.associative_scan((decay, drive), axis=1, combine_fn=linear_recurrence_combine)
-            hs = local_states + decay_prefix * h_n[:, None]
-            if HAS_Z:
-                y_ungated += hs * C_n
+        # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the next chunk's dh enters as part of the last step's input.
+        decay_next = tl.exp2(dt_next[None, :] * A_log2[:, None])
+        from_output = C * dy_ssm[None, :] + tl.where(is_last_step, decay_next * dh_carry[:, None], 0.0)
+        _, dh = tl.associative_scan((decay_next, from_output), axis=1, combine_fn=linear_recurrence_combine,
+                                    reverse=True)  # (N, CHUNK)
+        dh_carry = tl.sum(tl.where(is_first_step, dh, 0.0), axis=1)
 
-            # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, continuing from the chunk after this one.
-            decay_next = tl.exp2(dt_next * (A_n * LOG2E)[:, None])
-            # The carry enters as part of the last step's input, so only the scan's value half is needed after
-            # the reverse scan (which Triton runs by flipping its operands across lanes: each output costs).
-            dh_after = tl.load(carry_rows + carry_slot * N + n)  # (BLOCK_D,)
-            from_output = C_n * dy_ssm + tl.where(is_last_step, decay_next * dh_after[:, None], 0.0)
-            _, dh = tl.associative_scan((decay_next, from_output), axis=1, combine_fn=linear_recurrence_combine,
-                                        reverse=True)  # (BLOCK_D, CHUNK)
-            dh_first = tl.gather(dh, tl.zeros((BLOCK_D, 1), dtype=tl.int32), axis=1)  # (BLOCK_D, 1)
-            tl.store(carry_rows[:, None] + next_carry_slot * N + n, dh_first)
-
-            d_dtA = dh * (hs - drive)  # = dh_t a_t h_{t-1}
-            tl.atomic_add(dA_partial_ptr + (batch * dim + channels) * N + n, tl.sum(d_dtA * dt, axis=1), sem="relaxed")
-            d_dt_via_decay += d_dtA * A_n[:, None]
-            dh_dot_B += dh * B_n
-            dB_ptrs = dB_ptr + dBC_row + n * length + t
-            tl.atomic_add(dB_ptrs, tl.sum(dh * dt_u, axis=0), mask=t < length, sem="relaxed")
-            tl.atomic_add(dC_ptr + dBC_row + n * length + t, tl.sum(hs * dy_ssm, axis=0), mask=t < length, sem="relaxed")
+        d_dtA = dh * (hs - drive)  # = dh_t a_t h_{t-1}
+        dA_acc += d_dtA * dt[None, :]
+        dh_dot_B = tl.sum(dh * B, axis=0)  # (CHUNK,)
+        d_dt = tl.sum(d_dtA * A[:, None], axis=0) + dh_dot_B * u
+        du = dh_dot_B * dt
+        tl.atomic_add(dB_ptr + dBC_tile + t[None, :], dh * dt_u[None, :], mask=in_seq[None, :], sem="relaxed")
+        tl.atomic_add(dC_ptr + dBC_tile + t[None, :], hs * dy_ssm[None, :], mask=in_seq[None, :], sem="relaxed")
 
         if HAS_Z:
-            tl.store(dz_ptr + grad_rows + t[None, :], (dy * y_ungated * silu_grad(z)).to(dz_ptr.dtype.element_ty),
+            y_ungated = tl.sum(hs * C, axis=0)
+            if HAS_D:
+                y_ungated += D * u
+            tl.store(dz_ptr + row * length + t, (dy * y_ungated * silu_grad(z)).to(dz_ptr.dtype.element_ty),
                      mask=in_seq)
-        d_dt = d_dt_via_decay + dh_dot_B * u
-        du = dh_dot_B * dt
         if HAS_D:
-            du += D[:, None] * dy_ssm
-            dD_acc += tl.sum(dy_ssm * u, axis=1)
+            du += D * dy_ssm
+            dD_acc += dy_ssm * u
         if DELTA_SOFTPLUS:
             d_dt *= sigmoid(dt_raw)
         d_dt = tl.where(in_seq, d_dt, 0.0)
         if HAS_DELTA_BIAS:
-            d_delta_bias_acc += tl.sum(d_dt, axis=1)
-        tl.store(du_ptr + grad_rows + t[None, :], du.to(du_ptr.dtype.element_ty), mask=in_seq)
-        tl.store(d_delta_ptr + grad_rows + t[None, :], d_dt.to(d_delta_ptr.dtype.element_ty), mask=in_seq)
-        tl.debug_barrier()  # the next (earlier) chunk reads the dh carry written above, from other threads
+            d_delta_bias_acc += d_dt
+        tl.store(du_ptr + row * length + t, du.to(du_ptr.dtype.element_ty), mask=in_seq)
+        tl.store(d_delta_ptr + row * length + t, d_dt.to(d_delta_ptr.dtype.element_ty), mask=in_seq)
 
+    tl.store(dA_partial_ptr + row * N + states, tl.sum(dA_acc, axis=1))
     if HAS_D:
-        tl.store(dD_partial_ptr + batch * dim + channels, dD_acc)
+        tl.store(dD_partial_ptr + row, tl.sum(dD_acc, axis=0))
     if HAS_DELTA_BIAS:
-        tl.store(d_delta_bias_partial_ptr + batch * dim + channels, d_delta_bias_acc)
+        tl.store(d_delta_bias_partial_ptr + row, tl.sum(d_delta_bias_acc, axis=0))
     if WANTS_D_INITIAL_STATE:
         # h_0 = a_0 h_init + b_0, so d h_init = a_0 dh_0 (a_0 = 1 when L = 0: the state passes through).
-        dh_0 = tl.load(carry_rows[:, None] + (n_chunks % 2) * N + states[None, :])  # (BLOCK_D, N)
-        A = tl.load(A_ptr + channels[:, None] * N + states[None, :])
         has_step = length > 0
-        dt0 = tl.load(delta_rows, mask=has_step, other=0.0).to(tl.float32)  # (BLOCK_D, 1)
+        dt0 = tl.load(delta_row, mask=has_step, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
-            dt0 += delta_bias[:, None]
+            dt0 += delta_bias
         if DELTA_SOFTPLUS:
             dt0 = softplus(dt0)
         dt0 = tl.where(has_step, dt0, 0.0)
-        tl.store(d_initial_state_ptr + state_offsets, tl.exp(dt0 * A) * dh_0)
+        tl.store(d_initial_state_ptr + row * N + states, tl.exp2(dt0 * A_log2) * dh_carry)
 
 
 def selective_scan_backward(
@@ -198,13 +182,12 @@ def selective_scan_backward(
     """Launch the backward scan; returns the gradients by input name, in fp32 for A, B, C, D, delta_bias and
     the initial state, and in the input's dtype for u, delta and z. ``states`` (batch, dim, n_chunks + 1, N)
     come from the forward, which must have used the same chunk length (``scan_config``)."""
-    tiles = tiles or BACKWARD_TILES
+    tiles = tiles or SCAN_TILES
     batch, dim, length = u.shape
     groups, n_states = B.shape[1], B.shape[2]
     channels_per_group = dim // groups
-    block_d = channel_block(channels_per_group, tiles.block_d)
     n_chunks = triton.cdiv(length, tiles.chunk)
-    assert states.shape[2] == state_slots(n_chunks, True), "forward and backward scans must use the same chunk length"
+    assert states.shape[2] == n_chunks + 1, "forward and backward scans must use the same chunk length"
     f32 = dict(device=u.device, dtype=torch.float32)
 
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
@@ -212,28 +195,27 @@ def selective_scan_backward(
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     dB = torch.zeros((batch, groups, n_states, length), **f32)
     dC = torch.zeros((batch, groups, n_states, length), **f32)
-    dA_partial = torch.zeros((batch, dim, n_states), **f32)
-    dh_carry = torch.empty((batch, dim, 2, n_states), **f32)
+    dA_partial = torch.empty((batch, dim, n_states), **f32)
     dD_partial = torch.empty((batch, dim), **f32) if D is not None else None
     d_delta_bias_partial = torch.empty((batch, dim), **f32) if delta_bias is not None else None
     d_initial_state = torch.empty((batch, dim, n_states), **f32) if wants_d_initial_state else None
 
     z_arg = z if z is not None else u
-    _selective_scan_bwd_kernel[(batch, dim // block_d)](
+    _selective_scan_bwd_kernel[(batch, dim)](
         u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A,
         states, dy, d_last_state if d_last_state is not None else A,
         du, d_delta, dz if dz is not None else du, dB, dC, dA_partial,
         dD_partial if dD_partial is not None else dA_partial,
         d_delta_bias_partial if d_delta_bias_partial is not None else dA_partial,
-        d_initial_state if d_initial_state is not None else dA_partial, dh_carry,
-        dim, length, n_chunks, states.shape[2], channels_per_group, groups,
+        d_initial_state if d_initial_state is not None else dA_partial,
+        dim, length, n_chunks, channels_per_group, groups,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), z_arg.stride(0), z_arg.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1),
-        N=n_states, BLOCK_D=block_d, CHUNK=tiles.chunk,
+        N=n_states, CHUNK=tiles.chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=delta_softplus, HAS_D_LAST_STATE=d_last_state is not None,
         WANTS_D_INITIAL_STATE=wants_d_initial_state,
-        num_warps=tiles.num_warps,
+        num_warps=tiles.backward_num_warps,
     )
     return {
         "u": du,
