@@ -90,7 +90,7 @@ def as_reference_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 # (batch, dim, groups, N, L): odd lengths, one chunk exactly, one step past a chunk, many chunks; B/C shared
-# by all channels (G=1), Apriel's 16 channels per group, and groups narrower than a channel block.
+# by all channels (G=1), Apriel's 16 channels per group, and 4 channels per group with N = 8.
 SCAN_SHAPES = [
     (1, 32, 2, 16, 1),
     (2, 32, 2, 16, 7),
