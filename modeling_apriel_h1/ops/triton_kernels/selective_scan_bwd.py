@@ -107,7 +107,8 @@ def _selective_scan_bwd_kernel(
         B = tl.load(B_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)  # (N, CHUNK)
         C = tl.load(C_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)
 
-        # Rebuild the chunk's states exactly as the forward did.
+        # Rebuild the chunk's states exactly as the forward did. These four lines repeat the forward's on purpose:
+        # moved into a shared @triton.jit function they made the forward kernel 1.49 -> 1.89 ms (H100, b=1, L=16k).
         h_start = tl.load(state_row + chunk * N + states)  # (N,)
         decay = tl.exp2(dt[None, :] * A_log2[:, None])  # (N, CHUNK)
         drive = dt_u[None, :] * B
