@@ -30,7 +30,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from recipes.checkpoints import mark_checkpoint_complete
 from recipes.kd_loss import LOSS_KINDS, DistillationSums, HeadWeights, chunked_distillation_sums
-from recipes.zero3 import register_parameters_read_outside_their_module, uses_zero3
+from recipes.zero3 import register_for_zero3
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -86,9 +86,7 @@ class DistillationTrainer(Trainer):
         # this loss always normalises by that count.
         self.model_accepts_loss_kwargs = True
         self.loss_kind, self.beta, self.temperature, self.chunk_size = loss_kind, beta, temperature, chunk_size
-        if self.is_deepspeed_enabled and uses_zero3(self.accelerator):
-            for model in (self.model, teacher_model):
-                register_parameters_read_outside_their_module(model)
+        register_for_zero3(self.accelerator, self.model, teacher_model)
         self.teacher_model = self._prepare_teacher(teacher_model)
         self._forward_redirection = _ForwardRedirection()
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)

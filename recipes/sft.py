@@ -24,7 +24,7 @@ from trl import SFTConfig, SFTTrainer
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import staged_output_dir
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
-from recipes.zero3 import register_parameters_read_outside_their_module, uses_zero3
+from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
 
@@ -94,8 +94,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         remove_unused_columns=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
-    if trainer.is_deepspeed_enabled and uses_zero3(trainer.accelerator):
-        register_parameters_read_outside_their_module(trainer.model)
+    register_for_zero3(trainer.accelerator, trainer.model)
     checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -14,23 +14,16 @@ from accelerate import Accelerator
 from torch import nn
 
 
-def register_parameters_read_outside_their_module(model: nn.Module) -> int:
-    """Register, for every submodule that declares ``parameters_read_outside_their_module``, those parameters
-    with DeepSpeed as gathered around that submodule's forward. Returns how many were registered."""
+def register_for_zero3(accelerator: Accelerator, *models: nn.Module) -> None:
+    """Under DeepSpeed ZeRO-3, register every parameter that a submodule declares through
+    ``parameters_read_outside_their_module`` as gathered around that submodule's forward; otherwise nothing."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return
     import deepspeed  # only under DeepSpeed; ``deepspeed.zero`` is an attribute, not an importable module
 
-    registered = 0
-    for module in model.modules():
-        declared = getattr(module, "parameters_read_outside_their_module", None)
-        if declared is None:
-            continue
-        for parameter in declared():
-            deepspeed.zero.register_external_parameter(module, parameter)
-            registered += 1
-    return registered
-
-
-def uses_zero3(accelerator: Accelerator) -> bool:
-    """Whether ``accelerator`` runs DeepSpeed with stage-3 partitioning."""
-    plugin = accelerator.state.deepspeed_plugin
-    return plugin is not None and plugin.zero_stage == 3
+    for model in models:
+        for module in model.modules():
+            declared = getattr(module, "parameters_read_outside_their_module", None)
+            for parameter in declared() if declared is not None else ():
+                deepspeed.zero.register_external_parameter(module, parameter)

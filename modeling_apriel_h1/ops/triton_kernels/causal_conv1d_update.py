@@ -31,14 +31,14 @@ def _causal_conv1d_update_kernel(
     in_dim = channels < dim
     taps = tl.arange(0, WIDTH_POW2)  # (WIDTH_POW2,)
     is_tap = (taps < WIDTH)[None, :]
+    survives = in_dim[:, None] & (taps >= 1)[None, :] & is_tap  # old taps 1..W-1 move one to the left
     state_rows = state_ptr + batch * stride_s_b + channels[:, None] * stride_s_d  # (BLOCK_D, 1)
 
     old = tl.load(state_rows + taps[None, :] * stride_s_w, mask=in_dim[:, None] & is_tap, other=0.0)
     x = tl.load(x_ptr + batch * stride_x_b + channels * stride_x_d, mask=in_dim, other=0.0)  # (BLOCK_D,)
     # weight of tap k - 1 beside old tap k (tap 0 leaves the window)
     weight_rows = weight_ptr + channels[:, None] * WIDTH
-    shifted_weight = tl.load(weight_rows + taps[None, :] - 1, mask=in_dim[:, None] & (taps >= 1)[None, :] & is_tap,
-                             other=0.0)
+    shifted_weight = tl.load(weight_rows + taps[None, :] - 1, mask=survives, other=0.0)
     newest_weight = tl.load(weight_ptr + channels * WIDTH + WIDTH - 1, mask=in_dim, other=0.0)
     out = tl.sum(old.to(tl.float32) * shifted_weight.to(tl.float32), axis=1) + x.to(tl.float32) * newest_weight.to(tl.float32)
     if HAS_BIAS:
@@ -47,7 +47,7 @@ def _causal_conv1d_update_kernel(
         out = silu(out)
     # Triton may split a window over threads: all of them must have read it before any shifts it.
     tl.debug_barrier()
-    tl.store(state_rows + (taps[None, :] - 1) * stride_s_w, old, mask=in_dim[:, None] & (taps >= 1)[None, :] & is_tap)
+    tl.store(state_rows + (taps[None, :] - 1) * stride_s_w, old, mask=survives)
     tl.store(state_rows + (WIDTH - 1) * stride_s_w, x[:, None].to(old.dtype), mask=in_dim[:, None])
     tl.store(out_ptr + batch * dim + channels, out.to(out_ptr.dtype.element_ty), mask=in_dim)
 
