@@ -43,7 +43,7 @@ class AprielH1Config(PreTrainedConfig):
     """
 
     model_type = "apriel_h1"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",

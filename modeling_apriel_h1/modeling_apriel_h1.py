@@ -49,6 +49,17 @@ except ImportError:  # remote code on a machine without the package: the PyTorch
         return _ReferenceOps
 
 
+# transformers 5.24 renamed the cache argument and output field from ``past_key_values`` to ``cache``. Forwards
+# accept both names and outputs use the installed version's field, so that generate() of either finds it.
+_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the cache once: as `cache` or as `past_key_values` (its name before transformers 5.24).")
+    return cache if cache is not None else past_key_values
+
+
 def _repeat_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch.Tensor:
     """(..., groups * group_size) -> (..., groups * repeats * group_size), each group repeated in place.
 
@@ -99,7 +110,7 @@ class AprielH1Mamba(nn.Module):
         self,
         hidden_states: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding."""
         ops = resolve_ops(hidden_states.device, self.config.kernel_backend)
@@ -119,7 +130,7 @@ class AprielH1Mamba(nn.Module):
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         dt_bias = self.dt_proj.bias
 
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         has_state = cache_layer is not None and cache_layer.has_previous_state[0]
         if has_state and seq_len == 1:
             conv_state, ssm_state = cache_layer.conv_states[0], cache_layer.recurrent_states[0]
@@ -168,7 +179,7 @@ class AprielH1Attention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         input_shape = hidden_states.shape[:-1]
@@ -178,8 +189,8 @@ class AprielH1Attention(nn.Module):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -220,20 +231,20 @@ class AprielH1DecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         if self.is_mamba:
-            hidden_states = self.mixer(hidden_states, padding_mask=padding_mask, past_key_values=past_key_values)
+            hidden_states = self.mixer(hidden_states, padding_mask=padding_mask, cache=cache)
         else:
             hidden_states = self.self_attn(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
         hidden_states = residual + hidden_states
@@ -248,7 +259,7 @@ class AprielH1PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["AprielH1DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -310,35 +321,32 @@ class AprielH1Model(AprielH1PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = _one_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
         mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
-        causal_mask = mask_function(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # the cache goes by position: its keyword is past_key_values before transformers 5.24 and cache from then on
+        causal_mask = mask_function(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
         # Mamba layers see only which of the current tokens are real; the 2-D mask covers past + current tokens.
         padding_mask = None
         if attention_mask is not None and attention_mask.dim() == 2 and inputs_embeds.shape[1] > 1:
@@ -355,7 +363,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
                 attention_mask=causal_mask,
                 padding_mask=padding_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
@@ -364,8 +372,8 @@ class AprielH1Model(AprielH1PreTrainedModel):
             all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            **{_CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -391,18 +399,19 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -416,8 +425,8 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
 
 

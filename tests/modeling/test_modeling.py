@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import MistralForCausalLM
 
@@ -98,6 +99,22 @@ def test_prefill_in_two_chunks_continues_the_state():
         first = model(ids[:, :6], use_cache=True)
         second = model(ids[:, 6:], past_key_values=first.past_key_values, use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), parallel, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_is_taken_under_either_name():
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``: both continue the same state, and both at once
+    is an error rather than a silent choice."""
+    model = _model()
+    ids = torch.randint(3, 97, (2, 10))
+    with torch.no_grad():
+        parallel = model(ids).logits
+        by_new_name = model(ids[:, 6:], cache=model(ids[:, :6], use_cache=True).past_key_values, use_cache=True).logits
+        by_old_name = model(ids[:, 6:], past_key_values=model(ids[:, :6], use_cache=True).past_key_values, use_cache=True).logits
+    torch.testing.assert_close(by_new_name, parallel[:, 6:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(by_old_name, by_new_name)
+    cache = model(ids[:, :6], use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="once"):
+        model(ids[:, 6:], cache=cache, past_key_values=cache)
 
 
 def test_generation_continues_from_a_returned_cache():
