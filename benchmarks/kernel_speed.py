@@ -3,6 +3,7 @@ PyTorch reference (only where its Python loop over time is affordable).
 
     PYTHONPATH=. python benchmarks/kernel_speed.py --markdown results.md   # the tables, printed and written as markdown
     PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time candidate tile sizes (scan, conv step)
+    PYTHONPATH=. python benchmarks/kernel_speed.py --ops conv decode       # only some of the tables
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -34,6 +35,7 @@ SCAN_SHAPES = [(1, 4096), (1, 16384), (8, 4096), (8, 16384)]  # (batch, L)
 REFERENCE_SHAPE = (1, 512)  # the reference loops over time in Python: only a short sequence
 DECODE_BATCHES = [1, 8, 64]
 ACTIVATION_DTYPE = torch.bfloat16
+OP_GROUPS = ("scan", "conv", "decode")  # the tables, in the order they are timed
 
 
 def load_mamba_ssm() -> tuple[Callable | None, Callable | None, str]:
@@ -45,6 +47,23 @@ def load_mamba_ssm() -> tuple[Callable | None, Callable | None, str]:
     except ImportError as error:
         return None, None, f"not importable ({error})"
     return selective_scan_fn, selective_state_update, f"mamba-ssm {mamba_ssm.__version__}"
+
+
+def load_causal_conv1d() -> tuple[Callable | None, Callable | None, str]:
+    """causal-conv1d's convolution and decoding step in our signatures, or Nones and the reason they are missing."""
+    try:
+        import causal_conv1d
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+    except ImportError as error:
+        return None, None, f"not importable ({error})"
+
+    def conv(x, weight, bias):
+        return causal_conv1d_fn(x, weight, bias, activation="silu"), None
+
+    def update(x, conv_state, weight, bias):
+        return causal_conv1d_update(x, conv_state, weight, bias, "silu")
+
+    return conv, update, f"causal-conv1d {causal_conv1d.__version__}"
 
 
 def median_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
@@ -113,20 +132,24 @@ def scan_rows(mamba_scan: Callable | None, mamba_note: str) -> list[Row]:
     return rows
 
 
-def conv_rows() -> list[Row]:
+def conv_rows(causal_conv: Callable | None, causal_note: str) -> list[Row]:
     rows = []
+    impls = [("triton", tri.causal_conv1d), ("reference", reference.causal_conv1d)]
+    if causal_conv:
+        impls.insert(1, ("causal-conv1d", causal_conv))
     for batch, length in SCAN_SHAPES:
         x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
         weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
         bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
         dout = torch.randn_like(x)
-        for impl, conv in (("triton", tri.causal_conv1d), ("reference", reference.causal_conv1d)):
+        for impl, conv in impls:
             with torch.no_grad():
                 rows.append(Row("conv fwd", impl, batch, length, median_ms(lambda: conv(x, weight, bias))))
             leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
             rows.append(Row("conv fwd+bwd", impl, batch, length,
                             median_ms(lambda: conv(*leaves)[0].backward(dout), grad_to_none=leaves)))
-    rows.append(Row("conv", "causal-conv1d", 0, "-", None, "not built on the device (about 7 more minutes)"))
+    if not causal_conv:
+        rows.append(Row("conv", "causal-conv1d", 0, "-", None, causal_note))
     return rows
 
 
@@ -203,7 +226,8 @@ def bandwidth_note(moved: int, ms: float, copy_bytes_per_s: float, copy_ms: floa
             f"{100 * copy_ms / ms:.0f}% of a same-size copy")
 
 
-def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_note: str) -> list[Row]:
+def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_note: str,
+                causal_update: Callable | None) -> list[Row]:
     rows = []
     for batch in DECODE_BATCHES:
         sample = state_update_inputs(batch)
@@ -223,7 +247,10 @@ def decode_rows(copy_bytes_per_s: float, mamba_update: Callable | None, mamba_no
         conv_sets = conv_update_inputs(batch)
         conv_total = moved_bytes(conv_sets[0], ["conv_state"], output_bytes)
         conv_copy_ms = same_size_copy_ms(conv_total)
-        for impl, update in (("triton", tri.causal_conv1d_update), ("reference", reference.causal_conv1d_update)):
+        conv_impls = [("triton", tri.causal_conv1d_update), ("reference", reference.causal_conv1d_update)]
+        if causal_update:
+            conv_impls.insert(1, ("causal-conv1d", causal_update))
+        for impl, update in conv_impls:
             ms = graph_ms_per_call(lambda inputs: update(**inputs), conv_sets)
             rows.append(Row("decode conv step", impl, batch, 1, ms,
                             bandwidth_note(conv_total, ms, copy_bytes_per_s, conv_copy_ms)))
@@ -273,6 +300,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--markdown", help="also write the tables to this markdown file")
     parser.add_argument("--sweep-tiles", action="store_true", help="time candidate tile sizes of the scan and the conv step instead")
+    parser.add_argument("--ops", nargs="+", choices=OP_GROUPS, default=list(OP_GROUPS),
+                        help="which tables to time (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
@@ -283,16 +312,21 @@ def main() -> None:
         return
 
     mamba_scan, mamba_update, mamba_note = load_mamba_ssm()
+    causal_conv, causal_update, causal_note = load_causal_conv1d()
     device = torch.cuda.get_device_name()
     bandwidth = copy_bandwidth()
-    header = (f"device: {device}; torch {torch.__version__}; triton {triton.__version__}; {mamba_note}\n"
+    header = (f"device: {device}; torch {torch.__version__}; triton {triton.__version__}; {mamba_note}; {causal_note}\n"
               f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s (bytes read + written)\n"
               f"shapes: dim {DIM}, N {N_STATES}, {GROUPS} groups, conv width {CONV_WIDTH}, {ACTIVATION_DTYPE} activations")
     print(header, flush=True)
-    rows = scan_rows(mamba_scan, mamba_note)
-    print(markdown_table(rows), flush=True)
-    rows += conv_rows()
-    rows += decode_rows(bandwidth, mamba_update, mamba_note)
+    rows = []
+    if "scan" in args.ops:
+        rows += scan_rows(mamba_scan, mamba_note)
+        print(markdown_table(rows), flush=True)
+    if "conv" in args.ops:
+        rows += conv_rows(causal_conv, causal_note)
+    if "decode" in args.ops:
+        rows += decode_rows(bandwidth, mamba_update, mamba_note, causal_update)
     table = markdown_table(rows)
     print(table)
     if args.markdown:

@@ -89,13 +89,15 @@ def as_reference_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v.detach().float().clone().requires_grad_(True) for k, v in inputs.items()}
 
 
-# (batch, dim, groups, N, L): odd lengths, one chunk exactly, one step past a chunk, many chunks; B/C shared
+# (batch, dim, groups, N, L): odd lengths, one chunk exactly, one step past a chunk, many chunks, several full
+# chunks (the backward then drops its masks); B/C shared
 # by all channels (G=1), Apriel's 16 channels per group, and 4 channels per group with N = 8.
 SCAN_SHAPES = [
     (1, 32, 2, 16, 1),
     (2, 32, 2, 16, 7),
     (2, 64, 4, 16, "chunk"),
     (1, 32, 1, 16, "chunk+1"),
+    (2, 32, 2, 16, "3 chunks"),
     (2, 48, 12, 8, 300),
 ]
 
@@ -104,7 +106,7 @@ SERIES = {"u", "delta", "B", "C", "z"}  # the scan inputs with a time axis
 
 
 def _length(length: int | str) -> int:
-    return {"chunk": _chunk(), "chunk+1": _chunk() + 1}.get(length, length)
+    return {"chunk": _chunk(), "chunk+1": _chunk() + 1, "3 chunks": 3 * _chunk()}.get(length, length)
 
 
 @pytest.mark.parametrize("shape", SCAN_SHAPES)

@@ -6,10 +6,11 @@ scanned along time in parallel (``tl.associative_scan``) and the state (the back
 next chunk in registers. The forward stores the state at the start of every chunk so the backward can rebuild
 each chunk's states without rerunning the whole sequence; the backward therefore walks the same chunks.
 
-Time is the contiguous axis of every tile: bf16 loads put 8 consecutive steps in each thread and lanes side by
-side, so a chunk's scan stays inside a warp; sums over the N states (y, and the backward's dh . B) are the
-only reductions across threads. With one program per channel the gradients of B and C are plain products
-added atomically (one add per channel, state and step, as mamba-ssm does).
+Time is the contiguous axis of every tile: each thread holds a run of consecutive steps (8 in the forward, as
+wide as a bf16 load allows; 4 in the backward, as wide as its fp32 atomic adds) and lanes sit side by side, so
+a chunk's scan stays inside a warp; sums over the N states (y, and the backward's dh . B) are the only
+reductions across threads. With one program per channel the gradients of B and C are plain products added
+atomically (one add per channel, state and step, as mamba-ssm does).
 
 An earlier design (programs of 8 channels, a static loop over states, the state carried between chunks
 through memory behind a barrier) was 1.5x (forward) to 2.4x (backward) slower; see benchmarks/RESULTS.md.
