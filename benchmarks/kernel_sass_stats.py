@@ -1,0 +1,92 @@
+"""Compile the selective-scan kernels for an H100 (sm_90) on any machine, GPU or not, and count what matters.
+
+    python benchmarks/kernel_sass_stats.py                 # Apriel's shapes: N 16, chunk from scan_config
+    python benchmarks/kernel_sass_stats.py --chunk 32      # another chunk length
+
+Needs only ``triton`` (its wheel carries ptxas and cuobjdump). The scan kernels are bound by instruction issue,
+so registers, spills to local memory, and the count of machine instructions per kernel (shuffles and exp2 among
+them) predict their speed well: the backward that spilled and rebuilt its forward scan twice (4152 instructions,
+392 bytes of stack) ran 8.9 ms at b=1, L=16k on an H200; the same kernel in one layout (2880, no stack) 5.0 ms.
+This is how that was found without spending GPU time; see benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from modeling_apriel_h1.ops.triton_kernels import selective_scan_bwd, selective_scan_fwd
+from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
+
+BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr"}
+SASS_PATTERNS = {
+    "shuffles": r"\bSHFL\b",
+    "exp2": r"MUFU\.EX2",
+    "local ld/st": r"\b(?:LDL|STL)\b",
+    "shared ld/st": r"\b(?:LDS|STS)\b",
+    "atomics": r"\b(?:RED|ATOM)G?\b",
+}
+
+
+def compile_for_sm90(kernel: triton.JITFunction, constants: dict[str, object], num_warps: int) -> triton.compiler.CompiledKernel:
+    """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
+    integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths)."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {}
+    for name in names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
+        else:
+            signature[name] = "i32"
+    divisible = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in constants}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=divisible)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def sass_stats(compiled: triton.compiler.CompiledKernel) -> dict[str, int]:
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([tools / "cuobjdump", "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
+    registers, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+\S", line)]
+    stats = {"registers": int(registers), "stack bytes": int(stack), "instructions": len(instructions)}
+    stats.update({name: len(re.findall(pattern, sass)) for name, pattern in SASS_PATTERNS.items()})
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
+    parser.add_argument("--n-states", type=int, default=16)
+    args = parser.parse_args()
+    common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
+    kernels = {
+        "forward": (selective_scan_fwd._selective_scan_fwd_kernel,
+                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps),
+        "backward": (selective_scan_bwd._selective_scan_bwd_kernel,
+                     dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
+                     SCAN_TILES.backward_num_warps),
+    }
+    print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
+    for name, (kernel, constants, num_warps) in kernels.items():
+        stats = sass_stats(compile_for_sm90(kernel, constants, num_warps))
+        print(f"{name:>8} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
+              + ", ".join(f"{key} {value}" for key, value in stats.items()))
+
+
+if __name__ == "__main__":
+    main()
