@@ -5,7 +5,7 @@
 
 The config (every key documented in the YAML file) names the teacher, the student (a conversion output
 directory), the data and the optimisation. Checkpoints go to ``output_dir/checkpoint-N`` (safetensors
-weights, optimizer, RNG state, and ``distillation_state.json`` with the tokens seen, written last so a
+weights, optimizer, RNG state, and ``checkpoint_state.json`` with the tokens seen, written last so a
 checkpoint without it is known to be incomplete); ``--resume`` continues from the newest complete one. The
 distilled student is saved to ``output_dir/final``.
 """
@@ -151,7 +151,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     if trainer.args.should_save and record.is_file():  # the distilled student keeps its provenance
         shutil.copy2(record, final_dir / RECORD_FILE)
     if trainer.args.should_save:
-        mark_checkpoint_complete(final_dir, trainer.distillation_state())
+        mark_checkpoint_complete(final_dir, trainer.checkpoint_state())
     return trainer
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from recipes.checkpoints import mark_checkpoint_complete
+from recipes.checkpoints import CompleteCheckpointsMixin
 from recipes.kd_loss import LOSS_KINDS, DistillationSums, HeadWeights, chunked_distillation_sums
 from recipes.zero3 import register_for_zero3
 
@@ -49,7 +48,7 @@ def lm_head_weights(head: nn.Module) -> HeadWeights:
     return weight, bias
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
     """Trains ``model`` (the student) to match ``teacher_model``'s next-token distribution.
 
     Args:
@@ -215,18 +214,6 @@ class DistillationTrainer(Trainer):
             logs.update({f"{prefix}{key}": value / tokens for key, value in summed.items()})
         super().log(logs, start_time)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Saves as Trainer does, then marks the checkpoint complete with the tokens seen so far."""
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            mark_checkpoint_complete(checkpoint_dir, self.distillation_state())
-
-    def distillation_state(self) -> dict[str, Any]:
-        """What a stage has done so far, in the units the paper reports (steps and tokens)."""
-        return {
-            "global_step": self.state.global_step,
-            "num_input_tokens_seen": self.state.num_input_tokens_seen,
-            "loss_kind": self.loss_kind,
-            "temperature": self.temperature,
-        }
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a stage has done so far, in the units the paper reports (steps and tokens), and its loss."""
+        return {**super().checkpoint_state(), "loss_kind": self.loss_kind, "temperature": self.temperature}

@@ -2,8 +2,9 @@
 
 The data options are the distillation recipe's (``recipes.data``): the bundled synthetic traces, local
 jsonl/parquet files, or a ``datasets`` name, in chat or prompt/completion form, rendered with the tokenizer's
-chat template, loss on the assistant tokens only. Checkpoints are safetensors; ``--resume`` continues from the
-newest one; the final model and an ``sft.json`` record (steps, tokens, final loss) land in ``output_dir``.
+chat template, loss on the assistant tokens only. Checkpoints are safetensors, marked complete as the
+distillation's are (``recipes.checkpoints``); ``--resume`` continues from the newest complete one. The final
+model and an ``sft.json`` record (steps, tokens, final loss) land in ``output_dir``.
 
     python -m recipes.sft --model out/stage-3 --output-dir out/sft --data synthetic --max-steps 200
 """
@@ -18,15 +19,19 @@ from pathlib import Path
 
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import staged_output_dir
+from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
+
+
+class CompleteCheckpointsSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
+    """TRL's SFTTrainer whose checkpoints carry the completion marker, so resume never picks a half-saved one."""
 
 
 @dataclass
@@ -93,9 +98,9 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
+    trainer = CompleteCheckpointsSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
     register_for_zero3(trainer.accelerator, trainer.model)
-    checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
+    checkpoint = latest_complete_checkpoint(checkpoints_dir) if resume else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -121,7 +126,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with SFTRecipe fields")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
     for field in fields(SFTRecipe):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":

@@ -14,7 +14,7 @@ import modeling_apriel_h1  # noqa: F401  (registers apriel_h1)
 
 def verify(run: Path) -> str:
     checkpoint = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    marker = json.loads((checkpoint / "distillation_state.json").read_text())
+    marker = json.loads((checkpoint / "checkpoint_state.json").read_text())
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     losses = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
     if run.name == "zero3":

@@ -52,7 +52,7 @@ def test_schedule_runs_two_stages_and_resumes_after_a_kill(tmp_path):
     output = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(_command(teacher, output), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    marker = output / "stage-1" / "distill" / "checkpoint-2" / "distillation_state.json"
+    marker = output / "stage-1" / "distill" / "checkpoint-2" / "checkpoint_state.json"
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+from recipes.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.sft import SFTRecipe, load_recipe, run_sft
 from recipes.tiny_teacher import build_tokenizer
 
@@ -42,6 +43,25 @@ def test_sft_lowers_the_loss_and_writes_a_loadable_model_with_its_record(tiny_hy
     assert losses[-1] < losses[0] - 0.5
     model = AutoModelForCausalLM.from_pretrained(final)
     assert model.config.layer_types == ["linear_attention", "full_attention"]
+
+
+def test_sft_resumes_from_the_newest_complete_checkpoint(tiny_hybrid_dir, tmp_path):
+    recipe = SFTRecipe(
+        model=str(tiny_hybrid_dir), output_dir=str(tmp_path / "sft"), synthetic_examples=16, max_seq_length=128,
+        max_steps=4, per_device_train_batch_size=4, save_steps=2, logging_steps=1,
+    )
+    run_sft(recipe)
+    checkpoints = tmp_path / "sft" / "checkpoints"
+    assert read_checkpoint_state(checkpoints / "checkpoint-2")["global_step"] == 2
+    assert read_checkpoint_state(checkpoints / "checkpoint-4")["num_input_tokens_seen"] > 0
+
+    (checkpoints / "checkpoint-4" / STATE_FILE).unlink()  # as if killed while saving checkpoint-4
+    kept = (checkpoints / "checkpoint-2" / STATE_FILE).stat().st_mtime_ns
+    record = run_sft(recipe, resume=True)
+    # Resumed from checkpoint-2 (untouched), not from the unmarked checkpoint-4 (nothing left to train, so it
+    # would never be marked) and not from scratch (checkpoint-2 would be written again).
+    assert read_checkpoint_state(checkpoints / "checkpoint-4")["global_step"] == 4 == record["steps"]
+    assert (checkpoints / "checkpoint-2" / STATE_FILE).stat().st_mtime_ns == kept
 
 
 def test_sft_settings_are_validated():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conversion import convert_checkpoint
-from recipes.checkpoints import STATE_FILE, read_distillation_state
+from recipes.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.distill_stage import run_stage
 from recipes.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
@@ -37,13 +37,13 @@ def test_the_tiny_config_runs_end_to_end_as_a_script_and_resumes(teacher_dir, st
     result = run_script(tmp_path, overrides)
     assert "Distillation stage finished" in result.stdout
     assert (run / "final" / "model.safetensors").is_file()
-    assert read_distillation_state(run / "final")["global_step"] == 4
-    assert read_distillation_state(run / "checkpoint-4")["num_input_tokens_seen"] > 0
+    assert read_checkpoint_state(run / "final")["global_step"] == 4
+    assert read_checkpoint_state(run / "checkpoint-4")["num_input_tokens_seen"] > 0
 
     (run / "checkpoint-4" / STATE_FILE).unlink()  # as if killed while writing checkpoint-4
     result = run_script(tmp_path, overrides, "--resume")
     assert f"resuming from {run / 'checkpoint-2'}" in result.stdout
-    assert read_distillation_state(run / "final")["global_step"] == 4
+    assert read_checkpoint_state(run / "final")["global_step"] == 4
 
 
 def test_every_config_key_must_be_known_and_present(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
 
-from recipes.checkpoints import STATE_FILE, latest_complete_checkpoint, read_distillation_state
+from recipes.checkpoints import STATE_FILE, latest_complete_checkpoint, read_checkpoint_state
 from recipes.distillation import DistillationTrainer
 from recipes.trainable import select_trainable_parameters
 
@@ -138,9 +138,36 @@ def test_checkpoints_record_the_tokens_seen(teacher_dir, tokenizer, train_datase
     )
     trainer.train()
     checkpoint = tmp_path / "checkpoint-2"
-    state = read_distillation_state(checkpoint)
+    state = read_checkpoint_state(checkpoint)
     assert state["global_step"] == 2
     assert state["num_input_tokens_seen"] == sum(len(row["input_ids"]) for row in one_epoch)
     trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert trainer_state["num_input_tokens_seen"] == state["num_input_tokens_seen"]
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / STATE_FILE).is_file()
+
+
+def test_a_crash_while_marking_keeps_the_previous_checkpoint_under_save_total_limit_1(
+    teacher_dir, tokenizer, train_dataset, tmp_path, monkeypatch
+):
+    """Old checkpoints are pruned only after the new one is marked complete, so a run killed in between
+    still has a checkpoint to resume from; an uninterrupted run keeps only the newest."""
+    import recipes.checkpoints
+
+    settings = dict(max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1)
+    teacher = load_teacher(teacher_dir)
+    make_trainer(teacher, hybrid_student(teacher), tokenizer, train_dataset, tmp_path / "whole", **settings).train()
+    assert sorted(path.name for path in (tmp_path / "whole").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert latest_complete_checkpoint(tmp_path / "whole").name == "checkpoint-4"
+
+    mark = recipes.checkpoints.mark_checkpoint_complete
+
+    def killed_while_marking_step_4(checkpoint_dir, state):
+        if state["global_step"] == 4:
+            raise KeyboardInterrupt
+        mark(checkpoint_dir, state)
+
+    monkeypatch.setattr(recipes.checkpoints, "mark_checkpoint_complete", killed_while_marking_step_4)
+    crashed = make_trainer(teacher, hybrid_student(teacher), tokenizer, train_dataset, tmp_path / "crash", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    assert latest_complete_checkpoint(tmp_path / "crash").name == "checkpoint-2"
