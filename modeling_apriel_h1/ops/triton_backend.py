@@ -12,7 +12,7 @@ import triton  # noqa: F401  (fail at import, not at first call, when triton is 
 
 from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
-from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
+from .triton_kernels.causal_conv1d_fwd import MAX_CONV_WIDTH, causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
 from .triton_kernels.selective_scan_fwd import selective_scan_forward
@@ -163,6 +163,9 @@ def causal_conv1d(
     """See ``reference.causal_conv1d``: returns the output and the new conv state (the last W inputs)."""
     silu_activation = _silu_or_none(activation, "causal_conv1d")
     width = weight.shape[1]
+    if not 2 <= width <= MAX_CONV_WIDTH:
+        raise ValueError(f"triton backend: conv width {width} must be 2 to {MAX_CONV_WIDTH} (Mamba uses 4), as in "
+                         "causal-conv1d; the reference backend takes any width")
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
     out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history)
     if x.shape[-1] >= width:

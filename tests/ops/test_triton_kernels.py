@@ -258,6 +258,13 @@ def test_causal_conv1d_rejects_unknown_activation(triton_ops):
         triton_ops.causal_conv1d(**inputs, activation="gelu")
 
 
+@pytest.mark.parametrize("width", [1, 5])
+def test_causal_conv1d_rejects_widths_outside_2_to_4(triton_ops, width):
+    inputs = conv_inputs(1, 8, width, 5, torch.float32, seed=2)
+    with pytest.raises(ValueError, match=f"conv width {width} must be 2 to 4"):
+        triton_ops.causal_conv1d(**inputs)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width", [2, 4])
 def test_causal_conv1d_update_continues_the_convolution(triton_ops, dtype, width):

@@ -4,8 +4,9 @@ With ``pre[q] = bias + sum_k w_k x[q - (W-1) + k]`` and ``g = dout * act'(pre)``
 
     dx[p] = sum_s w_{W-1-s} g[p + s],   dw_k = sum_q g[q] x[q - (W-1) + k],   dbias = sum_q g[q]
 
-The pre-activation is recomputed from x (W-wide windows, cached loads) instead of being stored. The gradient
-of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
+Tiles are (channels, runs, 8 steps) (``conv_runs``). g is computed once per step, plus the first W-1 steps of the
+run after each run (which dx needs): 11 activation derivatives per 8 steps, where shifted windows would need 32.
+The gradient of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
 """
 
 from __future__ import annotations
@@ -14,48 +15,94 @@ import torch
 import triton
 import triton.language as tl
 
-from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_BLOCK_T, CONV_NUM_WARPS, conv_preactivation, conv_window
+from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_tile
+from .conv_runs import RUN, as_runs, join_run, load_runs, split_run, tap_weights
 from .device_functions import silu_grad
+
+
+@triton.jit
+def output_grad(dout, x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
+    """g at one step of every (row, run): the output gradient through the activation; ``x_k`` is the input k
+    steps back."""
+    if SILU:
+        return dout * silu_grad(bias + w_new * x + w_1 * x_1 + w_2 * x_2 + w_3 * x_3)
+    return dout
+
+
+@triton.jit
+def input_grad(g, g_1, g_2, g_3, w_new, w_1, w_2, w_3):
+    """dx at one step: ``g_k`` is g k steps later (those outputs read this input through older taps)."""
+    return w_new * g + w_1 * g_1 + w_2 * g_2 + w_3 * g_3
 
 
 @triton.jit
 def _causal_conv1d_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, dout_ptr, dx_ptr, dweight_ptr, dbias_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
-    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
 ):
-    """Grid (batch, dim blocks, time blocks). dx (batch, dim, L) contiguous in x's dtype; dweight (dim, WIDTH)
-    and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks."""
-    batch = tl.program_id(0).to(tl.int64)
-    unclamped = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    in_dim = unclamped < dim
-    channels = tl.minimum(unclamped, dim - 1)  # the tail block's extra rows repeat the last one, masked below
-    t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BLOCK_T,)
-    x_rows = x_ptr + batch * stride_x_b + channels[:, None] * stride_x_d  # (BLOCK_D, 1)
-    history_rows = history_ptr + batch * stride_h_b + channels[:, None] * stride_h_d
-    dout_rows = dout_ptr + batch * stride_dout_b + channels[:, None] * stride_dout_d
-    weight_rows = weight_ptr + channels * WIDTH  # (BLOCK_D,)
+    """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
+    dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks."""
+    batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
+    rows = channels[:, None]  # (BLOCK_D, 1)
+    x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
+    history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
+    dout_rows = dout_ptr + batch * stride_dout_b + rows * stride_dout_d
+    w_new, w_1, w_2, w_3 = tap_weights(weight_ptr + channels[:, None] * WIDTH, WIDTH)  # (BLOCK_D, 1) each
+    bias = tl.zeros_like(w_new)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
 
-    dx = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-    for s in tl.static_range(WIDTH):
-        q = t + s  # the outputs that read x[t] through tap WIDTH-1-s
-        dout = tl.load(dout_rows + q[None, :], mask=(q < length)[None, :], other=0.0).to(tl.float32)
-        if SILU:
-            pre = conv_preactivation(x_rows, history_rows, weight_rows, bias_ptr + channels, t, length, s,
-                                     WIDTH, HAS_HISTORY, HAS_BIAS, BLOCK_D, BLOCK_T)
-            g = dout * silu_grad(pre)  # (BLOCK_D, BLOCK_T)
-        else:
-            g = dout
-        dx += tl.load(weight_rows + (WIDTH - 1 - s)).to(tl.float32)[:, None] * g
-        if s == 0:  # this block owns outputs q = t: their contributions to dweight and dbias
-            if HAS_BIAS:
-                tl.atomic_add(dbias_ptr + channels, tl.sum(g, axis=1), mask=in_dim, sem="relaxed")
-            for k in tl.static_range(WIDTH):
-                x_k = conv_window(x_rows, history_rows, t, length, k - (WIDTH - 1), WIDTH, HAS_HISTORY)
-                tl.atomic_add(dweight_ptr + channels * WIDTH + k, tl.sum(g * x_k, axis=1), mask=in_dim, sem="relaxed")
-    tl.store(dx_ptr + batch * dim * length + channels[:, None] * length + t[None, :], dx.to(dx_ptr.dtype.element_ty),
-             mask=in_dim[:, None] & (t < length)[None, :])
+    x0, x1, x2, x3, x4, x5, x6, x7 = split_run(load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS))
+    _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    d0, d1, d2, d3, d4, d5, d6, d7 = split_run(
+        as_runs(tl.load(dout_rows + p, mask=p < length, other=0.0).to(tl.float32), RUNS))
+    e0, e1, e2, _, _, _, _, _ = split_run(  # the run after
+        as_runs(tl.load(dout_rows + p + RUN, mask=p + RUN < length, other=0.0).to(tl.float32), RUNS))
+
+    # g of the run after (its first three steps), then of this run; x_k columns as in the forward
+    ga0 = output_grad(e0, a0, x7, x6, x5, w_new, w_1, w_2, w_3, bias, SILU)
+    ga1 = output_grad(e1, a1, a0, x7, x6, w_new, w_1, w_2, w_3, bias, SILU)
+    ga2 = output_grad(e2, a2, a1, a0, x7, w_new, w_1, w_2, w_3, bias, SILU)
+    g0 = output_grad(d0, x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU)
+    g1 = output_grad(d1, x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU)
+    g2 = output_grad(d2, x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU)
+    g3 = output_grad(d3, x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU)
+    g4 = output_grad(d4, x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU)
+    g5 = output_grad(d5, x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU)
+    g6 = output_grad(d6, x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU)
+    g7 = output_grad(d7, x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU)
+    dx = join_run(
+        input_grad(g0, g1, g2, g3, w_new, w_1, w_2, w_3),
+        input_grad(g1, g2, g3, g4, w_new, w_1, w_2, w_3),
+        input_grad(g2, g3, g4, g5, w_new, w_1, w_2, w_3),
+        input_grad(g3, g4, g5, g6, w_new, w_1, w_2, w_3),
+        input_grad(g4, g5, g6, g7, w_new, w_1, w_2, w_3),
+        input_grad(g5, g6, g7, ga0, w_new, w_1, w_2, w_3),
+        input_grad(g6, g7, ga0, ga1, w_new, w_1, w_2, w_3),
+        input_grad(g7, ga0, ga1, ga2, w_new, w_1, w_2, w_3),
+    )
+    dx_rows = dx_ptr + batch * dim * length + rows.to(tl.int64) * length
+    tl.store(dx_rows + p, tl.reshape(dx, (BLOCK_D, RUNS * RUN)).to(dx_ptr.dtype.element_ty),
+             mask=in_dim[:, None] & (p < length))
+
+    # dw_k pairs each g[q] with the input k steps back; g is 0 past the sequence end (dout loads as 0 there)
+    g = join_run(g0, g1, g2, g3, g4, g5, g6, g7)
+    tap_rows = dweight_ptr + channels * WIDTH + WIDTH - 1  # the newest input's tap; older ones precede it
+    tl.atomic_add(tap_rows, tl.sum(tl.sum(g * join_run(x0, x1, x2, x3, x4, x5, x6, x7), axis=2), axis=1),
+                  mask=in_dim, sem="relaxed")
+    tl.atomic_add(tap_rows - 1, tl.sum(tl.sum(g * join_run(b7, x0, x1, x2, x3, x4, x5, x6), axis=2), axis=1),
+                  mask=in_dim, sem="relaxed")
+    if WIDTH >= 3:
+        tl.atomic_add(tap_rows - 2, tl.sum(tl.sum(g * join_run(b6, b7, x0, x1, x2, x3, x4, x5), axis=2), axis=1),
+                      mask=in_dim, sem="relaxed")
+    if WIDTH >= 4:
+        tl.atomic_add(tap_rows - 3, tl.sum(tl.sum(g * join_run(b5, b6, b7, x0, x1, x2, x3, x4), axis=2), axis=1),
+                      mask=in_dim, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + channels, tl.sum(tl.sum(g, axis=2), axis=1), mask=in_dim, sem="relaxed")
 
 
 def causal_conv1d_backward(
@@ -69,13 +116,13 @@ def causal_conv1d_backward(
     dweight = torch.zeros((dim, width), device=x.device, dtype=torch.float32)
     dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32) if bias is not None else None
     history_arg = history if history is not None else x
-    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_BLOCK_T))
+    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
     _causal_conv1d_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg, dout, dx, dweight,
         dbias if dbias is not None else dweight,
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
         dout.stride(0), dout.stride(1),
-        WIDTH=width, BLOCK_D=CONV_BLOCK_D, BLOCK_T=CONV_BLOCK_T,
+        WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
         num_warps=CONV_NUM_WARPS,
     )

@@ -1,7 +1,8 @@
 """Forward depthwise causal convolution: ``out[d, t] = act(bias[d] + sum_k w[d, k] x[d, t - (W-1) + k])``.
 
 Inputs before the sequence start come from the conv state (the last W inputs of the previous call), so a
-continued prefill sees the same context as one long call.
+continued prefill sees the same context as one long call. Tiles are (channels, runs, 8 steps) (``conv_runs``):
+every input is loaded once with an aligned wide load, plus the run before each run for its first W-1 outputs.
 """
 
 from __future__ import annotations
@@ -10,62 +11,67 @@ import torch
 import triton
 import triton.language as tl
 
+from .conv_runs import RUN, join_run, load_runs, split_run, tap_weights
 from .device_functions import silu
 
-CONV_BLOCK_D = 16
-CONV_BLOCK_T = 128
+CONV_BLOCK_D = 16  # channels per program
+CONV_RUNS = 16  # runs of 8 steps per program: 128 steps
 CONV_NUM_WARPS = 4
+MAX_CONV_WIDTH = 4  # a run's outputs reach back at most 3 steps into the run before it, as in causal-conv1d
 
 
 @triton.jit
-def conv_window(x_rows, history_rows, t, length, shift, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr):
-    """Inputs at positions ``t + shift`` (BLOCK_D, BLOCK_T) in fp32: x where 0 <= p < L, the conv state's
-    entry ``WIDTH + p`` where p < 0 (the state holds the last WIDTH inputs, oldest first), else 0."""
-    p = t + shift  # (BLOCK_T,)
-    window = tl.load(x_rows + p[None, :], mask=((p >= 0) & (p < length))[None, :], other=0.0).to(tl.float32)
-    if HAS_HISTORY:
-        window += tl.load(history_rows + WIDTH + p[None, :], mask=(p < 0)[None, :], other=0.0).to(tl.float32)
-    return window
+def conv_output(x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
+    """One step of every (row, run): ``x`` is the input at t, ``x_k`` at t-k."""
+    out = bias + w_new * x + w_1 * x_1 + w_2 * x_2 + w_3 * x_3
+    if SILU:
+        out = silu(out)
+    return out
 
 
 @triton.jit
-def conv_preactivation(x_rows, history_rows, weight_rows, bias_rows, t, length, shift,
-                       WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """``bias + sum_k w_k x[t + shift - (WIDTH-1) + k]`` (BLOCK_D, BLOCK_T), fp32: the conv output at t + shift.
-
-    ``weight_rows``/``bias_rows`` (BLOCK_D,) point at each channel's weights/bias."""
-    acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_rows).to(tl.float32)[:, None]
-    for k in tl.static_range(WIDTH):
-        w_k = tl.load(weight_rows + k).to(tl.float32)  # (BLOCK_D,)
-        acc += w_k[:, None] * conv_window(x_rows, history_rows, t, length, shift - (WIDTH - 1) + k, WIDTH, HAS_HISTORY)
-    return acc
+def conv_tile(dim, BLOCK_D: tl.constexpr, RUNS: tl.constexpr):
+    """This program's batch row, channels (BLOCK_D,) clamped onto real ones (the tail block's extra rows repeat
+    the last channel; their stores are masked), the mask of real ones, and the (1, RUNS * 8) step positions."""
+    batch = tl.program_id(0).to(tl.int64)
+    unclamped = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    steps = tl.program_id(2) * RUNS * RUN + tl.arange(0, RUNS * RUN)
+    return batch, tl.minimum(unclamped, dim - 1), unclamped < dim, steps[None, :]
 
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, out_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
-    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
 ):
-    """Grid (batch, dim blocks, time blocks). x (batch, dim, L) unit time stride; weight (dim, WIDTH)
-    contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous."""
-    batch = tl.program_id(0).to(tl.int64)
-    channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BLOCK_T,)
-    channels = tl.minimum(channels, dim - 1)  # clamp the tail block onto real rows; its stores are masked
-    x_rows = x_ptr + batch * stride_x_b + channels[:, None] * stride_x_d  # (BLOCK_D, 1)
-    history_rows = history_ptr + batch * stride_h_b + channels[:, None] * stride_h_d
-    out = conv_preactivation(x_rows, history_rows, weight_ptr + channels * WIDTH, bias_ptr + channels, t, length, 0,
-                             WIDTH, HAS_HISTORY, HAS_BIAS, BLOCK_D, BLOCK_T)
-    if SILU:
-        out = silu(out)
-    in_block = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D) < dim)[:, None] & (t < length)[None, :]
-    tl.store(out_ptr + batch * dim * length + channels[:, None] * length + t[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=in_block)
+    """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
+    (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous."""
+    batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
+    rows = channels[:, None]  # (BLOCK_D, 1)
+    x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
+    history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
+    w_new, w_1, w_2, w_3 = tap_weights(weight_ptr + channels[:, None] * WIDTH, WIDTH)  # (BLOCK_D, 1) each
+    bias = tl.zeros_like(w_new)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
+
+    x0, x1, x2, x3, x4, x5, x6, x7 = split_run(load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS))
+    _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    out = join_run(
+        conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU),
+    )
+    out_rows = out_ptr + batch * dim * length + rows.to(tl.int64) * length
+    tl.store(out_rows + p, tl.reshape(out, (BLOCK_D, RUNS * RUN)).to(out_ptr.dtype.element_ty),
+             mask=in_dim[:, None] & (p < length))
 
 
 def causal_conv1d_forward(
@@ -77,11 +83,11 @@ def causal_conv1d_forward(
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
     history_arg = history if history is not None else x
-    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_BLOCK_T))
+    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
     _causal_conv1d_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg, out,
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
-        WIDTH=width, BLOCK_D=CONV_BLOCK_D, BLOCK_T=CONV_BLOCK_T,
+        WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
         num_warps=CONV_NUM_WARPS,
     )

@@ -1,0 +1,76 @@
+"""Step shifts for the depthwise causal convolution without misaligned loads: runs of 8 steps per thread.
+
+A causal conv mixes each step with the W-1 steps before it. Loading each shifted window separately (as a plain
+tile would) costs W misaligned loads per input and, in the backward, W recomputations of the activation's
+derivative per output. Here a tile is (channels, runs, 8): each thread loads whole runs of 8 consecutive steps
+(16 bytes of bf16, lanes side by side along time, so loads stay coalesced), ``split_run`` turns the last axis
+into 8 per-step tensors held by the same thread, and a shift by one step is a choice of register. The W-1 steps
+before a run (and, in the backward, after it) come from a second aligned load of the neighbouring run, which
+the neighbouring lane has just loaded, so it is served by the L1 cache.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+RUN: tl.constexpr = tl.constexpr(8)  # steps per thread per load: 16 bytes of bf16
+
+
+@triton.jit
+def split_run(tile):
+    """(rows, runs, 8) -> its 8 steps, each (rows, runs), in time order."""
+    rows: tl.constexpr = tile.shape[0]
+    runs: tl.constexpr = tile.shape[1]
+    evens, odds = tl.split(tl.reshape(tile, (rows, runs, 4, 2)))  # steps 0 2 4 6 | 1 3 5 7
+    step_0_4, step_2_6 = tl.split(tl.reshape(evens, (rows, runs, 2, 2)))
+    step_1_5, step_3_7 = tl.split(tl.reshape(odds, (rows, runs, 2, 2)))
+    s0, s4 = tl.split(step_0_4)
+    s2, s6 = tl.split(step_2_6)
+    s1, s5 = tl.split(step_1_5)
+    s3, s7 = tl.split(step_3_7)
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@triton.jit
+def join_run(s0, s1, s2, s3, s4, s5, s6, s7):
+    """8 steps, each (rows, runs), in time order -> (rows, runs, 8); the inverse of ``split_run``."""
+    rows: tl.constexpr = s0.shape[0]
+    runs: tl.constexpr = s0.shape[1]
+    evens = tl.reshape(tl.join(tl.join(s0, s4), tl.join(s2, s6)), (rows, runs, 4))
+    odds = tl.reshape(tl.join(tl.join(s1, s5), tl.join(s3, s7)), (rows, runs, 4))
+    return tl.reshape(tl.join(evens, odds), (rows, runs, 8))
+
+
+@triton.jit
+def as_runs(tile, RUNS: tl.constexpr):
+    """(rows, RUNS * 8) -> (rows, RUNS, 8). Loads and stores use the 2-D shape, whose unit-stride time axis is
+    what gives them wide, coalesced accesses; the 3-D view only names each thread's run as an axis."""
+    return tl.reshape(tile, (tile.shape[0], RUNS, RUN))
+
+
+@triton.jit
+def load_runs(rows_ptr, history_rows, p, length, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr,
+              RUNS: tl.constexpr):
+    """Inputs at positions ``p`` (1, RUNS * 8) of each row as (rows, RUNS, 8) fp32: the tensor where
+    0 <= p < L, the conv state's entry ``WIDTH + p`` where -WIDTH <= p < 0 (the state holds the last WIDTH
+    inputs, oldest first), else 0. ``rows_ptr``/``history_rows`` are (rows, 1) row pointers."""
+    run = tl.load(rows_ptr + p, mask=(p >= 0) & (p < length), other=0.0).to(tl.float32)
+    if HAS_HISTORY:
+        run += tl.load(history_rows + WIDTH + p, mask=(p < 0) & (p >= -WIDTH), other=0.0).to(tl.float32)
+    return as_runs(run, RUNS)
+
+
+@triton.jit
+def tap_weights(weight_rows, WIDTH: tl.constexpr):
+    """The taps of each row's filter, (rows, 1) fp32 each, newest input's tap first: ``w_new`` multiplies x[t],
+    ``w_1`` x[t-1], and so on; taps a narrower filter lacks are zeros (W is 2 to 4, as in causal-conv1d)."""
+    w_new = tl.load(weight_rows + WIDTH - 1).to(tl.float32)
+    w_1 = tl.load(weight_rows + WIDTH - 2).to(tl.float32)
+    w_2 = tl.zeros_like(w_new)
+    w_3 = tl.zeros_like(w_new)
+    if WIDTH >= 3:
+        w_2 = tl.load(weight_rows + WIDTH - 3).to(tl.float32)
+    if WIDTH >= 4:
+        w_3 = tl.load(weight_rows + WIDTH - 4).to(tl.float32)
+    return w_new, w_1, w_2, w_3
