@@ -1,4 +1,4 @@
-"""Compile the selective-scan kernels for an H100 (sm_90) on any machine, GPU or not, and count what matters.
+"""Compile the scan and conv kernels for an H100 (sm_90) on any machine, GPU or not, and count what matters.
 
     python benchmarks/kernel_sass_stats.py                 # Apriel's shapes: N 16, chunk from scan_config
     python benchmarks/kernel_sass_stats.py --chunk 32      # another chunk length
@@ -23,10 +23,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from modeling_apriel_h1.ops.triton_kernels import selective_scan_bwd, selective_scan_fwd
+from modeling_apriel_h1.ops.triton_kernels import (
+    causal_conv1d_bwd,
+    causal_conv1d_fwd,
+    selective_scan_bwd,
+    selective_scan_fwd,
+)
 from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
 
-BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr"}
+BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr",
+                 "x_ptr", "weight_ptr", "bias_ptr", "history_ptr", "out_ptr", "dout_ptr", "dx_ptr"}
 SASS_PATTERNS = {
     "shuffles": r"\bSHFL\b",
     "exp2": r"MUFU\.EX2",
@@ -36,7 +42,9 @@ SASS_PATTERNS = {
 }
 
 
-def compile_for_sm90(kernel: triton.JITFunction, constants: dict[str, object], num_warps: int) -> triton.compiler.CompiledKernel:
+def compile_for_sm90(
+    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int
+) -> triton.compiler.CompiledKernel:
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
     integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths)."""
     names = list(inspect.signature(kernel.fn).parameters)
@@ -59,8 +67,10 @@ def sass_stats(compiled: triton.compiler.CompiledKernel) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([tools / "cuobjdump", "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
+        usage, sass = (
+            subprocess.run([tools / "cuobjdump", flag, cubin.name], capture_output=True, text=True, check=True).stdout
+            for flag in ("-res-usage", "-sass")
+        )
     registers, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
     instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+\S", line)]
     stats = {"registers": int(registers), "stack bytes": int(stack), "instructions": len(instructions)}
@@ -73,18 +83,22 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
     parser.add_argument("--n-states", type=int, default=16)
     args = parser.parse_args()
+    conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
+                HAS_HISTORY=False, SILU=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
     kernels = {
-        "forward": (selective_scan_fwd._selective_scan_fwd_kernel,
+        "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
                     dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps),
-        "backward": (selective_scan_bwd._selective_scan_bwd_kernel,
+        "scan backward": (selective_scan_bwd._selective_scan_bwd_kernel,
                      dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
                      SCAN_TILES.backward_num_warps),
+        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
+        "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
     for name, (kernel, constants, num_warps) in kernels.items():
         stats = sass_stats(compile_for_sm90(kernel, constants, num_warps))
-        print(f"{name:>8} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
+        print(f"{name:>13} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
               + ", ".join(f"{key} {value}" for key, value in stats.items()))
 
 
