@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_tile
-from .conv_runs import RUN, as_runs, join_run, load_runs, split_run, tap_weights
+from .conv_runs import RUN, as_runs, filter_taps, input_runs, join_run, load_runs, split_run
 from .device_functions import silu_grad
 
 
@@ -49,13 +49,8 @@ def _causal_conv1d_bwd_kernel(
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
     dout_rows = dout_ptr + batch * stride_dout_b + rows * stride_dout_d
-    w_new, w_1, w_2, w_3 = tap_weights(weight_ptr + channels[:, None] * WIDTH, WIDTH)  # (BLOCK_D, 1) each
-    bias = tl.zeros_like(w_new)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
-
-    x0, x1, x2, x3, x4, x5, x6, x7 = split_run(load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS))
-    _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
+    x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
     a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY, RUNS))
     d0, d1, d2, d3, d4, d5, d6, d7 = split_run(
         as_runs(tl.load(dout_rows + p, mask=p < length, other=0.0).to(tl.float32), RUNS))

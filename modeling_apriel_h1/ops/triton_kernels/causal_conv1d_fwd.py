@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_runs import RUN, join_run, load_runs, split_run, tap_weights
+from .conv_runs import RUN, filter_taps, input_runs, join_run
 from .device_functions import silu
 
 CONV_BLOCK_D = 16  # channels per program
@@ -52,13 +52,8 @@ def _causal_conv1d_fwd_kernel(
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
-    w_new, w_1, w_2, w_3 = tap_weights(weight_ptr + channels[:, None] * WIDTH, WIDTH)  # (BLOCK_D, 1) each
-    bias = tl.zeros_like(w_new)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
-
-    x0, x1, x2, x3, x4, x5, x6, x7 = split_run(load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS))
-    _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
+    x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
     out = join_run(
         conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
         conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),

@@ -62,15 +62,29 @@ def load_runs(rows_ptr, history_rows, p, length, WIDTH: tl.constexpr, HAS_HISTOR
 
 
 @triton.jit
-def tap_weights(weight_rows, WIDTH: tl.constexpr):
-    """The taps of each row's filter, (rows, 1) fp32 each, newest input's tap first: ``w_new`` multiplies x[t],
-    ``w_1`` x[t-1], and so on; taps a narrower filter lacks are zeros (W is 2 to 4, as in causal-conv1d)."""
+def input_runs(x_rows, history_rows, p, length, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr, RUNS: tl.constexpr):
+    """The 8 steps of each run, (rows, RUNS) each, then the last 3 steps of the run before it (oldest first):
+    all the inputs a run's outputs read."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = split_run(load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS))
+    _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    return x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7
+
+
+@triton.jit
+def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Each channel's filter as (rows, 1) fp32 tensors, newest input's tap first: ``w_new`` multiplies x[t],
+    ``w_1`` x[t-1], and so on; taps a narrower filter lacks are zeros (W is 2 to 4, as in causal-conv1d); then
+    the bias (zeros without one)."""
+    weight_rows = weight_ptr + channels[:, None] * WIDTH
     w_new = tl.load(weight_rows + WIDTH - 1).to(tl.float32)
     w_1 = tl.load(weight_rows + WIDTH - 2).to(tl.float32)
     w_2 = tl.zeros_like(w_new)
     w_3 = tl.zeros_like(w_new)
+    bias = tl.zeros_like(w_new)
     if WIDTH >= 3:
         w_2 = tl.load(weight_rows + WIDTH - 3).to(tl.float32)
     if WIDTH >= 4:
         w_3 = tl.load(weight_rows + WIDTH - 4).to(tl.float32)
-    return w_new, w_1, w_2, w_3
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
+    return w_new, w_1, w_2, w_3, bias
