@@ -43,7 +43,9 @@ def time_generate(model, args: argparse.Namespace) -> tuple[float, float, float]
     """(prefill seconds, decode seconds, decode tokens/s), median of ``--repeats`` runs after a warm-up."""
     ids = torch.randint(3, args.vocab, (args.batch, args.prompt), device="cuda")
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-    model.generate(ids[:, :64], max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up: kernels compiled
+    # Warm-up at the timed shapes: Triton compiles a kernel per specialisation (a one-chunk prefill is another
+    # one than a 64-chunk prefill), and a compile inside a timed run was what made earlier numbers inconsistent.
+    model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)
     prefills, decodes = [], []
     for _ in range(args.repeats):
         torch.cuda.synchronize()
