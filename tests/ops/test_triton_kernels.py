@@ -110,7 +110,7 @@ def _length(length: int | str) -> int:
 
 
 @pytest.mark.parametrize("shape", SCAN_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_initial_state", [False, True])
 def test_selective_scan_forward_and_gradients_match_reference(triton_ops, shape, dtype, with_initial_state):
     batch, dim, groups, n_states, length = shape
@@ -215,7 +215,7 @@ def conv_inputs(batch: int, dim: int, width: int, length: int, dtype: torch.dtyp
 
 @pytest.mark.parametrize("width", [2, 3, 4])
 @pytest.mark.parametrize("length", [1, 3, 300])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_initial_state", [False, True])
 def test_causal_conv1d_forward_and_gradients_match_reference(triton_ops, width, length, dtype, with_initial_state):
     inputs = conv_inputs(2, 24, width, length, dtype, seed=width * 1000 + length)
