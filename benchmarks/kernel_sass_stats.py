@@ -3,9 +3,9 @@
     python benchmarks/kernel_sass_stats.py                 # Apriel's shapes: N 16, chunk from scan_config
     python benchmarks/kernel_sass_stats.py --chunk 32      # another chunk length
 
-Needs only ``triton`` (its wheel carries ptxas and cuobjdump). The scan kernels are bound by instruction issue,
-so registers, spills to local memory, and the count of machine instructions per kernel (shuffles and exp2 among
-them) predict their speed well: the backward that spilled and rebuilt its forward scan twice (4152 instructions,
+Needs only ``triton`` (its wheel carries ptxas and cuobjdump). The scan kernels behave as bound by instruction
+issue, so registers, spills to local memory, and the count of machine instructions per kernel (shuffles and
+exp2 among them) tracked their speed: the backward that spilled and rebuilt its forward scan twice (4152 instructions,
 392 bytes of stack) ran 8.9 ms at b=1, L=16k on an H200; the same kernel in one layout (2880, no stack) 5.0 ms.
 This is how that was found without spending GPU time; see benchmarks/RESULTS.md.
 """
