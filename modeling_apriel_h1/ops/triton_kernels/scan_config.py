@@ -13,7 +13,8 @@ reductions across threads. With one program per channel the gradients of B and C
 atomically (one add per channel, state and step, as mamba-ssm does).
 
 An earlier design (programs of 8 channels, a static loop over states, the state carried between chunks
-through memory behind a barrier) was 1.5x (forward) to 2.4x (backward) slower; see benchmarks/RESULTS.md.
+through memory behind a barrier) was 1.5x (forward) to 2.4x (backward) slower on an H100 (measured at an
+earlier stop; benchmarks/RESULTS.md has the current numbers and what made the backward faster since).
 """
 
 from __future__ import annotations
