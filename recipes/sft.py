@@ -98,7 +98,9 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
-    trainer = CompleteCheckpointsSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
+    trainer = CompleteCheckpointsSFTTrainer(
+        model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer
+    )
     register_for_zero3(trainer.accelerator, trainer.model)
     checkpoint = latest_complete_checkpoint(checkpoints_dir) if resume else None
     start = time.perf_counter()
@@ -126,7 +128,8 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with SFTRecipe fields")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint in output_dir")
     for field in fields(SFTRecipe):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":

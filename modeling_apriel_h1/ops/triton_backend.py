@@ -12,8 +12,9 @@ import triton  # noqa: F401  (fail at import, not at first call, when triton is 
 
 from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
-from .triton_kernels.causal_conv1d_fwd import MAX_CONV_WIDTH, causal_conv1d_forward
+from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
+from .triton_kernels.conv_runs import MAX_CONV_WIDTH
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
 from .triton_kernels.selective_scan_fwd import selective_scan_forward
 from .triton_kernels.selective_state_update import selective_state_update_step

@@ -17,7 +17,6 @@ from .device_functions import silu
 CONV_BLOCK_D = 16  # channels per program
 CONV_RUNS = 16  # runs of 8 steps per program: 128 steps
 CONV_NUM_WARPS = 4
-MAX_CONV_WIDTH = 4  # a run's outputs reach back at most 3 steps into the run before it, as in causal-conv1d
 
 
 @triton.jit
