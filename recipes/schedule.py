@@ -28,7 +28,7 @@ from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
-from conversion.importance.__main__ import main as importance_main
+from recipes.importance.__main__ import main as importance_main
 from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage

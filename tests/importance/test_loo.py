@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from conversion.importance.__main__ import main
-from conversion.importance.layers import skip_layer
-from conversion.importance.loo import leave_one_out
-from conversion.importance.ranking import read_ranking
-from conversion.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
+from recipes.importance.__main__ import main
+from recipes.importance.layers import skip_layer
+from recipes.importance.loo import leave_one_out
+from recipes.importance.ranking import read_ranking
+from recipes.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 from tests.importance.tiny import ESSENTIAL, HARMLESS, layered_mistral, tokenizer
 
@@ -118,7 +118,7 @@ def test_cli_writes_ranking_and_plot(model, tok, tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--metric", "bleu"]) == 2
     # the module entry point itself: redraw the plot from the ranking file
-    redraw = subprocess.run([sys.executable, "-m", "conversion.importance", "plot", str(output), "--plot",
+    redraw = subprocess.run([sys.executable, "-m", "recipes.importance", "plot", str(output), "--plot",
                              str(tmp_path / "again.png")], capture_output=True, text=True, timeout=120)
     assert redraw.returncode == 0, redraw.stderr
     assert (tmp_path / "again.png").read_bytes().startswith(b"\x89PNG")

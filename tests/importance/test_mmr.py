@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conversion.convert import main as convert_main
-from conversion.importance import mmr
-from conversion.importance.__main__ import main
-from conversion.importance.mmr import MmrSettings, attention_layers, merge_state_dir, run_mmr_candidates
-from conversion.importance.ranking import read_ranking
+from recipes.importance import mmr
+from recipes.importance.__main__ import main
+from recipes.importance.mmr import MmrSettings, attention_layers, merge_state_dir, run_mmr_candidates
+from recipes.importance.ranking import read_ranking
 from conversion.importance_file import read_importance
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 from tests.importance.tiny import tiny_mistral, tokenizer

@@ -1,9 +1,9 @@
 """Command line of layer-importance estimation; every subcommand writes a ranking JSON and its plot.
 
-    python -m conversion.importance loo MODEL --output loo.json [--choices mmlu.jsonl | --text FILE] [--metric M]
-    python -m conversion.importance mmr MODEL --output mmr.json --state-dir DIR [--steps 100] [--shard i/n]
-    python -m conversion.importance merge --state-dir DIR --output mmr.json
-    python -m conversion.importance plot RANKING.json [--plot FILE.png]
+    python -m recipes.importance loo MODEL --output loo.json [--choices mmlu.jsonl | --text FILE] [--metric M]
+    python -m recipes.importance mmr MODEL --output mmr.json --state-dir DIR [--steps 100] [--shard i/n]
+    python -m recipes.importance merge --state-dir DIR --output mmr.json
+    python -m recipes.importance plot RANKING.json [--plot FILE.png]
 
 The plot goes next to the ranking (same name, ``.png``) unless ``--plot`` says otherwise.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from conversion.importance.ranking import ranking_payload, read_ranking, write_ranking
-from conversion.importance.plots import plot_ranking
+from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
+from recipes.importance.plots import plot_ranking
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -73,8 +73,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_loo(args: argparse.Namespace) -> dict:
-    from conversion.importance.loo import leave_one_out
-    from conversion.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
+    from recipes.importance.loo import leave_one_out
+    from recipes.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
 
     metric = args.metric or ("accuracy" if args.choices else "kl")
     check_metric(metric, args.choices is not None)
@@ -93,7 +93,7 @@ def run_loo(args: argparse.Namespace) -> dict:
 
 
 def run_mmr(args: argparse.Namespace) -> dict | None:
-    from conversion.importance.mmr import MmrSettings, run_mmr_candidates
+    from recipes.importance.mmr import MmrSettings, run_mmr_candidates
 
     device = resolve_device(args.device)
     model, tokenizer = load_model_and_tokenizer(args.model, device, resolve_dtype(args.dtype, device), args.tokenizer)
@@ -115,7 +115,7 @@ def run_mmr(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conversion.importance", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recipes.importance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "mmr":
             payload = run_mmr(args)
         else:
-            from conversion.importance.mmr import merge_state_dir
+            from recipes.importance.mmr import merge_state_dir
 
             payload = merge_state_dir(args.state_dir)
     except (ValueError, FileNotFoundError) as error:

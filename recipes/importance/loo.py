@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from conversion.importance.layers import check_layer_indices, decoder_layers, skip_layer
-from conversion.importance.scoring import RowSums, ScoringData, final_hidden_states, head_weights, performance, row_sums
+from recipes.importance.layers import check_layer_indices, decoder_layers, skip_layer
+from recipes.importance.scoring import RowSums, ScoringData, final_hidden_states, head_weights, performance, row_sums
 
 
 @dataclass

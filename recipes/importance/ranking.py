@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from conversion.atomic_io import write_json_atomically
+from conversion.importance_file import parse_importance
 
 METHODS = ("loo", "mmr")
 
@@ -46,8 +47,6 @@ def ranking_payload(method: str, model: str, metric: str, scores: dict[int, floa
 
 def write_ranking(path: str | Path, payload: dict) -> None:
     """Write a ranking that both this module and conversion's reader (``conversion.importance_file``) accept."""
-    from conversion.importance_file import parse_importance
-
     validate_ranking(payload)
     parse_importance(payload, source=str(path))
     write_json_atomically(path, payload)

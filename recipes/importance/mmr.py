@@ -15,7 +15,7 @@ Resume and sharding: a state directory holds ``run.json`` (the settings and the 
 ``layer_XXXX.json`` per finished candidate, each written atomically (temporary file + rename). A rerun skips
 the layers that have a file. ``--shard i/n`` evaluates candidates ``i, i+n, i+2n, ...`` of the sorted list,
 so n processes (one per GPU: ``--device cuda:i --shard i/n``) can share one state directory; the process that
-finds every candidate done writes the ranking, and ``python -m conversion.importance merge`` writes it at any
+finds every candidate done writes the ranking, and ``python -m recipes.importance merge`` writes it at any
 time later. A state directory written with other settings is refused rather than mixed.
 """
 
@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
 
 from conversion import convert_model
-from conversion.importance.layers import check_layer_indices, decoder_layers
 from conversion.atomic_io import write_json_atomically
-from conversion.importance.ranking import ranking_payload
-from conversion.importance.scoring import final_hidden_states, head_weights
 from recipes.data import build_dataset, load_conversations
+from recipes.importance.layers import check_layer_indices, decoder_layers
+from recipes.importance.ranking import ranking_payload
+from recipes.importance.scoring import final_hidden_states, head_weights
 from recipes.kd_loss import chunked_distillation_sums
 
 RUN_FILE = "run.json"

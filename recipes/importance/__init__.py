@@ -5,11 +5,11 @@
   replaced (costly, resumable, shardable).
 
 Both write a ranking file (:mod:`.ranking`) that ``python -m conversion.convert --importance FILE`` reads,
-and a plot (:mod:`.plots`). Command line: ``python -m conversion.importance {loo,mmr,merge,plot} --help``.
+and a plot (:mod:`.plots`). Command line: ``python -m recipes.importance {loo,mmr,merge,plot} --help``.
 """
 
-from conversion.importance.layers import skip_layer
-from conversion.importance.loo import LooResult, leave_one_out
-from conversion.importance.ranking import ranking_payload, read_ranking, write_ranking
+from recipes.importance.layers import skip_layer
+from recipes.importance.loo import LooResult, leave_one_out
+from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 
 __all__ = ["LooResult", "leave_one_out", "ranking_payload", "read_ranking", "skip_layer", "write_ranking"]
