@@ -30,6 +30,9 @@ from transformers.models.mistral.modeling_mistral import (
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
+from transformers.utils import can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_apriel_h1 import MAMBA, AprielH1Config
 
@@ -181,7 +184,9 @@ class AprielH1Attention(nn.Module):
         attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
         **kwargs,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the attention output and, from the eager implementation, the weights (batch, heads, seq, keys)
+        that ``output_attentions`` records; the fused implementations return None for them."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, dim)
@@ -194,7 +199,7 @@ class AprielH1Attention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(
+        attn_output, attn_weights = attention_interface(
             self,
             query_states,
             key_states,
@@ -205,7 +210,7 @@ class AprielH1Attention(nn.Module):
             sliding_window=self.config.sliding_window,
             **kwargs,
         )
-        return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
 
 
 class AprielH1DecoderLayer(GradientCheckpointingLayer):
@@ -240,7 +245,7 @@ class AprielH1DecoderLayer(GradientCheckpointingLayer):
         if self.is_mamba:
             hidden_states = self.mixer(hidden_states, padding_mask=padding_mask, cache=cache)
         else:
-            hidden_states = self.self_attn(
+            hidden_states, _ = self.self_attn(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
@@ -265,6 +270,9 @@ class AprielH1PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _is_stateful = True  # Mamba states cannot be rolled back: no assisted generation
+    # what ``output_hidden_states`` / ``output_attentions`` record, through transformers' forward hooks: every
+    # layer's output, and the weights of the attention layers (Mamba layers have none)
+    _can_record_outputs = {"hidden_states": AprielH1DecoderLayer, "attentions": AprielH1Attention}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -316,6 +324,8 @@ class AprielH1Model(AprielH1PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -324,17 +334,12 @@ class AprielH1Model(AprielH1PreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = _one_cache(cache, past_key_values)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -354,10 +359,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-        all_hidden_states = [] if output_hidden_states else None
         for decoder_layer in self.layers:
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
             hidden_states = decoder_layer(
                 hidden_states,
                 attention_mask=causal_mask,
@@ -368,12 +370,8 @@ class AprielH1Model(AprielH1PreTrainedModel):
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
-            **{_CACHE_FIELD: cache if use_cache else None},
+            last_hidden_state=hidden_states, **{_CACHE_FIELD: cache if use_cache else None}
         )
 
 
@@ -394,6 +392,7 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -414,6 +413,7 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
             cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,  # read by field below, whatever ``config.return_dict`` says; can_return_tuple applies it
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -426,6 +426,7 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
 
