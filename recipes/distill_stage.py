@@ -35,6 +35,7 @@ from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_comp
 from recipes.data import build_dataset, load_conversations
 from recipes.distillation import DistillationTrainer
 from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
+from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
 from recipes.stage_config import StageConfig, load_stage_config
 from recipes.trainable import select_trainable_parameters
 
@@ -94,7 +95,7 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         eval_steps=config.eval_steps,
         seed=config.seed,
         bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=False,  # turned on per layer by run_stage (checkpoint_first_layers)
         include_num_input_tokens_seen="non_padding",
         report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss
@@ -117,6 +118,10 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     student = AutoModelForCausalLM.from_pretrained(config.student, dtype=dtype)
     check_architectures_match(teacher, student)
     select_trainable_parameters(student, config.trainable)
+    if config.gradient_checkpointing:
+        checkpoint_first_layers(student, config.gradient_checkpointing_layers)
+    if config.compile_student_layers:
+        compile_decoder_layers(student)
 
     rows = load_conversations(config.data, config.data_split, config.synthetic_examples, config.data_seed)
     if config.eval_examples:
@@ -139,6 +144,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         beta=config.jsd_beta,
         temperature=config.temperature,
         chunk_size=config.chunk_size,
+        teacher_inference_mode=config.teacher_inference_mode,
     )
     checkpoint = latest_complete_checkpoint(config.output_dir) if resume else None
     if resume:

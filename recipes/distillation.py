@@ -59,6 +59,10 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         temperature: softmax temperature of both distributions (1 in Apriel-H1); the loss is not rescaled by T^2.
         chunk_size: tokens projected through the LM heads at a time; peak loss memory is about
             ``chunk_size * vocab * 4 bytes`` times a small constant.
+        teacher_inference_mode: run the teacher's forward under ``torch.inference_mode`` instead of
+            ``torch.no_grad`` (no version counters or view tracking on its tensors). Single-process and DDP
+            only: FSDP and ZeRO-3 gather and free the teacher's parameters around its forward, and inference-mode
+            tensors may not be modified outside it, so the combination is refused.
 
     Logged besides ``loss``: ``kd_loss`` (per-token divergence), ``student_ce`` (the student's cross-entropy
     on the labels) and ``top1_agreement`` (fraction of supervised tokens where both models' argmax agree).
@@ -76,11 +80,18 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         beta: float = 0.5,
         temperature: float = 1.0,
         chunk_size: int = 2048,
+        teacher_inference_mode: bool = False,
         **kwargs: Any,
     ):
         if loss_kind not in LOSS_KINDS:
             raise ValueError(f"Unknown loss_kind={loss_kind!r}; choose one of {LOSS_KINDS}.")
         super().__init__(*args, **kwargs)
+        if teacher_inference_mode and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "teacher_inference_mode works only without FSDP and DeepSpeed, which gather and free the teacher's "
+                "parameters around its forward; set teacher_inference_mode to false for sharded runs."
+            )
+        self.teacher_grad_mode = torch.inference_mode if teacher_inference_mode else torch.no_grad
         # Trainer counts each accumulated batch's supervised tokens only for models that take loss kwargs;
         # this loss always normalises by that count.
         self.model_accepts_loss_kwargs = True
@@ -150,7 +161,7 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         """Runs inside the student wrapper's forward (see ``compute_loss``)."""
         student_hidden = final_hidden_states(student, model_inputs)[:, :-1]
         teacher = self.accelerator.unwrap_model(self.teacher_model)
-        with torch.no_grad():
+        with self.teacher_grad_mode():
             teacher_hidden, teacher_weights = self._forward_redirection(
                 self.teacher_model, teacher, self._teacher_hidden_and_head, teacher, model_inputs
             )

@@ -48,6 +48,9 @@ class StageConfig:
     seed: int
     bf16: bool
     gradient_checkpointing: bool
+    gradient_checkpointing_layers: int | None
+    compile_student_layers: bool
+    teacher_inference_mode: bool
     report_to: str
 
 

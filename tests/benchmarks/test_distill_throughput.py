@@ -1,0 +1,64 @@
+"""benchmarks/distill_throughput.py on CPU: its FLOP count against a hand count, and that its step runs.
+
+No timing is asserted or shown: on CPU the benchmark prints no times (GPU numbers come from the lead's runs).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from benchmarks import distill_throughput as bench
+
+TINY = bench.TINY  # h 64, 4 heads / 2 KV, head_dim 16, MLP 96, vocab 256, d_state 16, conv 4, dt_rank 16, 4 layers
+
+
+def test_mamba_layers_are_spread_evenly_and_keep_an_attention_layer():
+    assert bench.mamba_layers(25, 30) == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19, 20, 22, 24]
+    assert len(bench.mamba_layers(25, 40)) == 20
+    assert bench.mamba_layers(50, 40) == sorted(set(bench.mamba_layers(50, 40)))
+    assert bench.mamba_layers(4, 30) == [1, 3]
+    assert bench.mamba_layers(4, 50) == [0, 2, 3]  # 4 of 4 would leave no attention layer
+    assert bench.mamba_layers(25, 0) == []
+
+
+def test_flop_count_equals_a_hand_count_of_the_tiny_configuration():
+    seq = 32
+    # attention layer, per token: q 64x64 + k 64x32 + v 64x32 + o 64x64 = 12288 weights -> 2 FLOPs each
+    attention_projections = 2 * 12288 * seq
+    attention_scores = 2 * 4 * 16 * 32 * 33  # QK^T and PV over the 32*33/2 causal pairs, 4 FLOPs per pair per dim
+    # Mamba layer, per token: in_proj 64x(2*64+2*32) + dt_in 64x16 + dt_proj 16x64 + out 64x64 = 18432 weights
+    mamba_projections = 2 * 18432 * seq
+    mamba_mixer = seq * 64 * (2 * 4 + 9 * 16 + 2)  # conv (width 4), scan (9 N per channel), D skip, silu(z) gate
+    mlp = 2 * 3 * 64 * 96 * seq
+    head = 2 * 64 * 256 * (seq - 1)
+    teacher = 4 * (attention_projections + attention_scores + mlp) + head
+    student = 2 * (attention_projections + attention_scores + mlp) + 2 * (mamba_projections + mamba_mixer + mlp) + head
+    assert teacher == 9_420_800 and student == 10_567_680
+    assert sum(bench.forward_flops(TINY, [], seq, batch=1).values()) == teacher
+    assert sum(bench.forward_flops(TINY, [1, 3], seq, batch=1).values()) == student
+    assert bench.step_flops(TINY, [1, 3], seq, batch=3) == 3 * (teacher + 3 * student)
+
+
+def test_matmul_flops_are_two_per_weight_of_every_linear_layer_of_the_built_models():
+    """An independent check of the projection terms: the models' own nn.Linear weights, 2 FLOPs per token each."""
+    seq = 16
+    args = bench.parse_arguments(["--tiny", "--device", "cpu", "--seq", str(seq)])
+    teacher, student = bench.build_models(TINY, [1, 3], args)
+    for model, mamba in ((teacher, []), (student, [1, 3])):
+        weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not model.lm_head)
+        flops = bench.forward_flops(TINY, mamba, seq, batch=1)
+        assert flops["projections"] + flops["mlp"] == 2 * weights * seq
+        assert flops["lm head"] == 2 * model.lm_head.weight.numel() * (seq - 1)
+
+
+def test_cpu_smoke_run_trains_the_recipe_step_and_prints_no_times(capsys):
+    args = bench.parse_arguments(["--tiny", "--device", "cpu", "--seq", "32", "--steps", "1", "--warmup", "0"])
+    row = bench.run_configuration(TINY, 30, bench.Levers(teacher_inference_mode=True, checkpoint_layers=1), args)
+    assert "error" not in row, row
+    assert row["student"] == "2/4 Mamba" and row["tokens"] == 2 * 32  # warm-up + timed + the closing step
+    assert row["flops"] == bench.step_flops(TINY, [1, 3], 32, 1) and "ms" not in row
+
+    bench.main(["--tiny", "--device", "cpu", "--seq", "32", "--steps", "1", "--warmup", "0", "--mamba", "0"])
+    printed = capsys.readouterr().out
+    assert "| transformer | baseline | 32 |" in printed and "timings are not measured" in printed
+    assert " ms" not in printed.split("|---|")[0] and "train_runtime" not in printed
