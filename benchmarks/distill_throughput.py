@@ -73,6 +73,7 @@ class Shape:
 
 
 APRIEL_15B_LAYERS_25 = Shape(hidden=5120, layers=25, heads=32, kv_heads=8, head_dim=128, intermediate=14336, vocab=131072)
+APRIEL_15B = replace(APRIEL_15B_LAYERS_25, layers=50)
 TINY = Shape(hidden=64, layers=4, heads=4, kv_heads=2, head_dim=16, intermediate=96, vocab=256)
 
 
@@ -153,7 +154,9 @@ def common_fields(shape: Shape, seq: int) -> dict:
 
 def build_models(shape: Shape, mamba: list[int], args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """Random teacher (Mistral, the format of Apriel-H1's teachers) and student, initialised on ``args.device``."""
-    teacher_config = MistralConfig(**common_fields(shape, args.seq), attn_implementation=args.attn_implementation)
+    teacher_config = MistralConfig(  # MistralConfig defaults to a 4096-token sliding window; Apriel's teachers have none
+        **common_fields(shape, args.seq), sliding_window=None, attn_implementation=args.attn_implementation
+    )
     layer_types = ["mamba" if index in mamba else "attention" for index in range(shape.layers)]
     student_config = AprielH1Config(
         **common_fields(shape, args.seq), layer_types=layer_types, mamba_d_state=shape.d_state,
@@ -291,7 +294,8 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
     """Train warm-up + timed steps of one student; its times, throughput and memory (or the error)."""
     cuda = args.device.startswith("cuda")
     mamba = mamba_layers(shape.layers, fifties)
-    row = {"student": f"{len(mamba)}/{shape.layers} Mamba" if mamba else "transformer", "levers": levers.label()}
+    row = {"student": f"{len(mamba)}/{shape.layers} Mamba" if mamba else "transformer", "levers": levers.label(),
+           "fifties": fifties}
     free_memory()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -358,6 +362,7 @@ def step_table(rows: list[dict], args: argparse.Namespace, peak_tflops: float | 
     if args.device.startswith("cuda"):
         header += ["step ms", "tokens/s/GPU", "TFLOP/s", f"MFU vs {DATASHEET_BF16_TFLOPS:.0f}", "MFU vs matmul"]
         header += [f"{name} ms" for name in PHASES] + ["other ms", "peak GiB", "weights+opt GiB"]
+        header.append("15B pair tokens/s/GPU at this MFU")
         if baseline is not None:
             header.append("speed vs baseline")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -375,10 +380,18 @@ def step_table(rows: list[dict], args: argparse.Namespace, peak_tflops: float | 
                       f"{achieved / peak_tflops:.1%}" if peak_tflops else "-"]
             cells += [f"{ms[name]:.0f}" for name in PHASES] + [f"{ms['other']:.0f}"]
             cells += [f"{row['peak GiB']:.1f}", f"{row['static GiB']:.1f}"]
+            cells.append(f"{projected_15b_tokens_per_s(achieved * 1e12, row['fifties'], args):,.0f}")
             if baseline is not None:
                 cells.append(f"{baseline['ms']['total'] / ms['total']:.2f}x" if "ms" in baseline else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def projected_15b_tokens_per_s(flops_per_s: float, fifties: int, args: argparse.Namespace) -> float:
+    """Tokens/s per GPU of the 15B teacher + 15B student (50 layers, the same Mamba share) at the same
+    sequence length, if each GPU sustained the FLOP rate measured here: a projection for docs/, which assumes
+    FSDP/ZeRO-3 hide their communication behind compute (an upper bound on what sharding gives)."""
+    return flops_per_s * args.seq / step_flops(APRIEL_15B, mamba_layers(APRIEL_15B.layers, fifties), args.seq, 1)
 
 
 FLOP_FORMULA = """\

@@ -5,6 +5,7 @@ No timing is asserted or shown: on CPU the benchmark prints no times (GPU number
 
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from benchmarks import distill_throughput as bench
@@ -62,3 +63,31 @@ def test_cpu_smoke_run_trains_the_recipe_step_and_prints_no_times(capsys):
     printed = capsys.readouterr().out
     assert "| transformer | baseline | 32 |" in printed and "timings are not measured" in printed
     assert " ms" not in printed.split("|---|")[0] and "train_runtime" not in printed
+
+
+class _Event:
+    """Stands in for a CUDA event: a timestamp in ms (synthetic, for the arithmetic of the time split)."""
+
+    def __init__(self, ms: float):
+        self.ms = ms
+
+    def elapsed_time(self, later: "_Event") -> float:
+        return later.ms - self.ms
+
+
+def test_time_split_and_gpu_table_arithmetic_on_synthetic_events():
+    marks = {"begin": 0, "student begin": 1, "student end": 5, "teacher begin": 5.5, "teacher end": 7.5,
+             "loss end": 9, "backward end": 17, "optimizer end": 19}
+    split = bench.StepEvents(cuda=False).phase_ms({k: _Event(v) for k, v in marks.items()}, {"begin": _Event(20)})
+    assert split == {"teacher fwd": 2, "student fwd": 4, "KD loss": 1.5, "student bwd": 8, "optimizer": 2,
+                     "total": 20, "other": 2.5}
+
+    args = bench.parse_arguments(["--device", "cuda", "--seq", "4096"])
+    flops = bench.step_flops(bench.APRIEL_15B_LAYERS_25, bench.mamba_layers(25, 40), 4096, 1)
+    row = {"student": "20/25 Mamba", "levers": "baseline", "fifties": 40, "flops": flops,
+           "ms": {**split, "total": 1000 * flops / 989e12}, "peak GiB": 100.0, "static GiB": 80.0}
+    cells = [cell.strip() for cell in bench.step_table([row], args, 800.0, None).splitlines()[2].split("|")]
+    assert cells[7:10] == ["989", "100.0%", f"{989 / 800:.1%}"]  # achieved TFLOP/s, MFU vs 989, MFU vs matmul
+    assert float(cells[6].replace(",", "")) == pytest.approx(4096 / (flops / 989e12), rel=1e-3)  # tokens/s/GPU
+    per_token_15b = bench.step_flops(bench.APRIEL_15B, bench.mamba_layers(50, 40), 4096, 1) / 4096
+    assert float(cells[-2].replace(",", "")) == pytest.approx(989e12 / per_token_15b, rel=1e-3)
