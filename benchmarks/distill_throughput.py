@@ -4,7 +4,7 @@ What runs is the recipe's own step: ``recipes.distillation.DistillationTrainer``
 against a random-weight teacher with ``Trainer.train`` (its data loader, ``compute_loss`` with the chunked KD loss
 of ``recipes.kd_loss``, backward, gradient clipping, fused AdamW, scheduler), on packed rows of random tokens
 (every position supervised, no padding, no ``position_ids``: the recipe's plain packing). Both models are built
-directly on the GPU in bf16; nothing is downloaded. Five CUDA events per step split its time (teacher forward,
+directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries split each step (teacher forward,
 student forward, KD loss, student backward, optimizer); they come from forward hooks on both decoders and from
 overrides that only record an event around the trainer's own ``compute_loss`` / ``training_step``.
 
