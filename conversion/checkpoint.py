@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 from transformers.dynamic_module_utils import custom_object_save
 
-from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
 
 from .mil import INIT_METHOD
 from .atomic_io import staged_output_dir
@@ -117,8 +117,9 @@ def _advancing(shard: list[PlannedTensor], bar: tqdm) -> list[PlannedTensor]:
 
 def write_config_and_code(directory: Path, config: AprielH1Config) -> None:
     """config.json with auto_map, plus the modeling files, as ``save_pretrained`` would write them."""
+    model_class = AprielHForCausalLM if isinstance(config, AprielHConfig) else AprielH1ForCausalLM
     with torch.device("meta"):
-        model = AprielH1ForCausalLM(config)
+        model = model_class(config)
     custom_object_save(model, directory, config=config)
-    config.architectures = [AprielH1ForCausalLM.__name__]
+    config.architectures = [model_class.__name__]
     config.save_pretrained(directory)

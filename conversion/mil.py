@@ -23,8 +23,9 @@ from modeling_apriel_h1 import AprielH1Config
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 INIT_METHOD = "mil"
-# Fast-LLM's mixer adds dt_proj.bias twice (once in dt_proj, once as the scan's delta_bias); ours adds it once.
-# Storing twice Mamba's inverse-softplus draw makes the converted mixer compute what Apriel-H1's did at init.
+# Fast-LLM's mixer adds dt_proj.bias twice (once in dt_proj, once as the scan's delta_bias); ours adds it once
+# unless the config says otherwise (mamba_dt_bias_in_projection, the released layout). Storing twice Mamba's
+# inverse-softplus draw where ours counts it once makes the converted mixer compute what Apriel-H1's did at init.
 DT_BIAS_MULTIPLIER = 2.0
 
 
@@ -70,7 +71,8 @@ def mil_mixer_tensors(
     log_min, log_max = math.log(config.mamba_dt_min), math.log(config.mamba_dt_max)
     dt = torch.exp(torch.rand(d_inner, generator=generator) * (log_max - log_min) + log_min)
     dt = dt.clamp(min=config.mamba_dt_init_floor)
-    dt_bias = (dt + torch.log(-torch.expm1(-dt))) * DT_BIAS_MULTIPLIER  # inverse softplus
+    stored_multiplier = 1.0 if config.mamba_dt_bias_in_projection else DT_BIAS_MULTIPLIER  # the mixer doubles it itself
+    dt_bias = (dt + torch.log(-torch.expm1(-dt))) * stored_multiplier  # inverse softplus
     conv_bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise kernel (fan_in = d_conv)
     conv_weight = _uniform((d_inner, 1, d_conv), conv_bound, generator)
     conv_bias = _uniform((d_inner,), conv_bound, generator)

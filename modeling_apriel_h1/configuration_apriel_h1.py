@@ -1,6 +1,12 @@
-"""Configuration of Apriel-H1 hybrids: a Mistral-style decoder whose layers are attention or a Mamba mixer."""
+"""Configuration of Apriel-H1 hybrids: a Mistral-style decoder whose layers are attention or a Mamba mixer.
+
+Two model types, one model: ``apriel_h1`` (ours) and ``apriel_h``, the layout of the released Apriel-H1
+checkpoints (``AprielHConfig``), so that a released directory loads as it is.
+"""
 
 from __future__ import annotations
+
+import math
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
@@ -37,6 +43,10 @@ class AprielH1Config(PreTrainedConfig):
         mamba_d_conv (`int`): width of the depthwise causal convolution.
         mamba_conv_bias, mamba_proj_bias, mamba_dt_proj_bias (`bool`): bias flags of the conv, the in/out
             projections and the time-step projection.
+        mamba_dt_bias_in_projection (`bool`): also add `dt_proj.bias` inside the time-step projection, so that
+            the bias counts twice (there and again in the scan), as in the released Apriel-H1 models and
+            Fast-LLM's mixer. `False` (ours) adds it once, in the scan. Loading a released checkpoint sets it, so
+            that its weights are used as they are on disk.
         mamba_dt_min, mamba_dt_max, mamba_dt_init_floor, mamba_dt_scale (`float`): time-step initialisation range.
         kernel_backend (`str`): `"auto"`, `"reference"`, `"triton"` or `"mamba_ssm"`; the environment variable
             `APRIEL_H1_KERNELS` overrides it.
@@ -84,6 +94,7 @@ class AprielH1Config(PreTrainedConfig):
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
     mamba_dt_proj_bias: bool = True
+    mamba_dt_bias_in_projection: bool = False
     mamba_dt_min: float = 0.001
     mamba_dt_max: float = 0.1
     mamba_dt_init_floor: float = 1e-4
@@ -165,4 +176,128 @@ class AprielH1Config(PreTrainedConfig):
         return [index for index, kind in enumerate(self.layer_types) if kind == ATTENTION]
 
 
-__all__ = ["AprielH1Config"]
+# ----- the released format (ServiceNow-AI/Apriel-H1-15b-Thinker-SFT, configuration_apriel_h.py) ------------------
+
+# hybrid_block_layout entries this model has; the release also knows "i" (identity) and Fast-LLM "m2d", "gdn", ...
+RELEASED_LAYOUT = {"t": ATTENTION, "m2": MAMBA}
+# The names Fast-LLM's AprielHybridSSMConfig writes into ``layer_types`` for those entries (one per entry, for vLLM)
+FAST_LLM_LAYER_TYPES = {"t": "full_attention", "m2": "mamba2"}
+# The release's ``ssm_config_default``: a key missing from a file's ssm_cfg takes this value. ``dt_proj_bias`` and
+# ``repeat_kv_before_conv`` are not in it; its Mamba2.__init__ defaults them to True.
+RELEASED_SSM_DEFAULTS = {
+    "d_state": 64, "n_qk_heads": 32, "expand": 1, "chunk_size": 128, "activation": "identity", "bias": False,
+    "d_conv": 4, "d_inner": 32 * 128, "d_xb": None, "dt_rank": "auto", "dt_min": 0.001, "dt_max": 0.1,
+    "dt_init": "random", "dt_scale": 1.0, "dt_init_floor": 1e-4, "conv_bias": True,
+    "dt_proj_bias": True, "repeat_kv_before_conv": True,
+}
+# ssm_cfg key -> our field. The other keys (n_qk_heads, chunk_size, activation, expand once d_inner is known,
+# dt_init) change neither the weights nor the computation (the release's mixer hard-codes SiLU) and pass through.
+RELEASED_SSM_FIELDS = {
+    "d_state": "mamba_d_state", "d_inner": "mamba_d_inner", "d_xb": "mamba_d_xb", "dt_rank": "mamba_dt_rank",
+    "d_conv": "mamba_d_conv", "bias": "mamba_proj_bias", "conv_bias": "mamba_conv_bias",
+    "dt_proj_bias": "mamba_dt_proj_bias", "dt_min": "mamba_dt_min", "dt_max": "mamba_dt_max",
+    "dt_init_floor": "mamba_dt_init_floor", "dt_scale": "mamba_dt_scale",
+}
+# Keys Fast-LLM writes for mixers this model does not have (gated delta net, Kimi linear attention); dropped
+FAST_LLM_FOREIGN_KEYS = ("linear_attn_config", "gdn_cfg")
+
+
+def _our_auto_map(auto_map: dict[str, str]) -> dict[str, str]:
+    """The ``auto_map`` entries that name our code. Those naming the release's own (configuration_apriel_h,
+    modeling_apriel_h) are dropped: loaded by this class, the model is ours, and saving writes our files."""
+    return {key: ref for key, ref in auto_map.items() if ref.split("--")[-1].split(".")[0].endswith("_apriel_h1")}
+
+
+@strict
+class AprielHConfig(AprielH1Config):
+    r"""
+    The released Apriel-H1 configuration (`model_type: "apriel_h"`): Mistral fields plus `hybrid_block_layout`
+    and `ssm_cfg`, read and written in that layout so that a released directory loads into
+    [`AprielHForCausalLM`] (an [`AprielH1ForCausalLM`]) with its weights as they are on disk, and saves back the
+    same way. The release's semantics: one layer per layout entry, `ssm_cfg` keys missing from the file take the
+    release's defaults (`RELEASED_SSM_DEFAULTS`), and `dt_proj.bias` counts twice
+    (`mamba_dt_bias_in_projection=True`). The `mamba_*` fields and `layer_types` are derived from `ssm_cfg` and
+    `hybrid_block_layout` (they are what the model reads) and written back as those on save.
+
+    Args:
+        hybrid_block_layout (`list[str]`): one entry per layer, `"t"` (Mistral attention) or `"m2"` (the
+            Apriel-H1 Mamba mixer). Other entries (`"m2d"`, `"i"`, ...) are refused.
+        ssm_cfg (`dict`): the Mamba settings under the release's names (`d_state`, `d_inner`, `d_xb`,
+            `dt_rank`, `d_conv`, `bias`, `conv_bias`, `dt_proj_bias`, `repeat_kv_before_conv` (must be true), ...).
+    """
+
+    model_type = "apriel_h"
+
+    hybrid_block_layout: list[str] | None = None
+    ssm_cfg: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        for key in FAST_LLM_FOREIGN_KEYS:
+            kwargs.pop(key, None)
+        if isinstance(kwargs.get("auto_map"), dict):
+            kwargs["auto_map"] = _our_auto_map(kwargs["auto_map"])
+        layout = list(self.hybrid_block_layout or [])
+        self._check_layout(layout)
+        self.layer_types = [RELEASED_LAYOUT[entry] for entry in layout]
+        ssm = {**RELEASED_SSM_DEFAULTS, **(self.ssm_cfg or {})}
+        if ssm["repeat_kv_before_conv"] is not True:
+            raise ValueError(
+                f"ssm_cfg.repeat_kv_before_conv is {ssm['repeat_kv_before_conv']!r}: a convolution at the x/B width "
+                "before the repeat, which this model does not have; only true (the released Apriel-H1 setting) loads"
+            )
+        if self.attention_bias or self.attention_out_bias:
+            raise ValueError("the released format has Mistral's bias-free attention; attention_bias must be false")
+        for key, name in RELEASED_SSM_FIELDS.items():
+            setattr(self, name, ssm[key])
+        if ssm["d_inner"] is None:  # the release's Mamba2: d_inner = expand * d_model
+            self.mamba_d_inner = int(ssm["expand"] * self.hidden_size)
+        if ssm["d_xb"] is None:  # ... and d_xb = d_model
+            self.mamba_d_xb = self.hidden_size
+        if ssm["dt_rank"] == "auto":
+            self.mamba_dt_rank = math.ceil(self.hidden_size / 16)
+        self.mamba_dt_bias_in_projection = True
+        self.ssm_cfg = ssm
+        super().__post_init__(**kwargs)
+
+    def _check_layout(self, layout: list[str]) -> None:
+        if not layout:
+            raise ValueError("an apriel_h config needs hybrid_block_layout: one 't' (attention) or 'm2' (Mamba) per layer")
+        unknown = sorted({str(entry) for entry in layout if entry not in RELEASED_LAYOUT})
+        if unknown:
+            raise ValueError(
+                f"hybrid_block_layout has entries {unknown}; only 't' (attention) and 'm2' (the Apriel-H1 Mamba mixer) "
+                "exist in this model ('m2d' discrete Mamba-2, 'i' identity and others have no counterpart here)"
+            )
+        if len(layout) != self.num_hidden_layers:
+            raise ValueError(
+                f"hybrid_block_layout has {len(layout)} entries but num_hidden_layers is {self.num_hidden_layers}; "
+                "the released model builds one layer per entry, so they must agree"
+            )
+        if self.layer_types is not None:  # Fast-LLM writes both; they must say the same
+            agree = len(self.layer_types) == len(layout) and all(
+                kind in (FAST_LLM_LAYER_TYPES[entry], RELEASED_LAYOUT[entry]) for entry, kind in zip(layout, self.layer_types)
+            )
+            if not agree:
+                raise ValueError(
+                    f"layer_types {list(self.layer_types)} disagrees with hybrid_block_layout {layout} "
+                    f"(expected {[FAST_LLM_LAYER_TYPES[entry] for entry in layout]}); fix or remove layer_types"
+                )
+
+    def to_dict(self) -> dict:
+        """The released layout: ``hybrid_block_layout``, ``ssm_cfg`` and ``rope_theta`` (+ ``rope_scaling``)
+        instead of our ``layer_types``, ``mamba_*`` and ``rope_parameters``."""
+        output = super().to_dict()
+        to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
+        output["hybrid_block_layout"] = [to_entry[kind] for kind in output.pop("layer_types")]
+        output["ssm_cfg"] = {**output["ssm_cfg"], **{key: output.pop(name) for key, name in RELEASED_SSM_FIELDS.items()}}
+        for name in ("mamba_dt_bias_in_projection", "attention_bias", "attention_out_bias"):
+            output.pop(name)
+        rope = dict(output.pop("rope_parameters") or {})
+        if "rope_theta" in rope:
+            output["rope_theta"] = rope.pop("rope_theta")
+        if rope.get("rope_type", "default") != "default":
+            output["rope_scaling"] = rope
+        return output
+
+
+__all__ = ["AprielH1Config", "AprielHConfig"]

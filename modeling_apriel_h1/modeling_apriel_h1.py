@@ -34,7 +34,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_apriel_h1 import MAMBA, AprielH1Config
+from .configuration_apriel_h1 import MAMBA, AprielH1Config, AprielHConfig
 
 try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
     from modeling_apriel_h1.ops import resolve_ops
@@ -93,7 +93,8 @@ class AprielH1Mamba(nn.Module):
 
         self.in_proj = nn.Linear(config.hidden_size, 2 * self.d_inner + 2 * self.d_xb, bias=config.mamba_proj_bias)
         self.dt_in_proj = nn.Linear(config.hidden_size, self.dt_rank, bias=config.mamba_proj_bias)
-        # dt_proj's bias is added once, inside the scan (``delta_bias``); see docs/fast_llm_interop.md
+        # dt_proj's bias is added inside the scan (``delta_bias``), and in ``_time_step`` too where the config says
+        # so (the released checkpoints); see docs/fast_llm_interop.md
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=config.mamba_dt_proj_bias)
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
@@ -109,6 +110,16 @@ class AprielH1Mamba(nn.Module):
         ZeRO-3) must be told to gather these for this mixer; see ``recipes.zero3``."""
         return [param for module in (self.dt_proj, self.conv1d) for param in module.parameters()]
 
+    def _time_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The time step before the kernels add ``dt_proj.bias`` and apply softplus: (..., hidden) -> (..., d_inner).
+
+        The one place the two bias conventions differ. The released Apriel-H1 mixer (and Fast-LLM's) adds the
+        bias here as well, so it counts twice (``mamba_dt_bias_in_projection``); ours adds it only in the kernels.
+        Prefill and single-token decoding both call this, so they cannot disagree.
+        """
+        bias = self.dt_proj.bias if self.config.mamba_dt_bias_in_projection else None
+        return F.linear(self.dt_in_proj(hidden_states), self.dt_proj.weight, bias)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -119,7 +130,7 @@ class AprielH1Mamba(nn.Module):
         ops = resolve_ops(hidden_states.device, self.config.kernel_backend)
         batch, seq_len, _ = hidden_states.shape
         z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
-        dt = F.linear(self.dt_in_proj(hidden_states), self.dt_proj.weight)  # (batch, seq, d_inner), bias in the scan
+        dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
         if padding_mask is not None:
             # padded positions must not reach the conv window or the state: a zero input leaves both untouched
             x = x * padding_mask[..., None].to(x.dtype)
@@ -431,4 +442,20 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["AprielH1ForCausalLM", "AprielH1Model", "AprielH1PreTrainedModel"]
+class AprielHModel(AprielH1Model):
+    """``AprielH1Model`` for configs in the released layout (``model_type: apriel_h``); nothing else differs.
+
+    A class of its own because transformers pairs each config class with one model class by name (``register``,
+    also when loading remote code), and a released directory must load under ``AprielHConfig``.
+    """
+
+    config_class = AprielHConfig
+
+
+class AprielHForCausalLM(AprielH1ForCausalLM):
+    """``AprielH1ForCausalLM`` for configs in the released layout (``model_type: apriel_h``); nothing else differs."""
+
+    config_class = AprielHConfig
+
+
+__all__ = ["AprielH1ForCausalLM", "AprielH1Model", "AprielH1PreTrainedModel", "AprielHForCausalLM", "AprielHModel"]

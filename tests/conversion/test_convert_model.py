@@ -69,6 +69,15 @@ def test_the_parts_mil_does_not_take_from_attention_follow_the_mamba_recipe():
     assert mixer.conv1d.weight.abs().max() <= config.mamba_d_conv**-0.5
 
 
+def test_a_student_that_counts_the_dt_bias_twice_itself_stores_the_draw_once():
+    """Same effective time-step bias either way: 2 * softplus^-1(dt) (what Apriel-H1's students started with)."""
+    once = convert_model(tiny_teacher("apriel_h1"), [2], seed=3)
+    twice = convert_model(tiny_teacher("apriel_h1", mamba_dt_bias_in_projection=True), [2], seed=3)
+    assert twice.config.mamba_dt_bias_in_projection
+    stored_once = once.model.layers[2].mixer.dt_proj.bias
+    assert torch.equal(twice.model.layers[2].mixer.dt_proj.bias * DT_BIAS_MULTIPLIER, stored_once)
+
+
 def test_everything_outside_the_replaced_mixers_is_copied_exactly():
     teacher = tiny_teacher("qwen2")
     student = convert_model(teacher, [0, 3])

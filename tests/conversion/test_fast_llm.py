@@ -1,19 +1,16 @@
-"""Fast-LLM interop: released Apriel-H1 configs and checkpoints, the doubled dt bias, the block-pattern config."""
+"""Released-format and Fast-LLM interop: importing Fast-LLM exports, exporting ours to the released layout,
+and Fast-LLM's block-pattern config. Fixtures are synthetic (see tests/modeling/release_format.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from conversion.fast_llm import (
-    RELEASED_ARCHITECTURE,
-    RELEASED_MODEL_TYPE,
     config_from_released,
     export_released_checkpoint,
     fast_llm_decoder_from_config,
@@ -21,151 +18,191 @@ from conversion.fast_llm import (
     layer_types_from_fast_llm_decoder,
     released_config_from,
 )
-from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
-from modeling_apriel_h1.mamba_reference import selective_scan
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
 
+from ..modeling.release_format import RELEASED, random_released_weights, released_logits, write_released_dir
 from ..modeling.tiny import TINY
+from ..remote_code import assert_remote_code_reproduces
 from .teachers import input_ids
 
-# The released Apriel-H1-15b config (fast_llm/models/ssm/external/apriel_15b_hybrid/vllm/config.json), shrunk.
-RELEASED = {
-    "model_type": RELEASED_MODEL_TYPE,
-    "architectures": [RELEASED_ARCHITECTURE],
-    "rope_theta": 1000000.0, "rope_scaling": {"rope_type": "default"},
-    "hidden_act": "silu", "num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 97, "tie_word_embeddings": False,
-    "rms_norm_eps": 1e-05, "head_dim": 16, "max_position_embeddings": 256, "sliding_window": None,
-    "ssm_cfg": {
-        "d_state": 8, "n_v_heads": 32, "n_qk_heads": 32, "expand": 1, "chunk_size": 128, "bias": False,
-        "activation": "silu", "dt_rank": "auto", "dt_min": 0.001, "dt_max": 0.1, "dt_init_floor": 0.0001,
-        "dt_scale": 1.0, "d_xb": 32, "d_conv": 4, "dt_init": "random", "d_inner": 64,
-    },
-    "hybrid_block_layout": ["t", "m2", "m2", "t"],
+# What Fast-LLM's current exporter writes (SYNTHETIC, after fast_llm_external_models/apriel_hybrid_ssm/
+# configuration_apriel_hybrid_ssm.py and fast_llm/models/gpt/conversion/apriel.py at Fast-LLM 7d61a1ba): one layout
+# entry per pattern element with num_hidden_layers blocks, layer_types for vLLM, the keys of other mixers.
+FAST_LLM_EXPORT = {
+    **{key: value for key, value in RELEASED.items() if key not in ("auto_map", "architectures")},
+    "model_type": "apriel_hybrid_ssm",
+    "architectures": ["AprielHybridSSMForCausalLM"],
+    "auto_map": {"AutoConfig": "configuration_apriel_hybrid_ssm.AprielHybridSSMConfig"},
+    "hybrid_block_layout": ["t", "m2"],
+    "layer_types": ["full_attention", "mamba2"],
+    "linear_attn_config": {"short_conv_kernel_size": 4, "head_dim": 128, "num_heads": 32},
+    "ssm_cfg": {**RELEASED["ssm_cfg"], "n_v_heads": 32, "dt_proj_bias": True, "repeat_kv_before_conv": True},
 }
+EXPANDED_LAYOUT = ["t", "m2", "t", "m2"]
 
 
-def test_released_config_maps_to_ours():
-    config = config_from_released(RELEASED)
-    assert config.layer_types == ["full_attention", "linear_attention", "linear_attention", "full_attention"]
-    assert (config.mamba_d_state, config.mamba_d_inner, config.mamba_d_xb) == (8, 64, 32)
-    assert config.mamba_dt_rank == math.ceil(64 / 16)  # "auto"
-    assert (config.mamba_conv_bias, config.mamba_dt_proj_bias, config.mamba_proj_bias) == (True, True, False)
-    assert config.rope_parameters["rope_theta"] == 1000000.0 and not config.attention_bias
+def _no_output_left(tmp_path, name: str) -> bool:
+    return not any(item.name == name or item.name.startswith(f".{name}.") for item in tmp_path.iterdir())
 
 
-def test_our_config_round_trips_through_the_released_format():
-    ours = AprielH1Config(**TINY, layer_types=["attention", "mamba", "attention", "mamba"], mamba_d_state=8, mamba_dt_rank=5, mamba_conv_bias=False)
-    released = released_config_from(ours)
-    assert released["hybrid_block_layout"] == ["t", "m2", "t", "m2"]
-    assert released["auto_map"]["AutoModelForCausalLM"] == "modeling_ssm_hybrid_apriel15b.AprielThinkerSSMHybridForCausalLM"
-    back = config_from_released(json.loads(json.dumps(released)))
-    skip = {"transformers_version", "dtype"}
-    assert {k: v for k, v in back.to_dict().items() if k not in skip} == {k: v for k, v in ours.to_dict().items() if k not in skip}
+def test_a_fast_llm_export_imports_with_its_pattern_repeated_and_foreign_keys_dropped(tmp_path):
+    config = config_from_released(FAST_LLM_EXPORT)
+    assert config.layer_types == ["full_attention", "linear_attention"] * 2
+    weights = random_released_weights(config)
+    source = write_released_dir(tmp_path / "fast_llm", FAST_LLM_EXPORT, weights)
+    import_released_checkpoint(source, tmp_path / "imported")
+    assert (tmp_path / "imported" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    written = json.loads((tmp_path / "imported" / "config.json").read_text())
+    assert written["model_type"] == "apriel_h" and written["hybrid_block_layout"] == EXPANDED_LAYOUT
+    assert not {"layer_types", "linear_attn_config", "gdn_cfg"} & written.keys()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "imported").eval()
+    assert isinstance(model, AprielHForCausalLM)
+    with torch.no_grad():
+        logits = model(input_ids()).logits
+    expected = released_logits({**RELEASED, "hybrid_block_layout": EXPANDED_LAYOUT}, weights, input_ids())
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"ssm_cfg": {**RELEASED["ssm_cfg"], "repeat_kv_before_conv": False}}, "repeat_kv_before_conv is False"),
-        ({"hybrid_block_layout": ["t", "m2d", "m2", "t"]}, "block types ['m2d']"),
+        ({"hybrid_block_layout": ["t", "m2", "m2d", "t"]}, "entries ['m2d']"),
         ({"hybrid_block_layout": ["t", "m2", "t"]}, "hybrid_block_layout has 3 entries but num_hidden_layers is 4"),
+        ({"ssm_cfg": {**RELEASED["ssm_cfg"], "repeat_kv_before_conv": False}}, "repeat_kv_before_conv is False"),
+        ({"ssm_cfg": {**RELEASED["ssm_cfg"], "d_state": 16}}, "model.layers.1.mixer.A_log has shape (64, 8), the config needs (64, 16)"),
+        ({"num_hidden_layers": 2, "hybrid_block_layout": ["t", "m2"]}, "unexpected model.layers.2."),
+        ({"model_type": "apriel_h1"}, "not a released Apriel-H1 layout"),
     ],
 )
-def test_released_configs_we_cannot_represent_are_refused(change, message):
+def test_import_refuses_bad_inputs_with_one_clear_error_and_writes_nothing(tmp_path, change, message):
+    fitting_the_unchanged_config = random_released_weights(AprielHConfig.from_dict(RELEASED))
+    source = write_released_dir(tmp_path / "source", {**RELEASED, **change}, fitting_the_unchanged_config)
     with pytest.raises(ValueError) as error:
-        config_from_released({**RELEASED, **change})
+        import_released_checkpoint(source, tmp_path / "out")
     assert message in str(error.value)
+    assert _no_output_left(tmp_path, "out")
 
 
-def test_attention_biases_cannot_be_exported_to_the_released_format():
+@pytest.fixture
+def ours(tmp_path):
+    """One of our models (dt bias counted once) with realistic dt biases, saved."""
+    config = AprielH1Config(**TINY, layer_types=["attention", "mamba", "attention", "mamba"], mamba_d_state=8, mamba_dt_rank=5, mamba_conv_bias=False)
+    torch.manual_seed(0)
+    model = AprielH1ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in (1, 3):
+            model.model.layers[layer].mixer.dt_proj.bias.copy_(torch.linspace(-6.0, -2.0, config.mamba_d_inner))
+    model.save_pretrained(tmp_path / "ours")
+    return model, tmp_path / "ours"
+
+
+def test_export_writes_the_released_layout_with_our_code_and_loads_here(ours, tmp_path):
+    model, path = ours
+    export_released_checkpoint(path, tmp_path / "exported")
+    written = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert written["model_type"] == "apriel_h" and written["hybrid_block_layout"] == ["t", "m2", "t", "m2"]
+    assert {key: written["ssm_cfg"][key] for key in ("d_state", "d_inner", "d_xb", "dt_rank", "conv_bias", "repeat_kv_before_conv")} == {
+        "d_state": 8, "d_inner": 64, "d_xb": 32, "dt_rank": 5, "conv_bias": False, "repeat_kv_before_conv": True,
+    }
+    assert written["architectures"] == ["AprielHForCausalLM"]
+    for reference in written["auto_map"].values():  # the code the auto_map names is in the folder
+        assert (tmp_path / "exported" / f"{reference.split('.')[0]}.py").is_file(), reference
+    source, exported = load_file(path / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
+    assert source.keys() == exported.keys()
+    for name, tensor in source.items():
+        expected = tensor / 2 if name.endswith("dt_proj.bias") else tensor  # counted twice from now on
+        assert torch.equal(exported[name], expected), name
+        assert torch.equal(exported[name] * (2 if name.endswith("dt_proj.bias") else 1), tensor), name  # exactly
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    assert isinstance(loaded, AprielHForCausalLM)
+    with torch.no_grad():
+        ours_logits, exported_logits = model(input_ids()).logits, loaded(input_ids()).logits
+    torch.testing.assert_close(exported_logits, ours_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(released_logits(written, exported, input_ids()), ours_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_exported_directory_loads_as_remote_code_where_the_package_is_not_installed(ours, tmp_path):
+    _, path = ours
+    export_released_checkpoint(path, tmp_path / "exported")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    with torch.no_grad():
+        expected = loaded(input_ids()).logits
+    assert_remote_code_reproduces(tmp_path / "exported", input_ids(), expected, tmp_path)
+
+
+def test_exporting_a_released_layout_keeps_its_weights(tmp_path):
+    weights = random_released_weights(AprielHConfig.from_dict(RELEASED))
+    source = write_released_dir(tmp_path / "released", RELEASED, weights)
+    export_released_checkpoint(source, tmp_path / "again")
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    assert again.keys() == weights.keys() and all(torch.equal(again[name], tensor) for name, tensor in weights.items())
+
+
+def test_export_refuses_what_the_released_format_cannot_hold_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="bias-free attention"):
         released_config_from(AprielH1Config(**TINY, attention_bias=True))
+    config = AprielH1Config(**TINY, layer_types=["attention", "mamba", "attention", "attention"], mamba_d_state=8)
+    torch.manual_seed(0)
+    state = {name: tensor.contiguous() for name, tensor in AprielH1ForCausalLM(config).state_dict().items()}
+    state["model.layers.1.mixer.D"] = torch.ones(3)
+    source = tmp_path / "broken"
+    AprielH1ForCausalLM(config).save_pretrained(source)
+    save_file(state, source / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model.layers.1.mixer.D has shape \(3,\), the config needs \(64,\)"):
+        export_released_checkpoint(source, tmp_path / "out")
+    assert _no_output_left(tmp_path, "out")
 
 
-def _fast_llm_mixer(tensors: dict[str, torch.Tensor], hidden: torch.Tensor, d_state: int) -> torch.Tensor:
-    """Fast-LLM's Mamba2.forward (apriel_hybrid_ssm), written out: dt_proj keeps its bias AND the scan adds it."""
-    d_conv = tensors["conv1d.weight"].shape[-1]
-    d_inner, d_xb = tensors["out_proj.weight"].shape[1], (tensors["in_proj.weight"].shape[0] - 2 * tensors["out_proj.weight"].shape[1]) // 2
-    batch, length, _ = hidden.shape
-    z, x, B, C = F.linear(hidden, tensors["in_proj.weight"]).split([d_inner, d_xb, d_xb, d_inner], dim=-1)
-    repeat = d_inner // d_xb
-
-    def repeat_kv(t):  # "b l (g n) -> b g l n", repeat each group in place, back
-        groups = t.view(batch, length, -1, d_state).transpose(1, 2)
-        return groups[:, :, None].expand(-1, -1, repeat, -1, -1).reshape(batch, -1, length, d_state)
-
-    B = repeat_kv(B).transpose(2, 3)  # (b, groups, n, l)
-    C = C.view(batch, length, -1, d_state).permute(0, 2, 3, 1)
-    x = repeat_kv(x).transpose(2, 3).reshape(batch, d_inner, length)
-    dt = F.linear(F.linear(hidden, tensors["dt_in_proj.weight"]), tensors["dt_proj.weight"], tensors["dt_proj.bias"])
-    x = F.silu(F.conv1d(x, tensors["conv1d.weight"], tensors["conv1d.bias"], padding=d_conv - 1, groups=d_inner)[..., :length])
-    y = selective_scan(
-        x, dt.transpose(1, 2), -torch.exp(tensors["A_log"]), B, C, tensors["D"], z=z.transpose(1, 2),
-        delta_bias=tensors["dt_proj.bias"], delta_softplus=True,
-    )
-    return F.linear(y.transpose(1, 2), tensors["out_proj.weight"])
+def test_our_config_round_trips_through_the_released_format():
+    ours = AprielH1Config(**TINY, layer_types=["attention", "mamba", "attention", "mamba"], mamba_d_state=8, mamba_dt_rank=5, mamba_conv_bias=False)
+    released = released_config_from(ours)
+    assert isinstance(released, AprielHConfig) and released.mamba_dt_bias_in_projection
+    skip = {"transformers_version", "dtype", "mamba_dt_bias_in_projection"}
+    assert {k: v for k, v in released.to_dict().items() if k not in skip} == {k: v for k, v in released_config_from(released).to_dict().items() if k not in skip}
+    for name in ("layer_types", "mamba_d_state", "mamba_d_inner", "mamba_d_xb", "mamba_dt_rank", "mamba_conv_bias", "rope_parameters"):
+        assert getattr(released, name) == getattr(ours, name), name
 
 
-def _random_released_weights(config: AprielH1Config, seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    state = AprielH1ForCausalLM(config).state_dict()
-    generator = torch.Generator().manual_seed(seed)
-    for name, tensor in state.items():
-        if name.endswith("dt_proj.bias"):  # a realistic Fast-LLM dt bias: inverse softplus of dt in [1e-3, 1e-1]
-            dt = torch.exp(torch.rand(tensor.shape, generator=generator) * math.log(100) + math.log(1e-3))
-            state[name] = dt + torch.log(-torch.expm1(-dt))
-    return {name: tensor.contiguous() for name, tensor in state.items()}
+# ----- Fast-LLM's block-pattern config ------------------------------------------------------------------------------
 
 
-def test_an_imported_mixer_computes_what_the_fast_llm_mixer_computes():
-    config = config_from_released(RELEASED)
-    released = _random_released_weights(config)
-    model = AprielH1ForCausalLM(config).eval()
-    model.load_state_dict({name: tensor * (2 if name.endswith("dt_proj.bias") else 1) for name, tensor in released.items()})
-    prefix = "model.layers.1.mixer."
-    mixer_tensors = {name.removeprefix(prefix): tensor for name, tensor in released.items() if name.startswith(prefix)}
-    hidden = torch.randn(2, 9, config.hidden_size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours = model.model.layers[1].mixer(hidden)
-        theirs = _fast_llm_mixer(mixer_tensors, hidden, config.mamba_d_state)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-
-
-def test_released_checkpoint_imports_loads_and_exports_back_exactly(tmp_path):
-    source = tmp_path / "released"
-    source.mkdir()
-    (source / "config.json").write_text(json.dumps(RELEASED))
-    released = _random_released_weights(config_from_released(RELEASED))
-    save_file(released, source / "model.safetensors", metadata={"format": "pt"})
-
-    import_released_checkpoint(source, tmp_path / "ours")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
-    assert isinstance(model, AprielH1ForCausalLM)
-    name = "model.layers.2.mixer.dt_proj.bias"
-    assert torch.equal(model.state_dict()[name], released[name] * 2)
-    reference = AprielH1ForCausalLM(config_from_released(RELEASED)).eval()
-    reference.load_state_dict({k: v * (2 if k.endswith("dt_proj.bias") else 1) for k, v in released.items()})
-    with torch.no_grad():
-        assert torch.equal(model(input_ids()).logits, reference(input_ids()).logits)
-
-    export_released_checkpoint(tmp_path / "ours", tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert back.keys() == released.keys()
-    assert all(torch.equal(back[name], tensor) for name, tensor in released.items())
-    exported = json.loads((tmp_path / "back" / "config.json").read_text())
-    assert config_from_released(exported).to_dict() == config_from_released(RELEASED).to_dict()
-    assert exported["hybrid_block_layout"] == RELEASED["hybrid_block_layout"]
-
-
-def test_pattern_decoder_round_trips_with_our_layer_types():
-    config = AprielH1Config(**TINY, layer_types=["attention", "mamba", "mamba", "attention"], mamba_d_state=8, mamba_proj_bias=True)
+def test_pattern_decoder_has_complete_blocks_and_round_trips_our_layer_types():
+    config = AprielH1Config(**TINY, layer_types=["attention", "mamba", "mamba", "attention"], mamba_d_state=8, mamba_proj_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
     decoder = fast_llm_decoder_from_config(config)
     assert decoder["pattern"] == ["attention", "mamba", "mamba", "attention"] and decoder["num_blocks"] == 4
+    attention = decoder["blocks"]["attention"]["mixer"]
+    assert attention == {
+        "type": "attention", "heads": 4, "head_groups": 2, "head_size": 16, "add_linear_biases": False,
+        "rotary": {"type": "default", "theta": 5e5}, "dropout": 0.0,
+    }
+    for block in decoder["blocks"].values():
+        assert block["mlp"] == {"type": "mlp", "intermediate_size": 128, "gated": True, "activation": "silu", "add_linear_biases": False}
+        assert block["normalization"] == {"type": "rms_norm", "epsilon": 1e-5}
     assert decoder["blocks"]["mamba"]["mixer"]["type"] == "mamba"
     layer_types, mamba = layer_types_from_fast_llm_decoder(decoder)
     assert layer_types == config.layer_types
-    rebuilt = AprielH1Config(**TINY, layer_types=layer_types, **mamba)
+    rebuilt = AprielH1Config(**TINY, layer_types=layer_types, **mamba, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
     assert rebuilt.to_dict() == config.to_dict()
+
+
+def test_pattern_decoder_carries_qwen2_style_biases_and_a_sliding_window():
+    config = AprielH1Config(**TINY, attention_bias=True, attention_out_bias=False, sliding_window=64)
+    attention = fast_llm_decoder_from_config(config)["blocks"]["attention"]["mixer"]
+    assert attention["add_linear_biases"] is True and attention["dense_layer"] == {"bias": {"enabled": False}}
+    assert attention["window_size"] == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "write blocks.*.mixer.rotary by hand"),
+        ({"hidden_act": "gelu_new"}, "set blocks.*.mlp.activation by hand"),
+    ],
+)
+def test_pattern_decoder_refuses_what_it_cannot_write_and_says_what_to_merge(change, message):
+    with pytest.raises(ValueError) as error:
+        fast_llm_decoder_from_config(AprielH1Config(**TINY, **change))
+    assert message in str(error.value)
 
 
 def test_a_short_pattern_repeats_and_the_old_mamba_2_name_is_accepted():
