@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_apriel_h1 import MAMBA, AprielH1Config, AprielHConfig
+from .configuration_apriel_h1 import ATTENTION, MAMBA, AprielH1Config, AprielHConfig
 
 try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
     from modeling_apriel_h1.ops import resolve_ops
@@ -103,6 +104,7 @@ class AprielH1Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.mamba_proj_bias)
+        self.bound_kernels: ModuleType | None = None
 
     def parameters_read_outside_their_module(self) -> list[nn.Parameter]:
         """Parameters of ``dt_proj`` and ``conv1d`` that ``forward`` passes to the kernels without calling those
@@ -120,6 +122,31 @@ class AprielH1Mamba(nn.Module):
         bias = self.dt_proj.bias if self.config.mamba_dt_bias_in_projection else None
         return F.linear(self.dt_in_proj(hidden_states), self.dt_proj.weight, bias)
 
+    def kernels(self, device: torch.device) -> ModuleType:
+        """The kernel backend this mixer runs on: bound once per model and device by ``AprielH1Model`` (so that
+        no dispatch runs per layer per step, and compiled decode steps trace no environment look-ups); a mixer
+        used on its own resolves it here."""
+        if self.bound_kernels is None:
+            self.bound_kernels = resolve_ops(device, self.config.kernel_backend)
+        return self.bound_kernels
+
+    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One decoding step for every row: hidden_states (batch, 1, hidden); conv_state (batch, d_inner, d_conv)
+        and ssm_state (batch, d_inner, d_state) are updated in place and never rebound, so a CUDA graph that
+        captured this step stays valid. Shared by ``forward`` (cached generation) and the decode engine."""
+        ops = self.kernels(hidden_states.device)
+        batch = hidden_states.shape[0]
+        hidden = hidden_states[:, 0]  # (batch, hidden)
+        z, x, B, C = self.in_proj(hidden).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
+        dt = self._time_step(hidden)  # (batch, d_inner)
+        x = _repeat_groups(x, self.d_state, self.repeat_group)  # (batch, d_inner)
+        B = _repeat_groups(B, self.d_state, self.repeat_group).view(batch, self.num_groups, self.d_state)
+        C = C.view(batch, self.num_groups, self.d_state)
+        A = -torch.exp(self.A_log.float())
+        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        y = ops.selective_state_update(ssm_state, x, dt, A, B, C, self.D, z, self.dt_proj.bias, dt_softplus=True)
+        return self.out_proj(y).unsqueeze(1)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -127,8 +154,13 @@ class AprielH1Mamba(nn.Module):
         cache: Cache | None = None,
     ) -> torch.Tensor:
         """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding."""
-        ops = resolve_ops(hidden_states.device, self.config.kernel_backend)
         batch, seq_len, _ = hidden_states.shape
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
+        has_state = cache_layer is not None and cache_layer.has_previous_state[0]
+        if has_state and seq_len == 1:
+            return self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
+
+        ops = self.kernels(hidden_states.device)
         z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
         dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
         if padding_mask is not None:
@@ -142,17 +174,6 @@ class AprielH1Mamba(nn.Module):
         dt = dt.transpose(1, 2)
         A = -torch.exp(self.A_log.float())
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        dt_bias = self.dt_proj.bias
-
-        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
-        has_state = cache_layer is not None and cache_layer.has_previous_state[0]
-        if has_state and seq_len == 1:
-            conv_state, ssm_state = cache_layer.conv_states[0], cache_layer.recurrent_states[0]
-            x_t = ops.causal_conv1d_update(x[..., 0], conv_state, conv_weight, self.conv1d.bias, "silu")
-            y = ops.selective_state_update(
-                ssm_state, x_t, dt[..., 0], A, B[..., 0], C[..., 0], self.D, z[..., 0], dt_bias, dt_softplus=True
-            )
-            return self.out_proj(y.unsqueeze(1))
 
         conv_state = cache_layer.conv_states[0] if has_state else None
         ssm_state = cache_layer.recurrent_states[0] if has_state else None
@@ -160,7 +181,8 @@ class AprielH1Mamba(nn.Module):
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)
         y, new_ssm_state = ops.selective_scan(
-            x, dt, A, B, C, self.D, z, dt_bias, delta_softplus=True, initial_state=ssm_state, return_last_state=True
+            x, dt, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
+            return_last_state=True,
         )
         if cache_layer is not None:
             cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
@@ -327,7 +349,40 @@ class AprielH1Model(AprielH1PreTrainedModel):
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = MistralRotaryEmbedding(config=config)
         self.gradient_checkpointing = False
+        self.kernels_device: torch.device | None = None
         self.post_init()
+
+    def bind_kernels(self, device: torch.device) -> None:
+        """Choose the Mamba kernel backend once per model and device (not per layer per step)."""
+        if self.kernels_device == device:
+            return
+        kernels = resolve_ops(device, self.config.kernel_backend)
+        for layer in self.layers:
+            if layer.is_mamba:
+                layer.mixer.bound_kernels = kernels
+        self.kernels_device = device
+
+    def _masks(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | dict[str, torch.Tensor | None] | None,
+        cache: Cache | None,
+        position_ids: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mask for the attention layers, 2-D padding mask of the current tokens for the Mamba layers).
+
+        ``generate`` with a compileable cache (``cache_implementation="static"``) prepares the masks itself and
+        passes one per layer type; otherwise the 2-D padding mask (or None) comes in and both are built here.
+        """
+        if isinstance(attention_mask, dict):
+            return attention_mask.get(ATTENTION), attention_mask.get(MAMBA)
+        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
+        causal_mask = mask_function(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
+        # Mamba layers see only which of the current tokens are real; the 2-D mask covers past + current tokens.
+        padding_mask = None
+        if attention_mask is not None and attention_mask.dim() == 2 and inputs_embeds.shape[1] > 1:
+            padding_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+        return causal_mask, padding_mask
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -360,13 +415,8 @@ class AprielH1Model(AprielH1PreTrainedModel):
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
-        # the cache goes by position: its keyword is past_key_values before transformers 5.24 and cache from then on
-        causal_mask = mask_function(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
-        # Mamba layers see only which of the current tokens are real; the 2-D mask covers past + current tokens.
-        padding_mask = None
-        if attention_mask is not None and attention_mask.dim() == 2 and inputs_embeds.shape[1] > 1:
-            padding_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+        causal_mask, padding_mask = self._masks(inputs_embeds, attention_mask, cache, position_ids)
+        self.bind_kernels(inputs_embeds.device)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
