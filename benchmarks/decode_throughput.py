@@ -1,33 +1,44 @@
-"""Decode throughput of a transformer and its Apriel-H1 hybrids with ``generate()`` on one GPU.
+"""Decode throughput of a transformer teacher and its Apriel-H1 hybrids on one GPU: the decode engine against
+stock ``generate()``, at equal batch and as the paper serves (largest batch a memory budget holds).
 
-Random weights (speed does not depend on them): a Mistral-style teacher, and hybrids with a growing fraction
-of its layers converted to Mamba with ``conversion.convert_model``. Each model generates ``--new-tokens``
-tokens greedily after a ``--prompt``-token prompt for a batch of ``--batch`` sequences (EOS disabled, so every
-sequence runs to the end); tokens/s counts generated tokens only. The prefill is timed separately.
+Random bf16 weights at Apriel-15B dims by default (hidden 5120, 50 layers, 32 heads / 8 KV heads, head_dim 128,
+MLP 14336, vocab 131072); speed does not depend on the weights' values. Mamba layers are spread evenly (a
+stand-in for an importance ranking). Models are built directly on the GPU, one at a time.
 
-    python benchmarks/decode_throughput.py --fractions 0 0.5 0.8 --batch 16 --prompt 4096 --new-tokens 256
+Parts (each fits one 10-minute device command at 15B dims):
+
+- ``engine``: the engine's step time (CUDA-graph replays, all rows running) at batch 1/16/64 and context 2k/8k,
+  with the KV cache filled to that length; the first call's build + capture time; and serving throughput: the
+  largest batch whose weights + caches fit ``--budget-gib`` (allocated for real), the step time measured at
+  several context lengths over a ``--serve-prompt`` + ``--serve-new`` sequence, integrated over the whole
+  generation (trapezoid rule), so tokens/s = batch * new tokens / summed step time.
+- ``stock``: ``generate()`` with the dynamic cache at batch 1/16/64 (prompt ``--prompt``), and with
+  ``cache_implementation="static"`` (generate compiles the step itself) for ``--static`` models.
+
+Every row has its roofline: the bytes a step must move (weights read once, live KV read, Mamba state read and
+written) over the device-to-device copy bandwidth measured in the same run.
+
+    python benchmarks/decode_throughput.py --part engine --json $OUT/engine.json
+    python benchmarks/decode_throughput.py --part stock --json $OUT/stock.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import time
 
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from conversion import convert_model
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+from modeling_apriel_h1.decode_state import bytes_per_sequence
+from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.sampling import SamplingParams
 
-
-def teacher(args: argparse.Namespace) -> MistralForCausalLM:
-    config = MistralConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        head_dim=args.hidden // args.heads, max_position_embeddings=args.prompt + args.new_tokens + 8,
-        sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return MistralForCausalLM(config).to(torch.bfloat16)
+GIB = 2**30
+MODELS = {"teacher": 0, "H1-30": 30, "H1-40": 40}  # Mamba layers of 50 (scaled to --layers)
 
 
 def evenly_spread(count: int, layers: int) -> list[int]:
@@ -38,66 +49,248 @@ def evenly_spread(count: int, layers: int) -> list[int]:
     return sorted({1 + int(i * step) for i in range(count)})
 
 
-@torch.no_grad()
-def time_generate(model, args: argparse.Namespace) -> tuple[float, float, float]:
-    """(prefill seconds, decode seconds, decode tokens/s), median of ``--repeats`` runs after a warm-up."""
-    ids = torch.randint(3, args.vocab, (args.batch, args.prompt), device="cuda")
+def dims(args: argparse.Namespace) -> dict:
+    return dict(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim, max_position_embeddings=32768, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+
+
+def build(kind: str, args: argparse.Namespace, stock_mistral: bool = False) -> torch.nn.Module:
+    """A random bf16 model made on the GPU: the teacher (optionally as stock Mistral) or a hybrid."""
+    mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
+    torch.manual_seed(0)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            if stock_mistral:
+                return MistralForCausalLM(MistralConfig(**dims(args), sliding_window=None)).eval()
+            layer_types = ["mamba" if i in mamba else "attention" for i in range(args.layers)]
+            config = AprielH1Config(**dims(args), layer_types=layer_types, mamba_dt_rank="auto")
+            return AprielH1ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def release(*objects) -> None:
+    del objects
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 4 GiB device-to-device copy (median of 10)."""
+    source = torch.empty(2 * GIB, dtype=torch.uint8, device="cuda").random_()
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    release(source, target)
+    return 2 * 2 * GIB / sorted(times[2:])[len(times[2:]) // 2]
+
+
+def step_bytes(model: torch.nn.Module, rows: int, context: int) -> float:
+    """Bytes one decode step must move: every weight but the embedding table read once, each row's live KV read,
+    the Mamba conv window and fp32 state read and written."""
+    config = model.config
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    kv_per_token = 2 * config.num_key_value_heads * config.head_dim * 2  # K and V, bf16
+    moved = 0
+    for layer in model.model.layers:
+        if getattr(layer, "is_mamba", False):
+            mixer = layer.mixer
+            moved += rows * mixer.d_inner * (mixer.d_state * 4 + mixer.d_conv * 2) * 2
+        else:
+            moved += rows * context * kv_per_token
+    return weights + moved
+
+
+def fill_cache(engine: DecodeEngine, rows: int, context: int) -> None:
+    """Make rows 0..rows-1 running sequences with ``context`` tokens in the cache (random KV and states)."""
+    state = engine.state
+    state.clear_bookkeeping()
+    state.lengths[:rows] = context
+    state.active[:rows] = True
+    state.budget[:rows] = state.max_len  # never stops on budget while timed
+    state.last_token[:rows] = torch.randint(3, engine.model.config.vocab_size, (rows,), device="cuda")
+
+
+def time_steps(engine: DecodeEngine, rows: int, context: int, repeats: int = 20) -> float:
+    """Median seconds of one step (graph replay) with ``rows`` running sequences at ``context`` tokens."""
+    fill_cache(engine, rows, context)
+    params = SamplingParams()
+    for _ in range(3):
+        engine.run_step(rows, params)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        engine.run_step(rows, params)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def randomise_state(engine: DecodeEngine) -> None:
+    """Random KV and Mamba states: timings on zeros can flatter the hardware (METHOD.md)."""
+    for tensor in [*engine.state.keys.values(), *engine.state.values.values(), *engine.state.conv.values()]:
+        tensor.normal_()
+    for tensor in engine.state.ssm.values():
+        tensor.normal_().mul_(0.1)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def engine_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
+    rows_out = []
+    for kind in args.models:
+        model = build(kind, args)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        engine = DecodeEngine(model, max_batch_size=max(args.batches), max_seq_len=max(args.contexts) + 64)
+        first_call = time.perf_counter() - started
+        randomise_state(engine)
+        for rows in args.batches:
+            for context in args.contexts:
+                seconds = time_steps(engine, rows, context)
+                roofline = step_bytes(model, rows, context) / bandwidth
+                rows_out.append(dict(part="equal", model=kind, batch=rows, context=context, ms_per_step=seconds * 1e3,
+                                     tokens_per_s=rows / seconds, roofline_ms=roofline * 1e3,
+                                     of_roofline=roofline / seconds))
+                print(_line(rows_out[-1]), flush=True)
+        rows_out.append(dict(part="first_call", model=kind, seconds=first_call, buckets=engine.buckets,
+                             attention=engine.attention_name))
+        print(f"{kind}: engine build + capture of {len(engine.buckets)} buckets: {first_call:.1f} s "
+              f"(attention: {engine.attention_name})", flush=True)
+        release(engine)
+        rows_out.append(serving(model, kind, args, bandwidth))
+        release(model)
+    return rows_out
+
+
+def serving(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwidth: float) -> dict:
+    """Largest batch that fits the budget, step time integrated over a whole long generation."""
+    length = args.serve_prompt + args.serve_new
+    per_sequence = bytes_per_sequence(model, length)
+    free = args.budget_gib * GIB - weight_bytes(model) - args.reserve_gib * GIB
+    batch = int(free // per_sequence)
+    engine = DecodeEngine(model, max_batch_size=batch, max_seq_len=length)
+    randomise_state(engine)
+    allocated = torch.cuda.memory_allocated() / GIB
+    points = sorted({args.serve_prompt, *[int(f * length) for f in (0.25, 0.5, 0.75)], length - 32})
+    step_at = {context: time_steps(engine, batch, context) for context in points}
+    # trapezoid over the generated positions: total seconds for serve_new steps
+    total, previous = 0.0, None
+    for context in points:
+        if previous is not None:
+            total += (context - previous) * (step_at[context] + step_at[previous]) / 2
+        previous = context
+    total *= args.serve_new / (points[-1] - points[0])
+    mean_context = args.serve_prompt + args.serve_new / 2
+    roofline = step_bytes(model, batch, int(mean_context)) / bandwidth
+    row = dict(part="serving", model=kind, batch=batch, budget_gib=args.budget_gib, allocated_gib=allocated,
+               tokens_per_s=batch * args.serve_new / total, ms_per_step_mean=total / args.serve_new * 1e3,
+               step_ms_at={str(c): s * 1e3 for c, s in step_at.items()}, roofline_ms_mean_context=roofline * 1e3,
+               of_roofline=roofline / (total / args.serve_new))
+    print(_line(row), flush=True)
+    release(engine)
+    return row
+
+
+def stock_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
+    rows_out = []
+    for kind in args.models:
+        model = build(kind, args)
+        for rows in args.batches:
+            rows_out.append(time_generate(model, kind, rows, args, bandwidth, "dynamic"))
+        release(model)
+    for kind in args.static:
+        model = build(kind, args, stock_mistral=kind == "teacher")
+        rows_out.append(time_generate(model, kind, args.static_batch, args, bandwidth, "static"))
+        release(model)
+    return rows_out
+
+
+def time_generate(model, kind: str, rows: int, args: argparse.Namespace, bandwidth: float, cache: str) -> dict:
+    """ms per decode step of stock generate(): (time of N+1 new tokens - time of 1) / N, median of repeats."""
+    ids = torch.randint(3, args.vocab, (rows, args.prompt), device="cuda")
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-    # Warm-up at the timed shapes: Triton compiles a kernel per specialisation (a one-chunk prefill is another
-    # one than a 64-chunk prefill), and a compile inside a timed run was what made earlier numbers inconsistent.
-    model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)
-    prefills, decodes = [], []
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    model.generate(ids, max_new_tokens=args.new_tokens + 1, min_new_tokens=args.new_tokens + 1, **kwargs)
+    torch.cuda.synchronize()
+    first_call = time.perf_counter() - started
+    steps = []
     for _ in range(args.repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-        torch.cuda.synchronize()
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kwargs)
-        torch.cuda.synchronize()
-        if out.shape[1] != args.prompt + args.new_tokens:
-            raise RuntimeError(f"generated {out.shape[1] - args.prompt} tokens instead of {args.new_tokens}")
-        prefills.append(prefill)
-        decodes.append(time.perf_counter() - start - prefill)
-    prefill, decode = sorted(prefills)[len(prefills) // 2], sorted(decodes)[len(decodes) // 2]
-    return prefill, decode, args.batch * (args.new_tokens - 1) / decode
+        timings = []
+        for new in (1, args.new_tokens + 1):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kwargs)
+            torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        steps.append((timings[1] - timings[0]) / args.new_tokens)
+    seconds = sorted(steps)[len(steps) // 2]
+    roofline = step_bytes(model, rows, args.prompt + args.new_tokens // 2) / bandwidth
+    row = dict(part=f"stock_{cache}", model=kind, batch=rows, context=args.prompt, ms_per_step=seconds * 1e3,
+               tokens_per_s=rows / seconds, roofline_ms=roofline * 1e3, of_roofline=roofline / seconds,
+               first_call_s=first_call)
+    print(_line(row), flush=True)
+    return row
+
+
+def _line(row: dict) -> str:
+    fields = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step_ms_at"]
+    return " ".join(fields)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.8])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--prompt", type=int, default=4096)
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--part", choices=["engine", "stock"], required=True)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--budget-gib", type=float, default=80.0, help="serving: weights + caches (the paper's H100)")
+    parser.add_argument("--reserve-gib", type=float, default=3.0, help="serving: kept for activations and graphs")
+    parser.add_argument("--serve-prompt", type=int, default=128)
+    parser.add_argument("--serve-new", type=int, default=16384)
+    parser.add_argument("--prompt", type=int, default=2048, help="stock generate(): prompt length")
+    parser.add_argument("--new-tokens", type=int, default=32, help="stock generate(): timed steps")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--static", nargs="*", default=["teacher"], choices=list(MODELS),
+                        help="stock generate() with cache_implementation='static' (compiled) for these models")
+    parser.add_argument("--static-batch", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=5120)
+    parser.add_argument("--intermediate", type=int, default=14336)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=131072)
+    parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA device")
-    base = teacher(args)
-    print(f"device {torch.cuda.get_device_name()}, bf16, batch {args.batch}, prompt {args.prompt}, "
-          f"new tokens {args.new_tokens}, {args.layers} layers, hidden {args.hidden}")
-    print("| Mamba layers | prefill s | decode s | decode tokens/s | speed-up | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    baseline = None
-    for fraction in args.fractions:
-        layers = evenly_spread(round(fraction * args.layers), args.layers)
-        model = (convert_model(base, layers) if layers else base).to("cuda", torch.bfloat16).eval()
-        torch.cuda.reset_peak_memory_stats()
-        prefill, decode, rate = time_generate(model, args)
-        baseline = baseline or rate
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        print(f"| {len(layers)}/{args.layers} | {prefill:.3f} | {decode:.3f} | {rate:,.0f} | {rate / baseline:.2f}x | {peak:.1f} |",
-              flush=True)
-        model.to("cpu")
-        del model
-        torch.cuda.empty_cache()
+    bandwidth = copy_bandwidth()
+    print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
+    rows = engine_part(args, bandwidth) if args.part == "engine" else stock_part(args, bandwidth)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(dict(device=torch.cuda.get_device_name(), copy_bandwidth=bandwidth, args=vars(args), rows=rows),
+                      handle, indent=1)
 
 
 if __name__ == "__main__":

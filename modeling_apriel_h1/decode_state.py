@@ -23,6 +23,22 @@ def is_mamba_layer(layer: nn.Module) -> bool:
     return getattr(layer, "is_mamba", False)
 
 
+def bytes_per_sequence(model: nn.Module, max_len: int, ssm_dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one slot of ``DecodeState`` takes: KV of ``max_len`` tokens per attention layer, conv window and
+    SSM state per Mamba layer (to size a batch from a memory budget before allocating)."""
+    config = model.config
+    element = next(model.parameters()).element_size()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    total = 0
+    for layer in decoder_layers(model):
+        if is_mamba_layer(layer):
+            mixer = layer.mixer
+            total += mixer.d_inner * (mixer.d_conv * element + mixer.d_state * ssm_dtype.itemsize)
+        else:
+            total += 2 * max_len * config.num_key_value_heads * head_dim * element
+    return total
+
+
 class DecodeState:
     """Preallocated state for ``slots`` sequences of at most ``max_len`` tokens (prompt + generated)."""
 

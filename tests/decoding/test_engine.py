@@ -152,3 +152,10 @@ def test_right_padding_is_refused():
 def test_sliding_window_models_are_refused():
     with pytest.raises(ValueError, match="sliding window"):
         DecodeEngine(MistralForCausalLM(tiny_mistral_config(sliding_window=16)).eval())
+
+
+def test_bytes_per_sequence_is_what_the_state_allocates_per_slot():
+    from modeling_apriel_h1.decode_state import DecodeState, bytes_per_sequence
+
+    model = AprielH1ForCausalLM(tiny_config()).eval()
+    assert DecodeState(model, slots=3, max_len=40).cache_bytes() == 3 * bytes_per_sequence(model, 40)
