@@ -75,8 +75,8 @@ def build(kind: str, args: argparse.Namespace, stock_mistral: bool = False) -> t
         torch.set_default_dtype(default_dtype)
 
 
-def release(*objects) -> None:
-    del objects
+def release() -> None:
+    """Return freed GPU memory (callers ``del`` their references first; CUDA graphs hold their pool until then)."""
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -93,7 +93,8 @@ def copy_bandwidth() -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    release(source, target)
+    del source, target
+    release()
     return 2 * 2 * GIB / sorted(times[2:])[len(times[2:]) // 2]
 
 
@@ -173,9 +174,11 @@ def engine_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
                              attention=engine.attention_name))
         print(f"{kind}: engine build + capture of {len(engine.buckets)} buckets: {first_call:.1f} s "
               f"(attention: {engine.attention_name})", flush=True)
-        release(engine)
+        del engine
+        release()
         rows_out.append(serving(model, kind, args, bandwidth))
-        release(model)
+        del model
+        release()
     return rows_out
 
 
@@ -204,7 +207,8 @@ def serving(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwid
                step_ms_at={str(c): s * 1e3 for c, s in step_at.items()}, roofline_ms_mean_context=roofline * 1e3,
                of_roofline=roofline / (total / args.serve_new))
     print(_line(row), flush=True)
-    release(engine)
+    del engine
+    release()
     return row
 
 
@@ -214,11 +218,13 @@ def stock_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
         model = build(kind, args)
         for rows in args.batches:
             rows_out.append(time_generate(model, kind, rows, args, bandwidth, "dynamic"))
-        release(model)
+        del model
+        release()
     for kind in args.static:
         model = build(kind, args, stock_mistral=kind == "teacher")
         rows_out.append(time_generate(model, kind, args.static_batch, args, bandwidth, "static"))
-        release(model)
+        del model
+        release()
     return rows_out
 
 
