@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig
 
 from .checkpoint import convert_checkpoint
+from .cli import command_line
 from .importance_file import read_importance
 from .layers import least_important_layers
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,18 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--num-mamba-layers needs --importance FILE to know which layers are least important")
     if args.importance is not None and args.num_mamba_layers is None:
         parser.error("--importance is used with --num-mamba-layers K; with --mamba-layers, leave it out")
-    try:
-        layers = args.mamba_layers
-        if layers is None:
-            teacher_config = AutoConfig.from_pretrained(args.teacher)
-            layers = least_important_layers(teacher_config, read_importance(args.importance), args.num_mamba_layers)
-        record = convert_checkpoint(
-            args.teacher, args.output, layers, seed=args.seed, dtype=DTYPES.get(args.dtype),
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (ValueError, OSError) as error:  # bad input: a message, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layers = args.mamba_layers
+    if layers is None:
+        teacher_config = AutoConfig.from_pretrained(args.teacher)
+        layers = least_important_layers(teacher_config, read_importance(args.importance), args.num_mamba_layers)
+    record = convert_checkpoint(
+        args.teacher, args.output, layers, seed=args.seed, dtype=DTYPES.get(args.dtype),
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(
         f"wrote {args.output}: replaced layers {record.replaced_layers}; Mamba layers now {record.mamba_layers} "
         f"({record.dtype}, seed {record.seed})"

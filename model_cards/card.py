@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from conversion.cli import command_line
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
@@ -121,6 +123,7 @@ def write_model_card(model_dir: str | Path, manifest_path: str | Path | None = N
     return path
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a save_pretrained directory of the hybrid")
@@ -131,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

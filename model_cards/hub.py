@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import modeling_apriel_h1
+from conversion.cli import command_line
 from model_cards.card import render_model_card
 
 # The remote code a repository needs so that trust_remote_code=True works without this package.
@@ -71,6 +73,7 @@ def push_to_hub(
     return str(commit)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -87,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

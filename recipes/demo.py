@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from model_cards.card import write_model_card  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
+from conversion.cli import command_line  # noqa: E402
 from recipes.evaluate import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402
@@ -146,6 +148,7 @@ def run_demo(output: Path, num_problems: int = 32, sft_steps: int = 20) -> dict:
     return manifest
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
@@ -158,4 +161,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

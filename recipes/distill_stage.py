@@ -30,6 +30,7 @@ from transformers import (
 )
 
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
+from conversion.cli import command_line
 from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, load_conversations
@@ -182,6 +183,7 @@ def summary(trainer: DistillationTrainer, config: StageConfig) -> str:
     return "\n".join(lines)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     config = load_stage_config(arguments.config, arguments.overrides)
@@ -191,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from conversion.cli import command_line
 from recipes.data import IGNORE_INDEX, tokenize_conversation
 from recipes.synthetic import Problem, generate_problems, is_correct
 
@@ -113,6 +115,7 @@ def score_on_problems(
     )
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a save_pretrained directory with its tokenizer")
@@ -130,4 +133,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

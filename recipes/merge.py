@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from conversion.atomic_io import staged_output_dir
+from conversion.cli import command_line
 from conversion.safetensors_io import INDEX_FILE, CheckpointReader
 
 # Files copied from the first checkpoint: config, remote code, tokenizer, generation settings, provenance.
@@ -92,6 +94,7 @@ def merge_checkpoints(
     return Path(output)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="two or more save_pretrained directories")
@@ -104,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

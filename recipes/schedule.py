@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
+from conversion.cli import command_line
 from recipes.importance.__main__ import main as importance_main
 from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
@@ -204,6 +206,7 @@ def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> Schedul
     return ScheduleConfig(**values)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="schedule YAML (see recipes/configs/schedule_tiny.yaml)")
@@ -219,4 +222,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import staged_output_dir
+from conversion.cli import command_line
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 from recipes.zero3 import register_for_zero3
@@ -125,6 +127,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     return record
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with SFTRecipe fields")
@@ -143,4 +146,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from conversion.atomic_io import staged_output_dir
+from conversion.cli import command_line
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
@@ -162,7 +164,8 @@ def _stamp(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def main() -> None:
+@command_line
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="directory to write the teacher (model + tokenizer) to")
     parser.add_argument("--train-steps", type=int, default=0, help="training steps on synthetic traces (0: random)")
@@ -170,7 +173,7 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=TinyTeacherSpec.hidden_size)
     parser.add_argument("--num-layers", type=int, default=TinyTeacherSpec.num_hidden_layers)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     spec = TinyTeacherSpec(
         hidden_size=args.hidden_size,
         intermediate_size=3 * args.hidden_size,
@@ -183,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

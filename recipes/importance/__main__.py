@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from conversion.cli import command_line
 from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 from recipes.importance.plots import plot_ranking
 
@@ -114,6 +115,7 @@ def run_mmr(args: argparse.Namespace) -> dict | None:
     )
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipes.importance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,23 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--highlight", type=int, default=0)
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "plot":
-            payload = read_ranking(args.ranking)
-            written = plot_ranking(payload, args.plot or args.ranking.with_suffix(".png"), args.highlight)
-            print(f"plot: {written}")
-            return 0
-        if args.command == "loo":
-            payload = run_loo(args)
-        elif args.command == "mmr":
-            payload = run_mmr(args)
-        else:
-            from recipes.importance.mmr import merge_state_dir
+    if args.command == "plot":
+        payload = read_ranking(args.ranking)
+        written = plot_ranking(payload, args.plot or args.ranking.with_suffix(".png"), args.highlight)
+        print(f"plot: {written}")
+        return 0
+    if args.command == "loo":
+        payload = run_loo(args)
+    elif args.command == "mmr":
+        payload = run_mmr(args)
+    else:
+        from recipes.importance.mmr import merge_state_dir
 
-            payload = merge_state_dir(args.state_dir)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        payload = merge_state_dir(args.state_dir)
     if payload is None:  # an MMR shard whose siblings have not finished yet
         return 0
     write_ranking(args.output, payload)
