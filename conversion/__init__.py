@@ -1,7 +1,7 @@
 """Teacher transformer -> Apriel-H1 hybrid: Mamba-in-Llama initialisation, streaming checkpoint conversion,
 the conversion record and the importance-ranking file, and Fast-LLM interop."""
 
-import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes: AprielH1 teachers load)
+import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and apriel_h with the Auto classes: Apriel-H1 teachers load)
 
 from .checkpoint import convert_checkpoint
 from .importance_file import ImportanceRanking, read_importance, write_importance

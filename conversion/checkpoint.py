@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 from transformers.dynamic_module_utils import custom_object_save
 
-from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
+from modeling_apriel_h1 import AprielH1Config
 
 from .mil import INIT_METHOD
 from .atomic_io import staged_output_dir
-from .plan import PlannedTensor, plan_student_tensors
+from .plan import PlannedTensor, causal_lm_class, plan_student_tensors
 from .record import ConversionRecord, ancestors_of, package_version, teacher_config_sha256, write_record
 from .safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointReader, write_safetensors
 from .teachers import hybrid_config_from_teacher
@@ -117,7 +117,7 @@ def _advancing(shard: list[PlannedTensor], bar: tqdm) -> list[PlannedTensor]:
 
 def write_config_and_code(directory: Path, config: AprielH1Config) -> None:
     """config.json with auto_map, plus the modeling files, as ``save_pretrained`` would write them."""
-    model_class = AprielHForCausalLM if isinstance(config, AprielHConfig) else AprielH1ForCausalLM
+    model_class = causal_lm_class(config)
     with torch.device("meta"):
         model = model_class(config)
     custom_object_save(model, directory, config=config)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from modeling_apriel_h1 import AprielH1Config
 from modeling_apriel_h1.configuration_apriel_h1 import MAMBA
 
 from .importance_file import ImportanceRanking
 
 
 def existing_mamba_layers(config: PretrainedConfig) -> list[int]:
-    """Mamba layers the teacher already has (only an AprielH1 teacher has any)."""
-    if getattr(config, "model_type", None) != "apriel_h1":
+    """Mamba layers the teacher already has (only an Apriel-H1 teacher, ours or a released one, has any)."""
+    if not isinstance(config, AprielH1Config):
         return []
     return [index for index, kind in enumerate(config.layer_types) if kind == MAMBA]
 

@@ -13,7 +13,7 @@ from transformers.initialization import no_init_weights
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
 
-from .plan import plan_student_tensors
+from .plan import causal_lm_class, plan_student_tensors
 from .teachers import hybrid_config_from_teacher
 
 
@@ -37,7 +37,7 @@ def convert_model(
     if config.tie_word_embeddings:
         student_state.setdefault("lm_head.weight", student_state["model.embed_tokens.weight"])
     with no_init_weights():
-        student = AprielH1ForCausalLM(config)
+        student = causal_lm_class(config)(config)
     student.to(dtype)
     student.load_state_dict(student_state, strict=True)
     return student.eval()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
+from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
 
 from .mil import ATTENTION_NAMES, mil_mixer_tensors
 
@@ -30,10 +30,16 @@ class PlannedTensor:
     compute: Callable[[], torch.Tensor]
 
 
+def causal_lm_class(config: AprielH1Config) -> type[AprielH1ForCausalLM]:
+    """The model class of ``config``: ``AprielHForCausalLM`` for the released layout, else ``AprielH1ForCausalLM``
+    (the same model; transformers pairs each config class with its own model class)."""
+    return AprielHForCausalLM if isinstance(config, AprielHConfig) else AprielH1ForCausalLM
+
+
 def expected_student_shapes(config: AprielH1Config) -> dict[str, tuple[int, ...]]:
     """Every parameter of the student with its shape, from a model built on the meta device (no memory)."""
     with torch.device("meta"):
-        model = AprielH1ForCausalLM(config)
+        model = causal_lm_class(config)(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

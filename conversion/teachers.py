@@ -11,10 +11,13 @@ import math
 
 from transformers import PretrainedConfig
 
-from modeling_apriel_h1 import AprielH1Config
-from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA
+from modeling_apriel_h1 import AprielH1Config, AprielHConfig
+from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA, RELEASED_LAYOUT
 
-SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "apriel_h1")
+# apriel_h: a released Apriel-H1 checkpoint, which can be converted further (more layers to Mamba)
+SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "apriel_h1", "apriel_h")
+# Keys of a saved config that describe its file, not the model
+_FILE_KEYS = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
 # Apriel-H1's mixer: state size 16 (paper section 3.3), dt rank ceil(hidden / 16) (Mamba's "auto").
 DEFAULT_MAMBA_D_STATE = 16
 
@@ -69,7 +72,7 @@ def _attention_biases(config: PretrainedConfig) -> tuple[bool, bool]:
         return True, False  # Qwen2 always has q/k/v biases and a bias-free o_proj
     if config.model_type == "llama":
         return bool(config.attention_bias), bool(config.attention_bias)  # Llama's flag covers o_proj too
-    if config.model_type == "apriel_h1":
+    if isinstance(config, AprielH1Config):
         return config.attention_bias, config.attention_out_bias
     return False, False
 
@@ -88,26 +91,8 @@ def hybrid_config_from_teacher(
 
     check_supported(config)
     check_layers_to_replace(config, mamba_layers)
-    if config.model_type == "apriel_h1":
-        if d_state is not None and d_state != config.mamba_d_state:
-            raise ValueError(
-                f"the AprielH1 teacher's Mamba layers have mamba_d_state={config.mamba_d_state}; new layers must "
-                f"use the same, so leave d_state unset (got {d_state})"
-            )
-        fields = config.to_dict()
-        layer_types = list(config.layer_types)
-        for index in mamba_layers:
-            layer_types[index] = MAMBA
-        fields["layer_types"] = layer_types
-        for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
-            fields.pop(key, None)
-        student = AprielH1Config(**fields)
-        if mamba_layers and student.attention_bias and not student.mamba_proj_bias:
-            raise UnsupportedTeacherError(
-                "the AprielH1 teacher has q/k/v biases but mamba_proj_bias=False, so MIL cannot copy the biases "
-                "into new Mamba layers; set mamba_proj_bias=True in the teacher's config"
-            )
-        return student
+    if isinstance(config, AprielH1Config):
+        return _hybrid_from_hybrid(config, mamba_layers, d_state)
 
     qkv_bias, out_bias = _attention_biases(config)
     fields = {name: getattr(config, name) for name in _SHARED_FIELDS if hasattr(config, name)}
@@ -126,3 +111,29 @@ def hybrid_config_from_teacher(
         mamba_dt_rank=math.ceil(config.hidden_size / 16),
         mamba_proj_bias=qkv_bias or out_bias,
     )
+
+
+def _hybrid_from_hybrid(config: AprielH1Config, mamba_layers: list[int], d_state: int | None) -> AprielH1Config:
+    """An Apriel-H1 teacher (ours or a released one) with ``mamba_layers`` turned to Mamba too. The student keeps
+    the teacher's config class, so a released teacher gives a released-layout student (and the same dt-bias
+    convention, which MIL follows for the new layers)."""
+    if d_state is not None and d_state != config.mamba_d_state:
+        raise ValueError(
+            f"the AprielH1 teacher's Mamba layers have mamba_d_state={config.mamba_d_state}; new layers must "
+            f"use the same, so leave d_state unset (got {d_state})"
+        )
+    fields = {key: value for key, value in config.to_dict().items() if key not in _FILE_KEYS}
+    layer_types = list(config.layer_types)
+    for index in mamba_layers:
+        layer_types[index] = MAMBA
+    if isinstance(config, AprielHConfig):
+        to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
+        student = AprielHConfig(**{**fields, "hybrid_block_layout": [to_entry[kind] for kind in layer_types]})
+    else:
+        student = AprielH1Config(**{**fields, "layer_types": layer_types})
+    if mamba_layers and student.attention_bias and not student.mamba_proj_bias:
+        raise UnsupportedTeacherError(
+            "the AprielH1 teacher has q/k/v biases but mamba_proj_bias=False, so MIL cannot copy the biases "
+            "into new Mamba layers; set mamba_proj_bias=True in the teacher's config"
+        )
+    return student

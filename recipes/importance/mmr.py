@@ -88,7 +88,7 @@ def attention_layers(model: nn.Module) -> list[int]:
     """The layers whose mixer is attention: all of a transformer's, the non-Mamba ones of a hybrid."""
     layer_types = getattr(model.config, "layer_types", None)
     num_layers = len(decoder_layers(model))
-    if getattr(model.config, "model_type", None) == "apriel_h1":
+    if getattr(model.config, "model_type", None) in ("apriel_h1", "apriel_h"):  # ours or a released hybrid
         return [index for index, kind in enumerate(layer_types) if kind == "full_attention"]
     return list(range(num_layers))
 

@@ -186,3 +186,28 @@ def test_converting_a_converted_model_keeps_the_lineage_back_to_the_transformer(
     assert second.ancestor_config_sha256s == (teacher_config_sha256(original),)
     assert is_conversion_of(second, original) and is_conversion_of(second, AutoConfig.from_pretrained(tmp_path / "stage1"))
     assert not is_conversion_of(first, AutoConfig.from_pretrained(tmp_path / "stage2"))
+
+
+def test_a_released_checkpoint_converts_further_into_the_released_layout(tmp_path):
+    """A released Apriel-H1 (synthetic, apriel_h) as the teacher: more layers become Mamba, the student keeps the
+    released layout and its dt-bias convention, and streaming and in-memory conversion agree."""
+    from modeling_apriel_h1 import AprielHConfig, AprielHForCausalLM
+
+    from ..modeling.release_format import RELEASED, random_released_weights, write_released_dir
+
+    weights = random_released_weights(AprielHConfig.from_dict(RELEASED))
+    released = write_released_dir(tmp_path / "released", RELEASED, weights)
+    convert_checkpoint(released, tmp_path / "out", [0], seed=3, progress=False)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert isinstance(student, AprielHForCausalLM) and student.config.mamba_dt_bias_in_projection
+    assert student.config.to_dict()["hybrid_block_layout"] == ["m2", "m2", "m2", "t"]
+    teacher = AutoModelForCausalLM.from_pretrained(released)
+    in_memory = convert_model(teacher, [0], seed=3).state_dict()
+    streamed = _tensors(tmp_path / "out")
+    assert streamed.keys() == in_memory.keys()
+    assert all(torch.equal(streamed[name], tensor) for name, tensor in in_memory.items())
+    for name, tensor in weights.items():  # the released mixers and everything outside layer 0 are kept as they are
+        if not name.startswith("model.layers.0."):
+            assert torch.equal(streamed[name], tensor), name
+    with torch.no_grad():
+        assert torch.equal(convert_model(teacher, []).eval()(input_ids()).logits, teacher.eval()(input_ids()).logits)
