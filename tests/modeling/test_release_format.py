@@ -150,3 +150,24 @@ def test_released_configs_this_model_cannot_represent_are_refused_with_one_clear
     with pytest.raises(ValueError) as error:
         AutoModelForCausalLM.from_pretrained(path)
     assert message in str(error.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 2e-3), (torch.bfloat16, 6e-2)])
+def test_a_loaded_release_on_the_gpu_kernels_matches_the_release_equations(released_dir, dtype, tolerance):
+    """The GPU kernels (mamba-ssm or ours, whichever the dispatch picks) with the dt bias counted twice, against
+    the fp32 equations on the CPU; then (fp32, where near-ties cannot flip) cached greedy decoding against
+    recomputing the whole prefix at every step."""
+    path, weights = released_dir
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().eval()
+    ids = _ids()
+    with torch.no_grad():
+        logits = model(ids.cuda()).logits.float().cpu()
+        cached = model.generate(ids[:1].cuda(), max_new_tokens=8, do_sample=False)
+        uncached = model.generate(ids[:1].cuda(), max_new_tokens=8, do_sample=False, use_cache=False)
+    expected = released_logits(RELEASED, weights, ids)
+    scale = expected.abs().max()
+    assert (logits - expected).abs().max() <= tolerance * scale, ((logits - expected).abs().max(), scale)
+    if dtype == torch.float32:
+        assert torch.equal(cached, uncached)
