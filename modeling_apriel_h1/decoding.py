@@ -19,6 +19,7 @@ and through ``model.generate(..., custom_generate=engine_generate)``.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import time
 from collections import deque
@@ -52,6 +53,8 @@ class DecodeEngine:
         cuda_graphs: capture the step as CUDA graphs (default: when the model is on CUDA).
         prefill_tokens: padded prompt tokens per prefill forward (bounds the prefill's activation memory).
         attention: force a decode-attention implementation (``"reference"``, ``"triton"``, ``"flash_attn"``).
+        fused: fuse the step's element-wise work into Triton kernels (default: on CUDA with triton installed and
+            a SiLU-gated MLP); off, every layer runs through the model's own modules.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class DecodeEngine:
         cuda_graphs: bool | None = None,
         prefill_tokens: int = 16384,
         attention: str | None = None,
+        fused: bool | None = None,
     ):
         if max_batch_size < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch_size ({max_batch_size}) must be >= 1 and max_seq_len ({max_seq_len}) >= 2")
@@ -76,6 +80,7 @@ class DecodeEngine:
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.state = DecodeState(model, max_batch_size, max_seq_len)
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
+        self.fused = _can_fuse(model, self.device) if fused is None else fused
         self.buckets = _batch_buckets(max_batch_size)
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -104,7 +109,20 @@ class DecodeEngine:
         hidden = model.model.embed_tokens(state.last_token[:rows]).unsqueeze(1)  # (rows, 1, hidden)
         cos, sin = model.model.rotary_emb(hidden, positions.unsqueeze(1))
         write_at = positions.clamp(max=state.max_len - 1)
-        for index, layer in enumerate(decoder_layers(model)):
+        if self.fused:
+            hidden = self._fused_layers(hidden[:, 0], cos[:, 0], sin[:, 0], write_at)
+        else:
+            hidden = self._module_layers(hidden, cos, sin, write_at)[:, 0]
+        logits = model.lm_head(hidden).float()
+        self._record(rows, choose_tokens(logits, params, self._temperature, self._top_p))
+
+    def _module_layers(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_at: torch.Tensor
+    ) -> torch.Tensor:
+        """Every layer through the model's own modules, then the final norm: (rows, 1, hidden) in and out."""
+        state = self.state
+        rows = hidden.shape[0]
+        for index, layer in enumerate(decoder_layers(self.model)):
             residual = hidden
             hidden = layer.input_layernorm(hidden)
             if is_mamba_layer(layer):
@@ -113,8 +131,38 @@ class DecodeEngine:
                 hidden = self._attention_step(layer.self_attn, index, hidden, cos, sin, write_at)
             hidden = residual + hidden
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        logits = model.lm_head(model.model.norm(hidden)[:, 0]).float()
-        self._record(rows, choose_tokens(logits, params, self._temperature, self._top_p))
+        return self.model.model.norm(hidden)
+
+    def _fused_layers(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_at: torch.Tensor
+    ) -> torch.Tensor:
+        """The same computation as ``_module_layers`` with the element-wise work fused (``decode_fused``): each
+        residual add happens inside the next norm. (rows, hidden) in and out."""
+        from .ops.triton_kernels.decode_fused import add_rms_norm, rotary_to_cache, silu_mul
+
+        state, config = self.state, self.model.config
+        rows = hidden.shape[0]
+        layers = decoder_layers(self.model)
+        norms = [layer.input_layernorm for layer in layers] + [self.model.model.norm]
+        normed, residual = add_rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
+        for index, layer in enumerate(layers):
+            if is_mamba_layer(layer):
+                mixed = layer.mixer.step(normed.unsqueeze(1), state.conv[index][:rows], state.ssm[index][:rows])[:, 0]
+            else:
+                attn = layer.self_attn
+                q = rotary_to_cache(
+                    attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed), cos, sin, write_at,
+                    state.keys[index], state.values[index], config.num_attention_heads, state.keys[index].shape[-1],
+                )
+                out = self._attention(q, state.keys[index], state.values[index], write_at + 1, attn.scaling)
+                mixed = attn.o_proj(out.reshape(rows, -1))
+            post = layer.post_attention_layernorm
+            normed, residual = add_rms_norm(mixed, post.weight, post.variance_epsilon, residual)
+            mlp = layer.mlp
+            mlp_out = mlp.down_proj(silu_mul(mlp.gate_proj(normed), mlp.up_proj(normed)))
+            following = norms[index + 1]
+            normed, residual = add_rms_norm(mlp_out, following.weight, following.variance_epsilon, residual)
+        return normed
 
     def _attention_step(
         self, attn: nn.Module, index: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -332,6 +380,16 @@ def _check_supported(model: nn.Module) -> None:
         )
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise ValueError(f"{type(model).__name__} has no model.layers: the engine needs a Mistral/Llama-style causal LM")
+
+
+def _can_fuse(model: nn.Module, device: torch.device) -> bool:
+    """The fused step needs Triton on CUDA, a SiLU-gated MLP and RMSNorms that expose their epsilon."""
+    return (
+        device.type == "cuda"
+        and importlib.util.find_spec("triton") is not None
+        and getattr(model.config, "hidden_act", None) == "silu"
+        and hasattr(model.model.norm, "variance_epsilon")
+    )
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -74,3 +74,12 @@ def test_static_cache_generate_equals_dynamic_on_gpu():
     kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
     dynamic = model.generate(ids, **kwargs)
     assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), dynamic)
+
+
+def test_fused_step_equals_the_module_step():
+    """The fused kernels compute what the model's modules compute: same tokens in fp32, close logits in bf16."""
+    model = make_model(torch.float32)
+    batch = prompts(4, seed=5)
+    fused = DecodeEngine(model, max_batch_size=4, max_seq_len=128, fused=True).generate_batch(batch, 32)
+    modules = DecodeEngine(model, max_batch_size=4, max_seq_len=128, fused=False).generate_batch(batch, 32)
+    assert fused == modules
