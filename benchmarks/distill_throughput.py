@@ -4,9 +4,9 @@ What runs is the recipe's own step: ``recipes.distillation.DistillationTrainer``
 against a random-weight teacher with ``Trainer.train`` (its data loader, ``compute_loss`` with the chunked KD loss
 of ``recipes.kd_loss``, backward, gradient clipping, fused AdamW, scheduler), on packed rows of random tokens
 (every position supervised, no padding, no ``position_ids``: the recipe's plain packing). Both models are built
-directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries split each step (teacher forward,
-student forward, KD loss, student backward, optimizer); they come from forward hooks on both decoders and from
-overrides that only record an event around the trainer's own ``compute_loss`` / ``training_step``.
+directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries split each step (teacher
+forward, student forward, KD loss, student backward, optimizer); they come from forward hooks on both decoders and
+from overrides that only record an event around the trainer's own ``compute_loss`` / ``training_step``.
 
 Default shape: Apriel-H1 15B's layer shape (hidden 5120, 32 heads, 8 KV heads, head_dim 128, MLP 14336, vocab
 131072, Mamba d_state 16, d_xb 1024, dt_rank 16) at 25 of its 50 layers. Why 25: the teacher (8.2B params, 2 bytes
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import statistics
 import sys
 from dataclasses import dataclass, replace
@@ -72,7 +73,9 @@ class Shape:
     dt_rank: int = 16
 
 
-APRIEL_15B_LAYERS_25 = Shape(hidden=5120, layers=25, heads=32, kv_heads=8, head_dim=128, intermediate=14336, vocab=131072)
+APRIEL_15B_LAYERS_25 = Shape(
+    hidden=5120, layers=25, heads=32, kv_heads=8, head_dim=128, intermediate=14336, vocab=131072
+)
 APRIEL_15B = replace(APRIEL_15B_LAYERS_25, layers=50)
 TINY = Shape(hidden=64, layers=4, heads=4, kv_heads=2, head_dim=16, intermediate=96, vocab=256)
 
@@ -154,7 +157,8 @@ def common_fields(shape: Shape, seq: int) -> dict:
 
 def build_models(shape: Shape, mamba: list[int], args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """Random teacher (Mistral, the format of Apriel-H1's teachers) and student, initialised on ``args.device``."""
-    teacher_config = MistralConfig(  # MistralConfig defaults to a 4096-token sliding window; Apriel's teachers have none
+    # MistralConfig defaults to a 4096-token sliding window; Apriel's teachers have none
+    teacher_config = MistralConfig(
         **common_fields(shape, args.seq), sliding_window=None, attn_implementation=args.attn_implementation
     )
     layer_types = ["mamba" if index in mamba else "attention" for index in range(shape.layers)]
@@ -422,7 +426,9 @@ def describe(shape: Shape, args: argparse.Namespace, peak_tflops: float | None) 
         f"{args.seq} (packed, no position_ids resets); {args.warmup} warm-up + {args.steps} timed steps (median)",
     ]
     if peak_tflops:
-        lines.append(f"measured bf16 matmul peak (8192^3): {peak_tflops:.0f} TFLOP/s; datasheet {DATASHEET_BF16_TFLOPS:.0f}")
+        lines.append(
+            f"measured bf16 matmul peak (8192^3): {peak_tflops:.0f} TFLOP/s; datasheet {DATASHEET_BF16_TFLOPS:.0f}"
+        )
     if not args.device.startswith("cuda"):
         lines.append("CPU smoke run: timings are not measured; the table shows the FLOP count and that steps ran")
     return "\n".join(lines)
@@ -434,24 +440,29 @@ def run_steps(args: argparse.Namespace, shape: Shape, peak_tflops: float | None)
     print(step_table(rows, args, peak_tflops, baseline=None))
 
 
+def lever_variants(args: argparse.Namespace) -> list[Levers]:
+    """The baseline first, then the variants asked for with --variants (each lever alone, then all of them)."""
+    base = Levers(checkpoint_layers=args.checkpoint_layers, kernel_backend=args.kernel_backend)
+    every = {
+        "inference-mode": replace(base, teacher_inference_mode=True),
+        "compile": replace(base, compile=True),
+        "all": replace(base, teacher_inference_mode=True, compile=True),
+    }
+    # "auto" already means Triton where mamba-ssm is missing; a Triton row is a comparison only beside mamba-ssm
+    if args.kernel_backend == "auto" and args.mamba[0] and importlib.util.find_spec("mamba_ssm") is not None:
+        every["triton"] = replace(base, kernel_backend="triton")
+    return [base] + [every[name] for name in args.variants if name in every]
+
+
 def run_levers(args: argparse.Namespace, shape: Shape, peak_tflops: float | None) -> None:
     """Baseline, then each lever alone, then all together, for the first student of --mamba."""
-    base = Levers(checkpoint_layers=args.checkpoint_layers, kernel_backend=args.kernel_backend)
-    variants = [
-        base,
-        replace(base, teacher_inference_mode=True),
-        replace(base, compile=True),
-        replace(base, teacher_inference_mode=True, compile=True),
-    ]
-    if args.kernel_backend == "auto" and args.mamba[0]:
-        variants.insert(1, replace(base, kernel_backend="triton"))
-    rows = [run_configuration(shape, args.mamba[0], variant, args) for variant in variants]
+    rows = [run_configuration(shape, args.mamba[0], variant, args) for variant in lever_variants(args)]
     print(step_table(rows, args, peak_tflops, baseline=rows[0]))
 
 
 def run_loss(args: argparse.Namespace, shape: Shape) -> None:
     """The KD loss alone at the step's shapes: naive full logits, ours chunked, liger-kernel's fused linear JSD."""
-    from benchmarks.kd_loss_memory import chunked_step, make_inputs, measure, naive_step, table
+    from benchmarks.kd_loss_memory import chunked_step, make_inputs, measure, naive_step
 
     for seq in args.seq_list:
         loss_args = argparse.Namespace(
@@ -466,8 +477,30 @@ def run_loss(args: argparse.Namespace, shape: Shape) -> None:
         liger = liger_step_or_reason(inputs)
         rows.append(("liger-kernel fused linear JSD, beta=1 (reverse KL)",
                      measure(liger, inputs, loss_args) if callable(liger) else {"error": liger}))
-        print(f"\nKD loss alone (reverse KL), {loss_args.seq} scored tokens x vocab {shape.vocab} x hidden {shape.hidden}")
-        print(table(rows, naive))
+        print(f"\nKD loss alone (reverse KL), {loss_args.seq} scored tokens x vocab {shape.vocab} "
+              f"x hidden {shape.hidden}")
+        print(loss_table(rows, naive, cuda=args.device.startswith("cuda")))
+
+
+def loss_table(rows: list[tuple[str, dict]], naive: dict, cuda: bool) -> str:
+    """Peak memory and time of each KD loss beside the naive one's; off CUDA only the loss values (which must
+    agree), no times."""
+    header = ["method", "loss"]
+    if cuda:
+        header += ["peak GiB", "above inputs GiB", "peak / naive", "ms / step", "time / naive"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in rows:
+        if "error" in result:
+            lines.append(f"| {name} | {result['error']} |" + " |" * (len(header) - 2))
+            continue
+        cells = [name, f"{result['loss']:.6f}"]
+        if cuda:
+            comparable = "error" not in naive
+            cells += [f"{result['peak']:.2f}", f"{result['above_inputs']:.2f}",
+                      f"{result['peak'] / naive['peak']:.2f}" if comparable else "",
+                      f"{result['ms']:.1f}", f"{result['ms'] / naive['ms']:.2f}" if comparable else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def liger_step_or_reason(inputs: dict[str, torch.Tensor]):
@@ -498,6 +531,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows per step (default 1)")
     parser.add_argument("--mamba", type=int, nargs="+", default=[0, 30, 40],
                         help="students: Mamba layers out of 50, spread evenly (0 = pure transformer anchor)")
+    parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton"],
+                        choices=["inference-mode", "compile", "all", "triton"],
+                        help="--part levers: rows besides the baseline (triton only where mamba-ssm is installed)")
     parser.add_argument("--layers", type=int, help="override the number of layers of both models")
     parser.add_argument("--hidden", type=int, help="override the hidden size of both models")
     parser.add_argument("--steps", type=int, default=4, help="timed steps (median reported)")
@@ -507,7 +543,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the student's decoder layers")
     parser.add_argument("--teacher-inference-mode", action="store_true", help="teacher under torch.inference_mode")
     parser.add_argument("--kernel-backend", default="auto", choices=["auto", "triton", "mamba_ssm", "reference"])
-    parser.add_argument("--attn-implementation", default="sdpa", help="transformers attention (sdpa, flash_attention_2)")
+    parser.add_argument("--attn-implementation", default="sdpa",
+                        help="transformers attention implementation (sdpa, flash_attention_2)")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape, for a smoke run on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", default="/tmp/distill_throughput", help="Trainer's output_dir (nothing saved)")

@@ -91,3 +91,37 @@ def test_time_split_and_gpu_table_arithmetic_on_synthetic_events():
     assert float(cells[6].replace(",", "")) == pytest.approx(4096 / (flops / 989e12), rel=1e-3)  # tokens/s/GPU
     per_token_15b = bench.step_flops(bench.APRIEL_15B, bench.mamba_layers(50, 40), 4096, 1) / 4096
     assert float(cells[-2].replace(",", "")) == pytest.approx(989e12 / per_token_15b, rel=1e-3)
+
+
+def test_liger_kernel_reverse_kl_is_ours():
+    """The benchmark's liger row computes the same loss: LigerFusedLinearJSD at beta=1 against our chunked reverse
+    KL, value and gradients. Needs liger-kernel and triton: on a GPU, or on CPU with TRITON_INTERPRET=1 (checked
+    so with liger-kernel 0.8.5 and triton 3.9: equal to 1e-7)."""
+    pytest.importorskip("liger_kernel")
+    import os
+
+    import torch
+
+    from recipes.kd_loss import chunked_distillation_sums
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("liger-kernel's Triton kernels need a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device=device).manual_seed(0)
+    tokens, hidden, vocab = 24, 16, 64
+    randn = lambda *shape, scale=1.0: torch.randn(*shape, generator=generator, device=device) * scale  # noqa: E731
+    student_hidden = randn(1, tokens, hidden).requires_grad_()
+    student_weight = randn(vocab, hidden, scale=0.5).requires_grad_()
+    labels = torch.randint(0, vocab, (1, tokens), generator=generator, device=device)
+    labels[:, :5] = -100
+    inputs = dict(student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=randn(1, tokens, hidden),
+                  teacher_weight=randn(vocab, hidden, scale=0.7), labels=labels)
+    liger_loss = bench.liger_step_or_reason(inputs)()
+    liger_grads = student_hidden.grad.clone(), student_weight.grad.clone()
+    student_hidden.grad = student_weight.grad = None
+    sums = chunked_distillation_sums(student_hidden, (student_weight, None), inputs["teacher_hidden"],
+                                     (inputs["teacher_weight"], None), labels, "reverse_kl", chunk_size=7)
+    (sums.divergence / sums.num_tokens).backward()
+    assert liger_loss == pytest.approx((sums.divergence / sums.num_tokens).item(), rel=1e-5)
+    torch.testing.assert_close(student_hidden.grad, liger_grads[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(student_weight.grad, liger_grads[1], rtol=1e-4, atol=1e-6)

@@ -27,7 +27,8 @@ def test_the_15b_stage_is_the_papers_step():
 
 
 @pytest.mark.parametrize(
-    "name, kind, precision", [("accelerate_fsdp_8gpu.yaml", "FSDP", "no"), ("accelerate_zero3_8gpu.yaml", "DEEPSPEED", "bf16")]
+    "name, kind, precision",
+    [("accelerate_fsdp_8gpu.yaml", "FSDP", "no"), ("accelerate_zero3_8gpu.yaml", "DEEPSPEED", "bf16")],
 )
 def test_accelerate_configs_are_read_by_accelerate(name, kind, precision):
     config = load_config_from_file(str(CONFIGS / name))
