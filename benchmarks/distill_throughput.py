@@ -198,10 +198,11 @@ class StepEvents(TrainerCallback):
         self.cuda, self.steps = cuda, []
 
     def mark(self, name: str) -> None:
+        """Record an event; a name recurs once per micro-batch under gradient accumulation."""
         if self.cuda and self.steps:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            self.steps[-1][name] = event
+            self.steps[-1].setdefault(name, []).append(event)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.steps.append({})
@@ -216,16 +217,19 @@ class StepEvents(TrainerCallback):
         decoder.register_forward_hook(lambda *_: self.mark(f"{name} end"))
 
     def phase_ms(self, step: dict, following: dict) -> dict[str, float]:
-        """Milliseconds of each phase of ``step``; ``total`` runs to the next step's begin (everything the loop
-        does between two steps), ``other`` is what the phases leave of it."""
-        ms = lambda a, b: step[a].elapsed_time(step[b])  # noqa: E731
+        """Milliseconds of each phase of one optimizer step, summed over its micro-batches; ``total`` runs to the
+        next step's begin (everything the loop does between two steps), ``other`` is what the phases leave of it."""
+
+        def summed(start: str, end: str) -> float:
+            return sum(a.elapsed_time(b) for a, b in zip(step[start], step[end], strict=True))
+
         phases = {
-            "teacher fwd": ms("teacher begin", "teacher end"),
-            "student fwd": ms("student begin", "student end"),
-            "KD loss": ms("teacher end", "loss end"),
-            "student bwd": ms("loss end", "backward end"),
-            "optimizer": ms("backward end", "optimizer end"),
-            "total": step["begin"].elapsed_time(following["begin"]),
+            "teacher fwd": summed("teacher begin", "teacher end"),
+            "student fwd": summed("student begin", "student end"),
+            "KD loss": summed("teacher end", "loss end"),
+            "student bwd": summed("loss end", "backward end"),
+            "optimizer": step["backward end"][-1].elapsed_time(step["optimizer end"][-1]),
+            "total": step["begin"][0].elapsed_time(following["begin"][0]),
         }
         phases["other"] = phases["total"] - sum(phases[name] for name in PHASES)
         return phases
@@ -311,6 +315,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
             checkpoint_first_layers(student, levers.checkpoint_layers)
         if levers.compile:
             compile_decoder_layers(student)
+            compile_decoder_layers(teacher)
         events = StepEvents(cuda)
         steps = args.warmup + args.steps + 1  # the last step only closes the previous one's total
         trainer = TimedDistillationTrainer(
@@ -318,12 +323,13 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
             teacher_model=teacher,
             args=TrainingArguments(
                 output_dir=str(args.output_dir), max_steps=steps, per_device_train_batch_size=args.batch,
+                gradient_accumulation_steps=args.grad_accum,
                 learning_rate=1e-5, lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0,
                 bf16=cuda and args.dtype == torch.bfloat16, use_cpu=not cuda, logging_steps=10**6,
                 save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
                 include_num_input_tokens_seen="non_padding",
             ),
-            train_dataset=PackedRows(steps * args.batch, args.seq, shape.vocab),
+            train_dataset=PackedRows(steps * args.batch * args.grad_accum, args.seq, shape.vocab),
             chunk_size=args.chunk_size,
             teacher_inference_mode=levers.teacher_inference_mode,
             events=events,
@@ -333,7 +339,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
         events.hook_decoder(trainer.model, "student")
         trainer.train()
         row["tokens"] = trainer.state.num_input_tokens_seen
-        row["flops"] = step_flops(shape, mamba, args.seq, args.batch)
+        row["flops"] = step_flops(shape, mamba, args.seq, args.batch * args.grad_accum)
         if cuda:
             torch.cuda.synchronize()
             timed = range(args.warmup, args.warmup + args.steps)
@@ -375,11 +381,12 @@ def step_table(rows: list[dict], args: argparse.Namespace, peak_tflops: float | 
         if "error" in row:
             lines.append("| " + " | ".join(cells + [row["error"]] + [""] * (len(header) - 3)) + " |")
             continue
-        cells += [f"{args.batch * args.seq:,}", f"{row['flops'] / 1e12:.4g}"]
+        tokens = args.batch * args.seq * args.grad_accum
+        cells += [f"{tokens:,}", f"{row['flops'] / 1e12:.4g}"]
         if "ms" in row:
             ms = row["ms"]
             achieved = row["flops"] / (ms["total"] / 1000) / 1e12
-            cells += [f"{ms['total']:.0f}", f"{args.batch * args.seq / (ms['total'] / 1000):,.0f}", f"{achieved:.0f}",
+            cells += [f"{ms['total']:.0f}", f"{tokens / (ms['total'] / 1000):,.0f}", f"{achieved:.0f}",
                       f"{achieved / DATASHEET_BF16_TFLOPS:.1%}",
                       f"{achieved / peak_tflops:.1%}" if peak_tflops else "-"]
             cells += [f"{ms[name]:.0f}" for name in PHASES] + [f"{ms['other']:.0f}"]
@@ -422,8 +429,9 @@ def describe(shape: Shape, args: argparse.Namespace, peak_tflops: float | None) 
         f"device {device}, torch {torch.__version__}, {str(args.dtype).removeprefix('torch.')}, "
         f"attention {args.attn_implementation}, KD chunk {args.chunk_size}",
         f"shape: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads / {shape.kv_heads} KV, "
-        f"head_dim {shape.head_dim}, MLP {shape.intermediate}, vocab {shape.vocab}; batch {args.batch} x seq "
-        f"{args.seq} (packed, no position_ids resets); {args.warmup} warm-up + {args.steps} timed steps (median)",
+        f"head_dim {shape.head_dim}, MLP {shape.intermediate}, vocab {shape.vocab}; {args.grad_accum} x {args.batch} "
+        f"rows x seq {args.seq} per optimizer step (packed, no position_ids resets); {args.warmup} warm-up + "
+        f"{args.steps} timed steps (median)",
     ]
     if peak_tflops:
         lines.append(
@@ -528,7 +536,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="step: one row per student; levers: gain of each speed lever; loss: KD loss alone")
     parser.add_argument("--seq", type=int, nargs="+", default=[4096],
                         help="tokens per packed row (one value, except for --part loss)")
-    parser.add_argument("--batch", type=int, default=1, help="rows per step (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="rows per micro-batch (default 1)")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="micro-batches per optimizer step (the 15B config accumulates 8); phases are summed over them")
     parser.add_argument("--mamba", type=int, nargs="+", default=[0, 30, 40],
                         help="students: Mamba layers out of 50, spread evenly (0 = pure transformer anchor)")
     parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton"],
@@ -540,7 +550,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel compilation, autotuning)")
     parser.add_argument("--chunk-size", type=int, default=2048, help="KD loss chunk (the recipe's chunk_size)")
     parser.add_argument("--checkpoint-layers", type=int, help="activation-checkpoint the first N student layers")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the student's decoder layers")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models' decoder layers")
     parser.add_argument("--teacher-inference-mode", action="store_true", help="teacher under torch.inference_mode")
     parser.add_argument("--kernel-backend", default="auto", choices=["auto", "triton", "mamba_ssm", "reference"])
     parser.add_argument("--attn-implementation", default="sdpa",

@@ -121,8 +121,9 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     select_trainable_parameters(student, config.trainable)
     if config.gradient_checkpointing:
         checkpoint_first_layers(student, config.gradient_checkpointing_layers)
-    if config.compile_student_layers:
+    if config.compile_layers:
         compile_decoder_layers(student)
+        compile_decoder_layers(teacher)
 
     rows = load_conversations(config.data, config.data_split, config.synthetic_examples, config.data_seed)
     if config.eval_examples:

@@ -1,15 +1,16 @@
 """Options that make a distillation step faster or smaller without changing what it computes.
 
 Each is a key of the stage config (``recipes/configs/distill_tiny.yaml``) and a flag of
-``benchmarks/distill_throughput.py``, which measures what each one gains. Two act on the student's decoder layers:
+``benchmarks/distill_throughput.py``, which measures what each one gains. Two act on decoder layers:
 
 * :func:`checkpoint_first_layers` recomputes the activations of only the first ``count`` decoder layers in the
   backward pass. Full checkpointing costs about a third more compute (each layer's forward runs twice);
   checkpointing just enough layers for the step to fit memory costs only that share of it.
-* :func:`compile_decoder_layers` compiles each decoder layer with ``torch.compile`` (regional compilation:
-  identical layers share one compiled graph, so compile time does not grow with depth). Norms, rotary
-  embedding, SwiGLU and the residual adds fuse into a few kernels. The Mamba mixer is left out of the compiled
-  regions: it calls its own Triton / mamba-ssm kernels, which are fused already.
+* :func:`compile_decoder_layers` compiles each decoder layer of a model with ``torch.compile`` (regional
+  compilation: identical layers share one compiled graph, so compile time does not grow with depth); the recipe
+  does it for the student and the teacher. Norms, rotary embedding, SwiGLU and the residual adds fuse into a few
+  kernels. The Mamba mixer is left out of the compiled regions: it calls its own Triton / mamba-ssm kernels,
+  which are fused already.
 
 The third, running the teacher under ``torch.inference_mode``, is an argument of
 :class:`recipes.distillation.DistillationTrainer`.
@@ -56,7 +57,7 @@ def _compiled_regions(layer: nn.Module) -> list[nn.Module]:
 
 
 def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> int:
-    """Compile the student's decoder layers in place (``nn.Module.compile``); returns how many modules were
+    """Compile a model's decoder layers in place (``nn.Module.compile``); returns how many modules were
     compiled. ``backend`` is ``torch.compile``'s (tests use ``aot_eager``, which checks tracing without a
     compiler toolchain)."""
     regions = [region for layer in decoder_layers(model) for region in _compiled_regions(layer)]

@@ -49,7 +49,7 @@ class StageConfig:
     bf16: bool
     gradient_checkpointing: bool
     gradient_checkpointing_layers: int | None
-    compile_student_layers: bool
+    compile_layers: bool
     teacher_inference_mode: bool
     report_to: str
 

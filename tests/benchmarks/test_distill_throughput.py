@@ -78,9 +78,16 @@ class _Event:
 def test_time_split_and_gpu_table_arithmetic_on_synthetic_events():
     marks = {"begin": 0, "student begin": 1, "student end": 5, "teacher begin": 5.5, "teacher end": 7.5,
              "loss end": 9, "backward end": 17, "optimizer end": 19}
-    split = bench.StepEvents(cuda=False).phase_ms({k: _Event(v) for k, v in marks.items()}, {"begin": _Event(20)})
+    events = bench.StepEvents(cuda=False)
+    split = events.phase_ms({k: [_Event(v)] for k, v in marks.items()}, {"begin": [_Event(20)]})
     assert split == {"teacher fwd": 2, "student fwd": 4, "KD loss": 1.5, "student bwd": 8, "optimizer": 2,
                      "total": 20, "other": 2.5}
+    # two accumulated micro-batches: phases summed over both, the optimizer after the last backward
+    second = {k: v + 17 for k, v in marks.items() if k not in ("begin", "optimizer end")}
+    accumulated = {k: [_Event(marks[k])] + ([_Event(second[k])] if k in second else []) for k in marks}
+    accumulated["optimizer end"] = [_Event(36)]
+    assert events.phase_ms(accumulated, {"begin": [_Event(40)]}) == {
+        "teacher fwd": 4, "student fwd": 8, "KD loss": 3, "student bwd": 16, "optimizer": 2, "total": 40, "other": 7}
 
     args = bench.parse_arguments(["--device", "cuda", "--seq", "4096"])
     flops = bench.step_flops(bench.APRIEL_15B_LAYERS_25, bench.mamba_layers(25, 40), 4096, 1)
@@ -91,6 +98,11 @@ def test_time_split_and_gpu_table_arithmetic_on_synthetic_events():
     assert float(cells[6].replace(",", "")) == pytest.approx(4096 / (flops / 989e12), rel=1e-3)  # tokens/s/GPU
     per_token_15b = bench.step_flops(bench.APRIEL_15B, bench.mamba_layers(50, 40), 4096, 1) / 4096
     assert float(cells[-2].replace(",", "")) == pytest.approx(989e12 / per_token_15b, rel=1e-3)
+
+    accumulated = bench.parse_arguments(["--device", "cuda", "--seq", "4096", "--grad-accum", "8"])
+    row = {**row, "flops": 8 * flops, "ms": {**split, "total": 8000 * flops / 989e12}}
+    cells = [cell.strip() for cell in bench.step_table([row], accumulated, 800.0, None).splitlines()[2].split("|")]
+    assert cells[3] == f"{8 * 4096:,}" and cells[8] == "100.0%"
 
 
 def test_liger_kernel_reverse_kl_is_ours():

@@ -69,6 +69,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients(tmp_path):
     loss, grads = loss_and_gradients(student, teacher, tmp_path)
     # attention layers whole; Mamba layers as their two norms and MLP, the mixer left to its own kernels
     assert compile_decoder_layers(student, backend="aot_eager") == 2 + 2 * 3
+    assert compile_decoder_layers(teacher, backend="aot_eager") == 4
     compiled_loss, compiled_grads = loss_and_gradients(student, teacher, tmp_path)
     assert compiled_loss == pytest.approx(loss, rel=1e-5)
     for name in grads:
