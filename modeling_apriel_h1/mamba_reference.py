@@ -12,6 +12,11 @@ channel ``d`` reads group ``d // (dim // G)``):
 - ``A``: ``(dim, N)`` (negative real), ``D``, ``delta_bias``: ``(dim,)``
 - ``B``, ``C``: ``(batch, G, N, L)``; single-step versions drop ``L``
 - SSM state: ``(batch, dim, N)`` fp32; conv state: ``(batch, dim, width)`` (the last ``width`` inputs)
+- ``document_starts``: ``(batch, L)`` bool, True at the first token of each document of a packed row. There the
+  scan's state restarts from zero (the decay is forced to zero, which also drops an initial state) and the conv
+  reads nothing before it (the conv state counts as preceding position 0), so every document of the row is
+  computed as if it ran alone. mamba-ssm's Mamba-1 scan has no such input; ``ops.backend_for_packed_rows``
+  sends packed rows to a backend that has.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
+    document_starts: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan: ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t``, ``y_t = C_t h_t + D u_t``.
 
     The output is gated by ``silu(z)`` when ``z`` is given. Returns ``y`` in ``u``'s dtype and, when asked,
-    the final state ``(batch, dim, N)`` in fp32 (what a cache keeps to continue the sequence).
+    the final state ``(batch, dim, N)`` in fp32 (what a cache keeps to continue the sequence). Where
+    ``document_starts`` is True the decay is zero: ``h_t = dt_t B_t u_t``, a fresh state.
     """
     dtype_in = u.dtype
     batch, dim, length = u.shape
@@ -56,7 +63,10 @@ def selective_scan(
     B = _expand_groups(B.float(), dim)  # (batch, dim, N, L)
     C = _expand_groups(C.float(), dim)
     # time-major so that each step reads a contiguous slice and backward stacks instead of scattering
-    decay = torch.exp(delta.unsqueeze(2) * A[None, :, :, None]).permute(3, 0, 1, 2)  # (L, batch, dim, N)
+    decay = torch.exp(delta.unsqueeze(2) * A[None, :, :, None])  # (batch, dim, N, L)
+    if document_starts is not None:
+        decay = decay.masked_fill(document_starts[:, None, None, :], 0.0)
+    decay = decay.permute(3, 0, 1, 2)  # (L, batch, dim, N)
     drive = (delta.unsqueeze(2) * B * u.unsqueeze(2)).permute(3, 0, 1, 2)  # (L, batch, dim, N)
     readout = C.permute(3, 0, 1, 2)  # (L, batch, dim, N)
 
@@ -115,25 +125,51 @@ def causal_conv1d(
     bias: torch.Tensor | None = None,
     activation: str | None = "silu",
     initial_state: torch.Tensor | None = None,
+    document_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal convolution over ``x`` (batch, dim, L) with ``weight`` (dim, width).
 
     ``initial_state`` (batch, dim, width) holds the inputs that precede ``x`` (zeros for a new sequence).
-    Returns the output (batch, dim, L) and the new conv state: the last ``width`` inputs.
+    Returns the output (batch, dim, L) and the new conv state: the last ``width`` inputs. With
+    ``document_starts``, output t reads only the inputs of its own document (none before the last start at or
+    before t), and the new state keeps only the last document's inputs.
     """
     dim, width = weight.shape
     if initial_state is None:
         history = x.new_zeros(x.shape[0], dim, width)
     else:
         history = initial_state.to(x.dtype)
-    padded = torch.cat([history[..., 1:], x], dim=-1)  # width - 1 inputs of context, then x
-    out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=dim)
-    if activation in ("silu", "swish"):
-        out = F.silu(out)
-    elif activation is not None:
+    if activation not in ("silu", "swish", None):
         raise ValueError(f"causal_conv1d: unknown activation {activation!r}; use 'silu' or None")
-    new_state = torch.cat([history, x], dim=-1)[..., -width:]
+    padded = torch.cat([history[..., 1:], x], dim=-1)  # width - 1 inputs of context, then x
+    if document_starts is None:
+        out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=dim)
+        new_state = torch.cat([history, x], dim=-1)[..., -width:]
+    else:
+        # windows[..., t, k] is the input at t - (width - 1) + k, kept when it is in step t's document
+        windows = padded.unfold(-1, width, 1)  # (batch, dim, L, width)
+        in_document = _no_start_after(F.pad(document_starts, (width - 1, 0)).unfold(-1, width, 1))
+        out = (windows * in_document[:, None].to(x.dtype) * weight[:, None, :]).sum(-1)
+        if bias is not None:
+            out = out + bias[:, None]
+        new_state = torch.cat([history, x], dim=-1)[..., -width:]
+        new_state = new_state * last_document_inputs(document_starts, width)[:, None].to(x.dtype)
+    if activation is not None:
+        out = F.silu(out)
     return out, new_state
+
+
+def last_document_inputs(document_starts: torch.Tensor, width: int) -> torch.Tensor:
+    """(batch, width) bool: which of the last ``width`` inputs (what a conv state keeps) belong to the row's last
+    document, the only ones a call continuing the row may read."""
+    return _no_start_after(F.pad(document_starts, (width, 0))[:, -width:])
+
+
+def _no_start_after(starts: torch.Tensor) -> torch.Tensor:
+    """(..., width) bool document starts over a window of inputs -> (..., width) bool: whether input k of the
+    window is in the document of the window's last step, i.e. no document starts at a later input of it."""
+    counts = starts.long()
+    return (counts.flip(-1).cumsum(-1).flip(-1) - counts) == 0
 
 
 def causal_conv1d_update(

@@ -20,7 +20,11 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+    find_packed_sequence_indices,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -38,7 +42,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_apriel_h1 import ATTENTION, MAMBA, AprielH1Config, AprielHConfig
 
 try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
-    from modeling_apriel_h1.ops import resolve_ops
+    from modeling_apriel_h1.ops import backend_for_packed_rows, resolve_ops
 except ImportError:  # remote code on a machine without the package: the PyTorch reference shipped beside this file
     from .mamba_reference import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
@@ -51,6 +55,9 @@ except ImportError:  # remote code on a machine without the package: the PyTorch
 
     def resolve_ops(device: torch.device, preference: str | None = None):
         return _ReferenceOps
+
+    def backend_for_packed_rows(ops):
+        return ops  # the reference resets at document starts
 
 
 # transformers 5.24 renamed the cache argument and output field from ``past_key_values`` to ``cache``. Forwards
@@ -75,6 +82,25 @@ def _repeat_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch
     *lead, width = tensor.shape
     grouped = tensor.reshape(*lead, width // group_size, 1, group_size)
     return grouped.expand(*lead, width // group_size, repeats, group_size).reshape(*lead, width * repeats)
+
+
+def _packed_document_starts(
+    position_ids: torch.Tensor | None, batch_size: int, attention_mask: torch.Tensor | None, cache: Cache | None
+) -> torch.Tensor | None:
+    """(batch, seq) bool, True at the first token of every document after the first of a packed row; None when
+    the rows are not packed.
+
+    A row is packed when its ``position_ids`` restart (transformers' convention, as its packing collators and
+    TRL's padding-free collator write them), detected by transformers' own ``find_packed_sequence_indices``
+    under the condition its mask functions use (no attention mask, no cache), so that the Mamba layers
+    separate exactly the documents the attention layers separate.
+    """
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    document_ids = find_packed_sequence_indices(position_ids.expand(batch_size, -1))
+    if document_ids is None:
+        return None
+    return F.pad(document_ids.diff(dim=-1) != 0, (1, 0))
 
 
 class AprielH1Mamba(nn.Module):
@@ -152,8 +178,10 @@ class AprielH1Mamba(nn.Module):
         hidden_states: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        document_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding."""
+        """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding;
+        document_starts (batch, seq) bool, True where a packed document begins (conv and state restart there)."""
         batch, seq_len, _ = hidden_states.shape
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         has_state = cache_layer is not None and cache_layer.has_previous_state[0]
@@ -161,6 +189,8 @@ class AprielH1Mamba(nn.Module):
             return self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
 
         ops = self.kernels(hidden_states.device)
+        if document_starts is not None:
+            ops = backend_for_packed_rows(ops)
         z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
         dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
         if padding_mask is not None:
@@ -177,12 +207,15 @@ class AprielH1Mamba(nn.Module):
 
         conv_state = cache_layer.conv_states[0] if has_state else None
         ssm_state = cache_layer.recurrent_states[0] if has_state else None
-        x, new_conv_state = ops.causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state)
+        resets = {} if document_starts is None else {"document_starts": document_starts}
+        x, new_conv_state = ops.causal_conv1d(
+            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state, **resets
+        )
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)
         y, new_ssm_state = ops.selective_scan(
             x, dt, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
-            return_last_state=True,
+            return_last_state=True, **resets,
         )
         if cache_layer is not None:
             cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
@@ -271,12 +304,15 @@ class AprielH1DecoderLayer(GradientCheckpointingLayer):
         padding_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        document_starts: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         if self.is_mamba:
-            hidden_states = self.mixer(hidden_states, padding_mask=padding_mask, cache=cache)
+            hidden_states = self.mixer(
+                hidden_states, padding_mask=padding_mask, cache=cache, document_starts=document_starts
+            )
         else:
             hidden_states, _ = self.self_attn(
                 hidden_states,
@@ -410,6 +446,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        document_starts = _packed_document_starts(position_ids, inputs_embeds.shape[0], attention_mask, cache)
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
@@ -428,6 +465,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
                 position_ids=position_ids,
                 cache=cache,
                 position_embeddings=position_embeddings,
+                document_starts=document_starts,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)

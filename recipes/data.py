@@ -13,6 +13,17 @@ Sources, chosen by the ``data`` string:
 
 Rows are either chat (``messages``: list of ``{role, content}``) or prompt/completion (``prompt`` and
 ``completion`` strings, or lists of messages as TRL's conversational prompt-completion format has them).
+
+Packing (the ``packing`` setting of the distillation and SFT configs):
+
+* ``false``: one conversation per row, rows padded to the longest of the batch;
+* ``true`` (or ``documents``): whole conversations packed into rows of ``max_length`` tokens by TRL's
+  best-fit-decreasing packer, and each micro-batch flattened into one row without padding by TRL's
+  padding-free collator, whose ``position_ids`` restart at 0 at every conversation. The models see each
+  conversation alone: transformers' masks (and varlen flash-attention) keep attention inside it, and the
+  Apriel-H1 Mamba layers restart their conv window and state at it (``modeling_apriel_h1``);
+* ``cross_document``: the same rows without the restarts (pretraining-style): a later conversation attends to,
+  and the Mamba state carries over from, the earlier ones in its row.
 """
 
 from __future__ import annotations
@@ -20,14 +31,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from trl import pack_dataset
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from recipes.synthetic import synthetic_conversations
 
 SYNTHETIC_SOURCE = "synthetic"
 IGNORE_INDEX = -100
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DOCUMENTS = "documents"  # packed rows, each conversation computed alone (what `packing: true` means)
+CROSS_DOCUMENT = "cross_document"  # packed rows, one long sequence each
+PACKING_CHOICES = (False, True, DOCUMENTS, CROSS_DOCUMENT)
+
+
+def packing_mode(packing: bool | str) -> str | None:
+    """The ``packing`` setting as None (no packing), ``DOCUMENTS`` or ``CROSS_DOCUMENT``."""
+    if packing is False:
+        return None
+    if packing is True or packing == DOCUMENTS:
+        return DOCUMENTS
+    if packing == CROSS_DOCUMENT:
+        return CROSS_DOCUMENT
+    raise ValueError(
+        f"packing={packing!r} is not a packing mode; use false, true (= {DOCUMENTS}: packed conversations kept "
+        f"apart) or {CROSS_DOCUMENT} (packed rows read as one sequence)."
+    )
 
 
 def load_conversations(
@@ -100,15 +129,16 @@ def tokenize_conversation(
 
 
 def build_dataset(
-    rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, packing: bool
+    rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, packing: bool | str
 ) -> datasets.Dataset:
     """Tokenized, masked (and optionally packed) training rows.
 
-    Rows left with no assistant token (e.g. truncated before the reply) are dropped. Packing uses TRL's
-    best-fit-decreasing packer: whole conversations share a row of ``max_length`` tokens, and a later
-    conversation attends to earlier ones in its row, as in pretraining-style packing (works with every
-    attention implementation and with Mamba mixers, which carry state across the row anyway).
+    Rows left with no assistant token (e.g. truncated before the reply) are dropped. Packing (see the module
+    docstring for the modes) uses TRL's best-fit-decreasing packer: whole conversations share a row of
+    ``max_length`` tokens. In ``documents`` mode the rows keep TRL's ``seq_lengths`` column, from which
+    :func:`training_collator` writes the restarting ``position_ids``.
     """
+    mode = packing_mode(packing)
     if len(rows) == 0:
         raise ValueError("The training data set is empty. Point `data` at a file or data set with rows in it.")
     tokenized = rows.map(
@@ -122,6 +152,19 @@ def build_dataset(
             f"None of the {len(rows)} conversations has an assistant token within max_seq_length={max_length}, "
             "so there is nothing to distill. Check that the rows have assistant turns, or raise max_seq_length."
         )
-    if packing:
-        tokenized = pack_dataset(tokenized, seq_length=max_length, strategy="bfd").remove_columns("seq_lengths")
+    if mode is not None:
+        tokenized = pack_dataset(tokenized, seq_length=max_length, strategy="bfd")
+    if mode == CROSS_DOCUMENT:
+        tokenized = tokenized.remove_columns("seq_lengths")
     return tokenized
+
+
+def training_collator(tokenizer: PreTrainedTokenizerBase, packing: bool | str):
+    """The collator for rows from :func:`build_dataset` with the same ``packing``: TRL's padding-free collator
+    for ``documents`` (one flat row per micro-batch, ``position_ids`` restarting at each conversation, no
+    attention mask, so that transformers' masks separate the conversations), else padding to the batch's
+    longest row."""
+    if packing_mode(packing) == DOCUMENTS:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True)

@@ -24,7 +24,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
     TrainingArguments,
 )
@@ -33,7 +32,7 @@ import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the
 from conversion.cli import command_line
 from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
-from recipes.data import build_dataset, load_conversations
+from recipes.data import build_dataset, load_conversations, training_collator
 from recipes.distillation import DistillationTrainer
 from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
 from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
@@ -100,6 +99,7 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         include_num_input_tokens_seen="non_padding",
         report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss
+        remove_unused_columns=False,  # packed rows keep seq_lengths for the collator (recipes.data)
     )
 
 
@@ -141,7 +141,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        data_collator=training_collator(tokenizer, config.packing),
         loss_kind=config.loss,
         beta=config.jsd_beta,
         temperature=config.temperature,

@@ -26,7 +26,7 @@ import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto clas
 from conversion.atomic_io import staged_output_dir
 from conversion.cli import command_line
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
-from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
+from recipes.data import DOCUMENTS, SYNTHETIC_SOURCE, build_dataset, load_conversations, packing_mode
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
@@ -45,7 +45,7 @@ class SFTRecipe:
     data: str = SYNTHETIC_SOURCE  # "synthetic", a local .jsonl/.parquet file, or a datasets name
     synthetic_examples: int = 2000  # rows generated when data is "synthetic"
     max_seq_length: int = 512
-    packing: bool = False
+    packing: bool | str = False  # true: packed conversations kept apart; cross_document: one sequence (recipes.data)
     learning_rate: float = 2e-5
     warmup_steps: float = 0.05  # an int is a step count, a float in [0, 1) a fraction of max_steps
     max_steps: int = 100
@@ -67,6 +67,7 @@ def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRec
     if unknown:
         raise ValueError(f"unknown SFT settings {unknown}; the settings are {sorted(known)}")
     recipe = SFTRecipe(**values)
+    packing_mode(recipe.packing)  # an unknown packing mode fails here, before any model is loaded
     if not recipe.model:
         raise ValueError("no model to fine-tune: set `model` (a save_pretrained directory) in the config or --model")
     return recipe
@@ -80,6 +81,9 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     rows = load_conversations(recipe.data, synthetic_examples=recipe.synthetic_examples, seed=recipe.seed)
     train_dataset = build_dataset(rows, tokenizer, recipe.max_seq_length, recipe.packing)
+    # Packed conversations kept apart: TRL's padding-free collator (enabled by packing with its "bfd" strategy;
+    # the rows are already packed, so TRL does not pack again) writes position_ids restarting at each one.
+    keep_apart = packing_mode(recipe.packing) == DOCUMENTS
     checkpoints_dir = output_dir / "checkpoints"
     args = SFTConfig(
         output_dir=str(checkpoints_dir),
@@ -97,6 +101,8 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         bf16=recipe.bf16,
         report_to=[],
         include_num_input_tokens_seen="non_padding",  # counted as the distillation stages count them
+        packing=keep_apart,
+        packing_strategy="bfd",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
@@ -137,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
             parser.add_argument(flag, dest=field.name, type=lambda text: text.lower() in ("1", "true", "yes"))
+        elif field.type == "bool | str":  # packing: true, false or a mode name, read as YAML
+            parser.add_argument(flag, dest=field.name, type=yaml.safe_load)
         else:
             parser.add_argument(flag, dest=field.name, type=type(field.default) if field.default != "" else str)
     args = vars(parser.parse_args(argv))

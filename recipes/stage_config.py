@@ -28,7 +28,7 @@ class StageConfig:
     data_seed: int
     eval_examples: int
     max_seq_length: int
-    packing: bool
+    packing: bool | str
     loss: str
     jsd_beta: float
     temperature: float

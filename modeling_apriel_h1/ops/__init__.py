@@ -4,6 +4,10 @@ Order for ``"auto"``: mamba-ssm / causal-conv1d CUDA kernels when importable and
 else our Triton kernels on CUDA, else the PyTorch reference. ``APRIEL_H1_KERNELS`` (or the config field
 ``kernel_backend``) forces one of ``"reference"``, ``"triton"``, ``"mamba_ssm"`` for tests and benchmarks;
 asking for one that cannot run here is an error, not a silent fallback.
+
+Rows that pack several documents need the scan's state and the conv window to restart at each document
+(``document_starts``). mamba-ssm's Mamba-1 ``selective_scan_fn`` has no input for that, so such rows run on our
+Triton kernels even where mamba-ssm is chosen: ``backend_for_packed_rows``.
 """
 
 from __future__ import annotations
@@ -62,3 +66,15 @@ def resolve_ops(device: torch.device, preference: str | None = None) -> ModuleTy
         if module is not None:
             return module
     return reference
+
+
+def backend_for_packed_rows(ops: ModuleType) -> ModuleType:
+    """The backend that runs rows packing several documents, given the one ``resolve_ops`` chose.
+
+    Backends that accept ``document_starts`` (reference, Triton) keep the rows; mamba-ssm hands them to our
+    Triton kernels (on CUDA, where mamba-ssm runs, triton is installed with torch). A forced mamba-ssm is
+    overridden here on purpose: its scan would silently carry state from one document into the next.
+    """
+    if getattr(ops, "SUPPORTS_DOCUMENT_STARTS", False):
+        return ops
+    return _load("triton") or reference

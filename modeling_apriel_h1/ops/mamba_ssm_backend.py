@@ -15,6 +15,7 @@ from mamba_ssm.ops.triton.selective_state_update import selective_state_update a
 from . import reference
 
 NAME = "mamba_ssm"
+SUPPORTS_DOCUMENT_STARTS = False  # Mamba-1's selective_scan_fn cannot reset: ops.backend_for_packed_rows
 
 try:
     from causal_conv1d import causal_conv1d_fn as _conv_fn

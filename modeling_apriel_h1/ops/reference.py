@@ -4,8 +4,18 @@ It sits beside the model files (not in this sub-package) because a saved checkpo
 and transformers' remote-code loader only copies flat files that sit next to ``modeling_apriel_h1.py``.
 """
 
-from ..mamba_reference import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..mamba_reference import (
+    causal_conv1d,
+    causal_conv1d_update,
+    last_document_inputs,
+    selective_scan,
+    selective_state_update,
+)
 
 NAME = "reference"
+SUPPORTS_DOCUMENT_STARTS = True
 
-__all__ = ["NAME", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update"]
+__all__ = [
+    "NAME", "SUPPORTS_DOCUMENT_STARTS", "causal_conv1d", "causal_conv1d_update", "last_document_inputs",
+    "selective_scan", "selective_state_update",
+]

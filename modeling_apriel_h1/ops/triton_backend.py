@@ -20,6 +20,7 @@ from .triton_kernels.selective_scan_fwd import selective_scan_forward
 from .triton_kernels.selective_state_update import selective_state_update_step
 
 NAME = "triton"
+SUPPORTS_DOCUMENT_STARTS = True
 
 
 def _unit_time_stride(x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +31,11 @@ def _unit_time_stride(x: torch.Tensor) -> torch.Tensor:
 def _check_state_size(n_states: int) -> None:
     if n_states & (n_states - 1):
         raise ValueError(f"triton backend: state size N={n_states} must be a power of two (Mamba uses 16)")
+
+
+def _starts_as_bytes(document_starts: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, L) document starts as the contiguous uint8 the kernels read (1 at a document's first step)."""
+    return None if document_starts is None else document_starts.contiguous().to(torch.uint8)
 
 
 def _silu_or_none(activation: str | None, op: str) -> bool:
@@ -44,30 +50,32 @@ class _SelectiveScan(torch.autograd.Function):
     """Returns ``(y, last_state)``; both are differentiable (the final state feeds the next chunk of a sequence)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state, document_starts):
         ctx.set_materialize_grads(False)
         needs_grad = any(ctx.needs_input_grad)
         y, last_state, states = selective_scan_forward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, store_checkpoints=needs_grad
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, store_checkpoints=needs_grad,
+            document_starts=document_starts,
         )
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, document_starts)
             ctx.delta_softplus = delta_softplus
             ctx.has_initial_state = initial_state is not None
         return y, last_state
 
     @staticmethod
     def backward(ctx, dy, d_last_state):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, states, document_starts = ctx.saved_tensors
         dy = _unit_time_stride(dy) if dy is not None else torch.zeros_like(u)
         grads = selective_scan_backward(
             dy, None if d_last_state is None else d_last_state.float().contiguous(),
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states,
             wants_d_initial_state=ctx.has_initial_state and ctx.needs_input_grad[9],
+            document_starts=document_starts,
         )
         return (
             grads["u"], grads["delta"], grads["A"], grads["B"].to(B.dtype), grads["C"].to(C.dtype),
-            grads["D"], grads["z"], grads["delta_bias"], None, grads["initial_state"],
+            grads["D"], grads["z"], grads["delta_bias"], None, grads["initial_state"], None,
         )
 
 
@@ -83,6 +91,7 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
+    document_starts: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """See ``reference.selective_scan``. A, D, delta_bias and the state run in fp32; the casts below are
     autograd ops, so their gradients reach parameters of any dtype."""
@@ -95,6 +104,7 @@ def selective_scan(
         None if delta_bias is None else delta_bias.float().contiguous(),
         delta_softplus,
         None if initial_state is None else initial_state.float().contiguous(),
+        _starts_as_bytes(document_starts),
     )
     return (y, last_state) if return_last_state else y
 
@@ -122,25 +132,26 @@ class _CausalConv1d(torch.autograd.Function):
     """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, silu_activation: bool, history):
-        out = causal_conv1d_forward(x, weight, bias, silu_activation, history)
-        ctx.save_for_backward(x, weight, bias, history)
+    def forward(ctx, x, weight, bias, silu_activation: bool, history, document_starts):
+        out = causal_conv1d_forward(x, weight, bias, silu_activation, history, document_starts)
+        ctx.save_for_backward(x, weight, bias, history, document_starts)
         ctx.silu_activation = silu_activation
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, bias, history = ctx.saved_tensors
+        x, weight, bias, history, document_starts = ctx.saved_tensors
         dx, dweight, dbias = causal_conv1d_backward(
-            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history
+            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history, document_starts
         )
         d_history = None
         if history is not None and ctx.needs_input_grad[4]:
-            d_history = _history_grad(dout, x, weight, bias, ctx.silu_activation, history)
-        return dx, dweight.to(weight.dtype), None if dbias is None else dbias.to(bias.dtype), None, d_history
+            d_history = _history_grad(dout, x, weight, bias, ctx.silu_activation, history, document_starts)
+        return (dx, dweight.to(weight.dtype), None if dbias is None else dbias.to(bias.dtype), None, d_history,
+                None)
 
 
-def _history_grad(dout, x, weight, bias, silu_activation: bool, history):
+def _history_grad(dout, x, weight, bias, silu_activation: bool, history, document_starts):
     """Gradient of the conv state that preceded x. It reaches only the first W-1 outputs, so the reference
     on that short slice gives it at negligible cost."""
     lead = weight.shape[1] - 1
@@ -149,6 +160,7 @@ def _history_grad(dout, x, weight, bias, silu_activation: bool, history):
         out, _ = reference.causal_conv1d(
             x[..., :lead].detach().float(), weight.detach().float(), None if bias is None else bias.detach().float(),
             "silu" if silu_activation else None, history_fp32,
+            None if document_starts is None else document_starts[:, :lead].bool(),
         )
         (d_history,) = torch.autograd.grad(out, history_fp32, dout[..., :lead].float())
     return d_history.to(history.dtype)
@@ -160,6 +172,7 @@ def causal_conv1d(
     bias: torch.Tensor | None = None,
     activation: str | None = "silu",
     initial_state: torch.Tensor | None = None,
+    document_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See ``reference.causal_conv1d``: returns the output and the new conv state (the last W inputs)."""
     silu_activation = _silu_or_none(activation, "causal_conv1d")
@@ -168,13 +181,16 @@ def causal_conv1d(
         raise ValueError(f"triton backend: conv width {width} must be 2 to {MAX_CONV_WIDTH} (Mamba uses 4), as in "
                          "causal-conv1d; the reference backend takes any width")
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
-    out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history)
+    out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history,
+                              _starts_as_bytes(document_starts))
     if x.shape[-1] >= width:
         new_state = x[..., -width:].clone()
     else:
         if history is None:
             history = x.new_zeros(x.shape[0], x.shape[1], width)
         new_state = torch.cat([history, x], dim=-1)[..., -width:]
+    if document_starts is not None:
+        new_state = new_state * reference.last_document_inputs(document_starts, width)[:, None].to(x.dtype)
     return out, new_state
 
 

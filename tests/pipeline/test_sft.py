@@ -69,3 +69,30 @@ def test_sft_settings_are_validated():
         load_recipe(None, {"model": "x", "learning_rat": 1.0})
     with pytest.raises(ValueError, match="no model to fine-tune"):
         load_recipe(None, {})
+
+
+def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_dir, tmp_path, monkeypatch):
+    """``packing: true``: TRL's padding-free collator hands the hybrid flat rows whose position_ids restart at
+    every conversation, so the Mamba layers find document starts in every training step."""
+    from modeling_apriel_h1 import modeling_apriel_h1 as modeling
+
+    found = []
+    original = modeling._packed_document_starts
+
+    def recording(*args):
+        starts = original(*args)
+        found.append(0 if starts is None else int(starts.sum()))
+        return starts
+
+    monkeypatch.setattr(modeling, "_packed_document_starts", recording)
+    recipe = SFTRecipe(
+        model=str(tiny_hybrid_dir), output_dir=str(tmp_path / "sft"), synthetic_examples=16, max_seq_length=256,
+        max_steps=2, per_device_train_batch_size=2, save_steps=2, logging_steps=1, packing=True,
+    )
+    assert run_sft(recipe)["steps"] == 2
+    assert len(found) == 2 and all(count >= 1 for count in found)  # each flat row joins two packed rows or more
+
+
+def test_sft_packing_mode_is_validated():
+    with pytest.raises(ValueError, match="cross_document"):
+        load_recipe(None, {"model": "x", "packing": "sometimes"})

@@ -89,3 +89,30 @@ def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: t
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
     return w_new, w_1, w_2, w_3, bias
+
+
+@triton.jit
+def start_runs(starts_row, p, length, RUNS: tl.constexpr):
+    """Document starts (``starts_row``: a (batch, L) uint8 row) at positions ``p`` (1, RUNS * 8) as (1, RUNS, 8)
+    fp32, 1 at a document's first step; positions outside [0, L) (the conv state's) hold no start."""
+    return as_runs(tl.load(starts_row + p, mask=(p >= 0) & (p < length), other=0).to(tl.float32), RUNS)
+
+
+@triton.jit
+def document_window(x_1, x_2, x_3, s, s_1, s_2):
+    """The inputs 1, 2 and 3 steps back that one output of a packed row reads: zero where a document starts
+    between them and the output. ``s`` is the start flag (1.0/0.0) at the output's step, ``s_k`` k steps back."""
+    keep_1 = 1.0 - s
+    keep_2 = keep_1 * (1.0 - s_1)
+    keep_3 = keep_2 * (1.0 - s_2)
+    return x_1 * keep_1, x_2 * keep_2, x_3 * keep_3
+
+
+@triton.jit
+def document_later_grads(g_1, g_2, g_3, s_1, s_2, s_3):
+    """The output gradients 1, 2 and 3 steps later that reach one input of a packed row: zero where a document
+    starts after the input and at or before the output (``s_k``: start flag k steps later)."""
+    keep_1 = 1.0 - s_1
+    keep_2 = keep_1 * (1.0 - s_2)
+    keep_3 = keep_2 * (1.0 - s_3)
+    return g_1 * keep_1, g_2 * keep_2, g_3 * keep_3

@@ -28,7 +28,8 @@ ATOMIC_RUN: tl.constexpr = tl.constexpr(4)  # fp32 values per vector atomic add 
 
 @triton.jit
 def _selective_scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, states_ptr, dy_ptr, d_last_state_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, starts_ptr, states_ptr, dy_ptr,
+    d_last_state_ptr,
     du_ptr, d_delta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, d_delta_bias_partial_ptr,
     d_initial_state_ptr,
     dim, length, n_chunks, channels_per_group, groups,
@@ -37,6 +38,7 @@ def _selective_scan_bwd_kernel(
     N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     HAS_D_LAST_STATE: tl.constexpr, WANTS_D_INITIAL_STATE: tl.constexpr, EVEN_LENGTH: tl.constexpr,
+    HAS_DOCUMENT_STARTS: tl.constexpr,
 ):
     """One program = one batch row x one channel, walking the chunks backwards with (N, CHUNK) tiles.
 
@@ -45,7 +47,8 @@ def _selective_scan_bwd_kernel(
     channels; dA (batch, dim, N), dD and d_delta_bias (batch, dim) fp32 per-batch partials the launcher sums.
     Everything carried between chunks (dh, and the dA, dD, d_delta_bias sums) stays in registers: passing
     dh through memory puts a store, a barrier and a load on every chunk's critical path, which made this
-    kernel 2.4x slower.
+    kernel 2.4x slower. With HAS_DOCUMENT_STARTS (``starts`` (batch, L) uint8, as in the forward) the decay is 0
+    at a document's first step, both where the chunk's states are rebuilt and where dh flows back across it.
     """
     batch = tl.program_id(0).to(tl.int64)
     channel = tl.program_id(1)
@@ -121,6 +124,9 @@ def _selective_scan_bwd_kernel(
         # moved into a shared @triton.jit function they made the forward kernel 1.49 -> 1.89 ms (H100, b=1, L=16k).
         h_start = tl.load(state_row + chunk * N + states)  # (N,)
         decay = tl.exp2(dt[None, :] * A_log2[:, None])  # (N, CHUNK)
+        if HAS_DOCUMENT_STARTS:
+            starts = tl.load(starts_ptr + batch * length + t, mask=in_seq, other=0)
+            decay = tl.where(starts[None, :] != 0, 0.0, decay)
         drive = dt_u[None, :] * B
         decay_prefix, local_states = tl.associative_scan((decay, drive), axis=1, combine_fn=linear_recurrence_combine)
         hs = local_states + decay_prefix * h_start[:, None]
@@ -137,6 +143,9 @@ def _selective_scan_bwd_kernel(
 
         # dh_t = C_t dy_t + a_{t+1} dh_{t+1}; the next chunk's dh enters as part of the last step's input.
         decay_next = tl.exp2(dt_next[None, :] * A_log2[:, None])
+        if HAS_DOCUMENT_STARTS:
+            starts_next = tl.load(starts_ptr + batch * length + t + 1, mask=next_in_seq, other=0)
+            decay_next = tl.where(starts_next[None, :] != 0, 0.0, decay_next)
         from_output = C * dy_ssm[None, :] + tl.where(is_last_step, decay_next * dh_carry[:, None], 0.0)
         _, dh = tl.associative_scan((decay_next, from_output), axis=1, combine_fn=linear_recurrence_combine,
                                     reverse=True)  # (N, CHUNK)
@@ -173,7 +182,10 @@ def _selective_scan_bwd_kernel(
         if DELTA_SOFTPLUS:
             dt0 = softplus(dt0)
         dt0 = tl.where(has_step, dt0, 0.0)
-        tl.store(d_initial_state_ptr + row * N + states, tl.exp2(dt0 * A_log2) * dh_carry)
+        decay0 = tl.exp2(dt0 * A_log2)
+        if HAS_DOCUMENT_STARTS:  # a document starting at step 0 does not read the initial state
+            decay0 = tl.where(tl.load(starts_ptr + batch * length, mask=has_step, other=0) != 0, 0.0, decay0)
+        tl.store(d_initial_state_ptr + row * N + states, decay0 * dh_carry)
 
 
 def selective_scan_backward(
@@ -191,6 +203,7 @@ def selective_scan_backward(
     states: torch.Tensor,
     wants_d_initial_state: bool,
     tiles: ScanTiles | None = None,
+    document_starts: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """Launch the backward scan; returns the gradients by input name, in fp32 for A, B, C, D, delta_bias and
     the initial state, and in the input's dtype for u, delta and z. ``states`` (batch, dim, n_chunks + 1, N)
@@ -216,7 +229,7 @@ def selective_scan_backward(
     z_arg = z if z is not None else u
     _selective_scan_bwd_kernel[(batch, dim)](
         u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A,
-        states, dy, d_last_state if d_last_state is not None else A,
+        document_starts if document_starts is not None else A, states, dy, d_last_state if d_last_state is not None else A,
         du, d_delta, dz if dz is not None else du, dB, dC, dA_partial,
         dD_partial if dD_partial is not None else dA_partial,
         d_delta_bias_partial if d_delta_bias_partial is not None else dA_partial,
@@ -228,6 +241,7 @@ def selective_scan_backward(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=delta_softplus, HAS_D_LAST_STATE=d_last_state is not None,
         WANTS_D_INITIAL_STATE=wants_d_initial_state, EVEN_LENGTH=length % tiles.chunk == 0,
+        HAS_DOCUMENT_STARTS=document_starts is not None,
         num_warps=tiles.backward_num_warps,
     )
     return {

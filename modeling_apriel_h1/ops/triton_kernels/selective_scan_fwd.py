@@ -12,14 +12,14 @@ from .scan_config import SCAN_TILES, ScanTiles
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, initial_state_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, initial_state_ptr, starts_ptr,
     y_ptr, last_state_ptr, states_ptr,
     dim, length, n_chunks, channels_per_group,
     stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
     stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_INITIAL_STATE: tl.constexpr, STORE_CHECKPOINTS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr, STORE_CHECKPOINTS: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
 ):
     """One program = one batch row x one channel, walking time chunk by chunk with (N, CHUNK) tiles.
 
@@ -27,7 +27,9 @@ def _selective_scan_fwd_kernel(
     the scan is sequential in registers and then log-depth across lanes. The state between chunks stays in
     registers (N,). Layouts: u, delta, z, y (batch, dim, L) with unit time stride; B, C (batch, G, N, L);
     A (dim, N); with STORE_CHECKPOINTS, ``states`` (batch, dim, n_chunks + 1, N) fp32 receives the state
-    before each chunk (slot c) and the final state (slot n_chunks) for the backward.
+    before each chunk (slot c) and the final state (slot n_chunks) for the backward. With HAS_DOCUMENT_STARTS,
+    ``starts`` (batch, L) uint8 marks the steps where a packed document begins: their decay is 0, so the state
+    restarts there (the only change; without starts the kernel compiles as before).
     """
     batch = tl.program_id(0).to(tl.int64)
     channel = tl.program_id(1)
@@ -71,6 +73,9 @@ def _selective_scan_fwd_kernel(
         B = tl.load(B_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)  # (N, CHUNK)
         C = tl.load(C_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)
         decay = tl.exp2(dt[None, :] * A_log2[:, None])
+        if HAS_DOCUMENT_STARTS:
+            starts = tl.load(starts_ptr + batch * length + t, mask=in_seq, other=0)
+            decay = tl.where(starts[None, :] != 0, 0.0, decay)
         drive = (dt * u)[None, :] * B
         decay_prefix, local_states = tl.associative_scan((decay, drive), axis=1, combine_fn=linear_recurrence_combine)
         hs = local_states + decay_prefix * h[:, None]  # (N, CHUNK): the state after each step
@@ -100,12 +105,13 @@ def selective_scan_forward(
     initial_state: torch.Tensor | None,
     store_checkpoints: bool,
     tiles: ScanTiles | None = None,
+    document_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the forward scan. Returns ``y`` (u's dtype), the final state (batch, dim, N) fp32 and, when
     ``store_checkpoints``, the state before each chunk, (batch, dim, n_chunks + 1, N) fp32, for the backward.
 
     Expects what ``triton_backend`` prepares: unit time stride on u, delta, z, B, C; A (dim, N), D, delta_bias
-    (dim,) and initial_state (batch, dim, N) contiguous fp32.
+    (dim,) and initial_state (batch, dim, N) contiguous fp32; document_starts (batch, L) contiguous uint8.
     """
     tiles = tiles or SCAN_TILES
     batch, dim, length = u.shape
@@ -120,6 +126,7 @@ def selective_scan_forward(
     _selective_scan_fwd_kernel[(batch, dim)](
         u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A,
         initial_state if initial_state is not None else last_state,
+        document_starts if document_starts is not None else last_state,
         y, last_state, states if states is not None else last_state,
         dim, length, n_chunks, channels_per_group,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), z_arg.stride(0), z_arg.stride(1),
@@ -127,7 +134,7 @@ def selective_scan_forward(
         N=n_states, CHUNK=tiles.chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=delta_softplus, HAS_INITIAL_STATE=initial_state is not None,
-        STORE_CHECKPOINTS=store_checkpoints,
+        STORE_CHECKPOINTS=store_checkpoints, HAS_DOCUMENT_STARTS=document_starts is not None,
         num_warps=tiles.forward_num_warps,
     )
     return y, last_state, states
