@@ -4,6 +4,7 @@ PyTorch reference (only where its Python loop over time is affordable).
     PYTHONPATH=. python benchmarks/kernel_speed.py --markdown results.md   # the tables, printed and written as markdown
     PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time candidate tile sizes (scan, conv step)
     PYTHONPATH=. python benchmarks/kernel_speed.py --ops conv decode       # only some of the tables
+    PYTHONPATH=. python benchmarks/kernel_speed.py --resets                # Triton scan and conv on packed rows vs not
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -150,6 +151,54 @@ def conv_rows(causal_conv: Callable | None, causal_note: str) -> list[Row]:
                             median_ms(lambda: conv(*leaves)[0].backward(dout), grad_to_none=leaves)))
     if not causal_conv:
         rows.append(Row("conv", "causal-conv1d", 0, "-", None, causal_note))
+    return rows
+
+
+def packed_document_starts(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) bool starts of documents with log-uniform lengths in [200, 8192] tokens (reasoning traces),
+    packed back to back; the last document of a row is cut at the row's end."""
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.zeros(batch, length, dtype=torch.bool)
+    for row in range(batch):
+        position = 0
+        while position < length:
+            starts[row, position] = True
+            log_length = torch.empty(1).uniform_(math.log(200), math.log(8192), generator=generator)
+            position += int(math.exp(log_length.item()))
+    return starts.cuda()
+
+
+def reset_rows() -> list[Row]:
+    """Our Triton scan and conv on packed rows (document starts given) against the same rows without starts:
+    what the reset costs (goal: within 5%)."""
+    rows = []
+    for batch, length in SCAN_SHAPES:
+        starts = packed_document_starts(batch, length)
+        note = f"{int(starts.sum())} documents"
+        x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+        weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
+        bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
+        dout = torch.randn_like(x)
+        for backward in (False, True):
+            op = "scan fwd+bwd" if backward else "scan fwd"
+            plain = time_scan(tri.selective_scan, batch, length, backward)
+            packed = time_scan(lambda **kw: tri.selective_scan(**kw, document_starts=starts), batch, length, backward)
+            rows.append(Row(op, "triton", batch, length, plain))
+            rows.append(Row(op, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
+            torch.cuda.empty_cache()
+        for label, kwargs in (("triton", {}), ("triton, packed", {"document_starts": starts})):
+            with torch.no_grad():
+                fwd = median_ms(lambda: tri.causal_conv1d(x, weight, bias, **kwargs))
+            leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+            both = median_ms(lambda: tri.causal_conv1d(*leaves, **kwargs)[0].backward(dout), grad_to_none=leaves)
+            if kwargs:
+                rows.append(Row("conv fwd", label, batch, length, fwd, f"{fwd / plain_fwd:.3f}x unpacked; {note}"))
+                rows.append(Row("conv fwd+bwd", label, batch, length, both,
+                                f"{both / plain_both:.3f}x unpacked; {note}"))
+            else:
+                plain_fwd, plain_both = fwd, both
+                rows.append(Row("conv fwd", label, batch, length, fwd))
+                rows.append(Row("conv fwd+bwd", label, batch, length, both))
     return rows
 
 
@@ -302,6 +351,8 @@ def main() -> None:
     parser.add_argument("--sweep-tiles", action="store_true", help="time candidate tile sizes of the scan and the conv step instead")
     parser.add_argument("--ops", nargs="+", choices=OP_GROUPS, default=list(OP_GROUPS),
                         help="which tables to time (default: all)")
+    parser.add_argument("--resets", action="store_true",
+                        help="time the Triton scan and conv on packed rows (document starts) vs unpacked instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
@@ -309,6 +360,16 @@ def main() -> None:
     if args.sweep_tiles:
         sweep_tiles()
         sweep_conv_update(copy_bandwidth())
+        return
+    if args.resets:
+        print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}; "
+              f"dim {DIM}, N {N_STATES}, {GROUPS} groups, conv width {CONV_WIDTH}, {ACTIVATION_DTYPE}; packed rows: "
+              "documents of log-uniform 200-8192 tokens", flush=True)
+        table = markdown_table(reset_rows())
+        print(table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
         return
 
     mamba_scan, mamba_update, mamba_note = load_mamba_ssm()
