@@ -58,3 +58,26 @@ def test_every_backend_module_that_imports_here_has_the_reference_functions():
         assert module.NAME == name
         for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
             assert callable(getattr(module, op)), f"{name}.{op}"
+
+
+def test_packed_rows_go_to_a_backend_that_restarts_at_document_starts():
+    """Backends that declare document-start support take ``document_starts`` in the scan and the conv; any
+    other (mamba-ssm, whose Mamba-1 scan cannot restart) hands packed rows to Triton, or the reference without
+    it."""
+    import inspect
+    import types
+
+    from modeling_apriel_h1.ops import _load, backend_for_packed_rows
+
+    for name in ("reference", "triton", "mamba_ssm"):
+        module = _load(name)
+        if module is None:
+            continue
+        supports = module.SUPPORTS_DOCUMENT_STARTS
+        assert supports == (name != "mamba_ssm"), name
+        if supports:
+            assert backend_for_packed_rows(module) is module
+            for op in ("selective_scan", "causal_conv1d"):
+                assert "document_starts" in inspect.signature(getattr(module, op)).parameters, f"{name}.{op}"
+    no_restarts = types.SimpleNamespace(NAME="mamba_ssm", SUPPORTS_DOCUMENT_STARTS=False)
+    assert backend_for_packed_rows(no_restarts) is (_load("triton") or reference)
