@@ -81,6 +81,11 @@ class DecodeEngine:
         self.state = DecodeState(model, max_batch_size, max_seq_len)
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
         self.fused = _can_fuse(model, self.device) if fused is None else fused
+        # -exp(A_log) of every Mamba layer, once: the engine serves frozen weights
+        self._A = {
+            index: -torch.exp(layer.mixer.A_log.float())
+            for index, layer in enumerate(decoder_layers(model)) if is_mamba_layer(layer)
+        }
         self.buckets = _batch_buckets(max_batch_size)
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -126,7 +131,7 @@ class DecodeEngine:
             residual = hidden
             hidden = layer.input_layernorm(hidden)
             if is_mamba_layer(layer):
-                hidden = layer.mixer.step(hidden, state.conv[index][:rows], state.ssm[index][:rows])
+                hidden = layer.mixer.step(hidden, state.conv[index][:rows], state.ssm[index][:rows], self._A[index])
             else:
                 hidden = self._attention_step(layer.self_attn, index, hidden, cos, sin, write_at)
             hidden = residual + hidden
@@ -147,7 +152,9 @@ class DecodeEngine:
         normed, residual = add_rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
         for index, layer in enumerate(layers):
             if is_mamba_layer(layer):
-                mixed = layer.mixer.step(normed.unsqueeze(1), state.conv[index][:rows], state.ssm[index][:rows])[:, 0]
+                mixed = layer.mixer.step(
+                    normed.unsqueeze(1), state.conv[index][:rows], state.ssm[index][:rows], self._A[index]
+                )[:, 0]
             else:
                 attn = layer.self_attn
                 q = rotary_to_cache(

@@ -156,19 +156,26 @@ class AprielH1Mamba(nn.Module):
             self.bound_kernels = resolve_ops(device, self.config.kernel_backend)
         return self.bound_kernels
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
+        A: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One decoding step for every row: hidden_states (batch, 1, hidden); conv_state (batch, d_inner, d_conv)
         and ssm_state (batch, d_inner, d_state) are updated in place and never rebound, so a CUDA graph that
-        captured this step stays valid. Shared by ``forward`` (cached generation) and the decode engine."""
+        captured this step stays valid. Shared by ``forward`` (cached generation) and the decode engine, which
+        passes ``A = -exp(A_log)`` computed once instead of at every step.
+
+        B is passed with its KV-width groups, not repeated: channel ``c`` of the update reads group
+        ``c // (d_inner / groups)``, which is the group the repetition would have put there."""
         ops = self.kernels(hidden_states.device)
         batch = hidden_states.shape[0]
         hidden = hidden_states[:, 0]  # (batch, hidden)
         z, x, B, C = self.in_proj(hidden).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
         dt = self._time_step(hidden)  # (batch, d_inner)
         x = _repeat_groups(x, self.d_state, self.repeat_group)  # (batch, d_inner)
-        B = _repeat_groups(B, self.d_state, self.repeat_group).view(batch, self.num_groups, self.d_state)
+        B = B.view(batch, self.d_xb // self.d_state, self.d_state)
         C = C.view(batch, self.num_groups, self.d_state)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.float()) if A is None else A
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         y = ops.selective_state_update(ssm_state, x, dt, A, B, C, self.D, z, self.dt_proj.bias, dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)

@@ -23,6 +23,7 @@ def _decode_attention_split_kernel(
     scale_log2, num_splits,
     stride_q_b, stride_q_h, stride_k_b, stride_k_l, stride_k_h, stride_v_b, stride_v_l, stride_v_h,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Grid (rows, KV heads, splits). q (rows, Hq, D); k, v (slots, L, Hkv, D) with unit stride over D; lengths
     (rows,) int: keys 0 .. length-1 are live. Writes per (row, head, split): acc (D,) fp32, running max and sum
@@ -50,14 +51,14 @@ def _decode_attention_split_kernel(
         keys = block_start + tl.arange(0, BLOCK_N)
         live = keys < end
         k = tl.load(k_row + keys[:, None] * stride_k_l + dims[None, :], mask=live[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale_log2  # (GROUP_PAD, BLOCK_N)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # (GROUP_PAD, BLOCK_N)
         scores = tl.where(live[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         rescale = tl.exp2(running_max - new_max)
         probs = tl.exp2(scores - new_max[:, None])
         running_sum = running_sum * rescale + tl.sum(probs, axis=1)
         v = tl.load(v_row + keys[:, None] * stride_v_l + dims[None, :], mask=live[:, None], other=0.0)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=DOT_PRECISION)
         running_max = new_max
 
     partial = (row * (GROUP * tl.num_programs(1)) + heads) * num_splits + split  # (GROUP_PAD,)
@@ -110,6 +111,7 @@ def decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=BLOCK_N,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 caches stay exact (no tf32)
         num_warps=NUM_WARPS,
     )
     out = torch.empty((rows, q_heads, head_dim), device=q.device, dtype=q.dtype)
