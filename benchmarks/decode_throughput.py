@@ -12,7 +12,7 @@ Parts (each fits one 10-minute device command at 15B dims):
   largest batch whose weights + caches fit ``--budget-gib`` (allocated for real), the step time measured at
   several context lengths over a ``--serve-prompt`` + ``--serve-new`` sequence, integrated over the whole
   generation (trapezoid rule), so tokens/s = batch * new tokens / summed step time.
-- ``stock``: ``generate()`` with the dynamic cache at batch 1/16/64 (prompt ``--prompt``), and with
+- ``stock``: ``generate()`` with the dynamic cache at batch 1/16/64 (prompt ``--prompt``) for ``--dynamic`` models, and with
   ``cache_implementation="static"`` (generate compiles the step itself) for ``--static`` models.
 
 Every row has its roofline: the bytes a step must move (weights read once, live KV read, Mamba state read and
@@ -214,7 +214,7 @@ def serving(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwid
 
 def stock_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
     rows_out = []
-    for kind in args.models:
+    for kind in args.dynamic:
         model = build(kind, args)
         for rows in args.batches:
             rows_out.append(time_generate(model, kind, rows, args, bandwidth, "dynamic"))
@@ -282,6 +282,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=2048, help="stock generate(): prompt length")
     parser.add_argument("--new-tokens", type=int, default=32, help="stock generate(): timed steps")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dynamic", nargs="*", default=list(MODELS), choices=list(MODELS),
+                        help="stock generate() with the dynamic cache for these models")
     parser.add_argument("--static", nargs="*", default=["teacher"], choices=list(MODELS),
                         help="stock generate() with cache_implementation='static' (compiled) for these models")
     parser.add_argument("--static-batch", type=int, default=64)
