@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -18,6 +19,7 @@ from conversion.fast_llm import (
     layer_types_from_fast_llm_decoder,
     released_config_from,
 )
+from conversion.released import main
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
 
 from ..modeling.release_format import RELEASED, random_released_weights, released_logits, write_released_dir
@@ -227,3 +229,39 @@ def test_pattern_decoders_we_cannot_represent_are_refused(mixer, message):
     with pytest.raises(ValueError) as error:
         layer_types_from_fast_llm_decoder(decoder)
     assert message in str(error.value)
+
+
+# ----- the command line -----------------------------------------------------------------------------------------------
+
+
+def test_cli_exports_imports_and_prints_the_fast_llm_decoder(ours, tmp_path, capsys):
+    _, path = ours
+    assert main(["export", str(path), str(tmp_path / "exported")]) == 0
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "exported"), AprielHForCausalLM)
+    assert main(["import", str(tmp_path / "exported"), str(tmp_path / "imported")]) == 0
+    assert (tmp_path / "imported" / "model.safetensors").read_bytes() == (tmp_path / "exported" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["fast-llm-decoder", str(path)]) == 0
+    decoder = yaml.safe_load(capsys.readouterr().out)["decoder"]
+    assert decoder["pattern"] == ["attention", "mamba", "attention", "mamba"] and decoder["blocks"]["attention"]["mixer"]["heads"] == 4
+
+
+def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(ours, tmp_path, capsys):
+    _, path = ours
+    bad = write_released_dir(tmp_path / "bad", {**RELEASED, "hybrid_block_layout": ["t", "m2", "i", "t"]}, random_released_weights(AprielHConfig.from_dict(RELEASED)))
+    cases = [
+        (["import", str(bad), str(tmp_path / "out")], "entries ['i']"),
+        (["import", str(tmp_path / "missing"), str(tmp_path / "out")], "does not exist"),
+        (["import", str(path), str(tmp_path / "out")], "not a released Apriel-H1 layout"),
+        (["fast-llm-decoder", str(bad)], "entries ['i']"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert _no_output_left(tmp_path, "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["export", str(path), str(tmp_path / "out")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert [item.name for item in (tmp_path / "out").iterdir()] == ["keep.txt"]
