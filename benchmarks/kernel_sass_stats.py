@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_sass_stats.py                 # Apriel's shapes: N 16, chunk from scan_config
     python benchmarks/kernel_sass_stats.py --chunk 32      # another chunk length
+    python benchmarks/kernel_sass_stats.py --document-starts   # also the packed-row specialisations
 
 Needs only ``triton`` (its wheel carries ptxas and cuobjdump). The scan kernels behave as bound by instruction
 issue, so registers, spills to local memory, and the count of machine instructions per kernel (shuffles and
@@ -52,6 +53,8 @@ def compile_for_sm90(
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
+        elif name == "starts_ptr":
+            signature[name] = "*u8"  # document starts of packed rows
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:
@@ -82,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
     parser.add_argument("--n-states", type=int, default=16)
+    parser.add_argument("--document-starts", action="store_true",
+                        help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
                 HAS_HISTORY=False, SILU=True)
@@ -96,10 +101,12 @@ def main() -> None:
         "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
+    variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])
     for name, (kernel, constants, num_warps) in kernels.items():
-        stats = sass_stats(compile_for_sm90(kernel, constants, num_warps))
-        print(f"{name:>13} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
-              + ", ".join(f"{key} {value}" for key, value in stats.items()))
+        for suffix, packed in variants:
+            stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps))
+            print(f"{name + suffix:>21} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
+                  + ", ".join(f"{key} {value}" for key, value in stats.items()))
 
 
 if __name__ == "__main__":
