@@ -350,7 +350,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
     except Exception as error:  # a lever that fails on this machine is a row, not the end of the run
-        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        row["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}"
     finally:
         if trainer is not None:
             trainer.accelerator.free_memory()
@@ -368,7 +368,7 @@ def replace_namespace(args: argparse.Namespace, **changes) -> argparse.Namespace
 
 def step_table(rows: list[dict], args: argparse.Namespace, peak_tflops: float | None, baseline: dict | None) -> str:
     """Markdown table; times and MFU only for CUDA runs (a CPU smoke run prints FLOPs and memory-free rows)."""
-    header = ["student", "levers", "tokens/step", "TFLOP/step"]
+    header = ["student", "levers", "params T / S", "tokens/step", "TFLOP/step"]
     if args.device.startswith("cuda"):
         header += ["step ms", "tokens/s/GPU", "TFLOP/s", f"MFU vs {DATASHEET_BF16_TFLOPS:.0f}", "MFU vs matmul"]
         header += [f"{name} ms" for name in PHASES] + ["other ms", "peak GiB", "weights+opt GiB"]
@@ -382,7 +382,8 @@ def step_table(rows: list[dict], args: argparse.Namespace, peak_tflops: float | 
             lines.append("| " + " | ".join(cells + [row["error"]] + [""] * (len(header) - 3)) + " |")
             continue
         tokens = args.batch * args.seq * args.grad_accum
-        cells += [f"{tokens:,}", f"{row['flops'] / 1e12:.4g}"]
+        params = " / ".join(f"{count / 1e9:.3g}B" for count in row["params"])
+        cells += [params, f"{tokens:,}", f"{row['flops'] / 1e12:.4g}"]
         if "ms" in row:
             ms = row["ms"]
             achieved = row["flops"] / (ms["total"] / 1000) / 1e12
@@ -538,7 +539,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tokens per packed row (one value, except for --part loss)")
     parser.add_argument("--batch", type=int, default=1, help="rows per micro-batch (default 1)")
     parser.add_argument("--grad-accum", type=int, default=1,
-                        help="micro-batches per optimizer step (the 15B config accumulates 8); phases are summed over them")
+                        help="micro-batches per optimizer step (the 15B config: 8); phases are summed over them")
     parser.add_argument("--mamba", type=int, nargs="+", default=[0, 30, 40],
                         help="students: Mamba layers out of 50, spread evenly (0 = pure transformer anchor)")
     parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton"],

@@ -61,7 +61,9 @@ def test_cpu_smoke_run_trains_the_recipe_step_and_prints_no_times(capsys):
 
     bench.main(["--tiny", "--device", "cpu", "--seq", "32", "--steps", "1", "--warmup", "0", "--mamba", "0"])
     printed = capsys.readouterr().out
-    assert "| transformer | baseline | 32 |" in printed and "timings are not measured" in printed
+    # 156,224 parameters each: embeddings and head 2 x 256 x 64, 4 layers of 30,848, final norm 64
+    assert "| transformer | baseline | 0.000156B / 0.000156B | 32 |" in printed
+    assert "timings are not measured" in printed
     assert " ms" not in printed.split("|---|")[0] and "train_runtime" not in printed
 
 
@@ -91,18 +93,18 @@ def test_time_split_and_gpu_table_arithmetic_on_synthetic_events():
 
     args = bench.parse_arguments(["--device", "cuda", "--seq", "4096"])
     flops = bench.step_flops(bench.APRIEL_15B_LAYERS_25, bench.mamba_layers(25, 40), 4096, 1)
-    row = {"student": "20/25 Mamba", "levers": "baseline", "fifties": 40, "flops": flops,
+    row = {"student": "20/25 Mamba", "levers": "baseline", "fifties": 40, "flops": flops, "params": (8.16e9, 8.58e9),
            "ms": {**split, "total": 1000 * flops / 989e12}, "peak GiB": 100.0, "static GiB": 80.0}
     cells = [cell.strip() for cell in bench.step_table([row], args, 800.0, None).splitlines()[2].split("|")]
-    assert cells[7:10] == ["989", "100.0%", f"{989 / 800:.1%}"]  # achieved TFLOP/s, MFU vs 989, MFU vs matmul
-    assert float(cells[6].replace(",", "")) == pytest.approx(4096 / (flops / 989e12), rel=1e-3)  # tokens/s/GPU
+    assert cells[8:11] == ["989", "100.0%", f"{989 / 800:.1%}"]  # achieved TFLOP/s, MFU vs 989, MFU vs matmul
+    assert float(cells[7].replace(",", "")) == pytest.approx(4096 / (flops / 989e12), rel=1e-3)  # tokens/s/GPU
     per_token_15b = bench.step_flops(bench.APRIEL_15B, bench.mamba_layers(50, 40), 4096, 1) / 4096
     assert float(cells[-2].replace(",", "")) == pytest.approx(989e12 / per_token_15b, rel=1e-3)
 
     accumulated = bench.parse_arguments(["--device", "cuda", "--seq", "4096", "--grad-accum", "8"])
     row = {**row, "flops": 8 * flops, "ms": {**split, "total": 8000 * flops / 989e12}}
     cells = [cell.strip() for cell in bench.step_table([row], accumulated, 800.0, None).splitlines()[2].split("|")]
-    assert cells[3] == f"{8 * 4096:,}" and cells[8] == "100.0%"
+    assert cells[4] == f"{8 * 4096:,}" and cells[9] == "100.0%"
 
 
 def test_liger_kernel_reverse_kl_is_ours():
