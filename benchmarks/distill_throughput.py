@@ -3,10 +3,12 @@
 What runs is the recipe's own step: ``recipes.distillation.DistillationTrainer`` trains a random-weight student
 against a random-weight teacher with ``Trainer.train`` (its data loader, ``compute_loss`` with the chunked KD loss
 of ``recipes.kd_loss``, backward, gradient clipping, fused AdamW, scheduler), on packed rows of random tokens
-(every position supervised, no padding, no ``position_ids``: the recipe's plain packing). Both models are built
-directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries split each step (teacher
-forward, student forward, KD loss, student backward, optimizer); they come from forward hooks on both decoders and
-from overrides that only record an event around the trainer's own ``compute_loss`` / ``training_step``.
+(by default one sequence per row, every position supervised, as ``packing: cross_document`` gives them;
+``--document-tokens N``: documents of N tokens with ``position_ids`` restarting, as ``packing: true`` gives them).
+Both models are built directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries
+split each step (teacher forward, student forward, KD loss, student backward, optimizer); they come from forward
+hooks on both decoders and from overrides that only record an event around the trainer's own ``compute_loss`` /
+``training_step``.
 
 Default shape: Apriel-H1 15B's layer shape (hidden 5120, 32 heads, 8 KV heads, head_dim 128, MLP 14336, vocab
 131072, Mamba d_state 16, d_xb 1024, dt_rank 16) at 25 of its 50 layers. Why 25: the teacher (8.2B params, 2 bytes
@@ -22,6 +24,7 @@ Parts (each one invocation, a few minutes on an H200):
     python -m benchmarks.distill_throughput --seq 16384 --checkpoint-layers 25
     python -m benchmarks.distill_throughput --part levers --seq 4096 --mamba 40   # gain of each speed lever
     python -m benchmarks.distill_throughput --part loss --seq 4096 16384   # KD loss alone: naive, ours, liger-kernel
+    python -m benchmarks.distill_throughput --seq 16384 --checkpoint-layers 25 --document-tokens 2048 --mamba 0 40
     python -m benchmarks.distill_throughput --tiny --device cpu --steps 1 --warmup 0   # smoke run, prints no times
 
 MFU = useful FLOPs of one step / step time / peak. Useful FLOPs = teacher forward + 3 x student forward (backward
@@ -90,16 +93,27 @@ def mamba_layers(layers: int, fifties: int) -> list[int]:
 # --- FLOPs --------------------------------------------------------------------------------------------------
 
 
-def attention_layer_flops(shape: Shape, seq: int) -> dict[str, int]:
-    """Forward FLOPs of one attention layer's mixer over one sequence of ``seq`` tokens.
+def document_lengths(seq: int, document_tokens: int | None) -> list[int]:
+    """Lengths of the documents of one packed row: ``document_tokens`` each (the last one shorter), or the whole
+    row as one sequence when None."""
+    if document_tokens is None or document_tokens >= seq:
+        return [seq]
+    return [document_tokens] * (seq // document_tokens) + ([seq % document_tokens] if seq % document_tokens else [])
+
+
+def attention_layer_flops(shape: Shape, seq: int, document_tokens: int | None = None) -> dict[str, int]:
+    """Forward FLOPs of one attention layer's mixer over one row of ``seq`` tokens.
 
     Projections: 2 FLOPs per weight per token (q: h x heads*d, k and v: h x kv_heads*d each, o: heads*d x h).
     Scores and values: QK^T and PV cost 2 * heads * d FLOPs each per (query, key) pair, over the causal pairs
-    seq (seq + 1) / 2 (plain packing: a row is one causal sequence), i.e. 2 * heads * d * seq * (seq + 1).
+    l (l + 1) / 2 of each document of length l, i.e. 2 * heads * d * l * (l + 1) per document (a row without
+    ``position_ids`` resets is one document). Only these pairs are useful: an attention that masks the other
+    pairs of a dense seq x seq matrix (SDPA with a packed mask) does more work than is counted here.
     """
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     projections = 2 * seq * (shape.hidden * q_width + 2 * shape.hidden * kv_width + q_width * shape.hidden)
-    return {"projections": projections, "attention": 2 * shape.heads * shape.head_dim * seq * (seq + 1)}
+    pairs = sum(length * (length + 1) for length in document_lengths(seq, document_tokens))
+    return {"projections": projections, "attention": 2 * shape.heads * shape.head_dim * pairs}
 
 
 def mamba_layer_flops(shape: Shape, seq: int) -> dict[str, int]:
@@ -120,28 +134,34 @@ def mamba_layer_flops(shape: Shape, seq: int) -> dict[str, int]:
     return {"projections": projections, "mamba mixer": mixer}
 
 
-def forward_flops(shape: Shape, mamba: list[int], seq: int, batch: int) -> dict[str, int]:
+def forward_flops(
+    shape: Shape, mamba: list[int], seq: int, batch: int, document_tokens: int | None = None
+) -> dict[str, int]:
     """Forward FLOPs of one model over ``batch`` rows of ``seq`` tokens, by kind of work.
 
     Per layer: its mixer (attention or Mamba, above) + the SwiGLU MLP, 3 matmuls of h x intermediate
-    (6 * h * intermediate per token). LM head: 2 * h * vocab per scored position, and the recipe scores
-    seq - 1 positions per row (position t predicts token t + 1). Not counted: norms, rotary, activations,
-    residual adds, softmax/divergence arithmetic, the embedding lookup (no matmul work, or small).
+    (6 * h * intermediate per token). LM head: 2 * h * vocab per scored position: the recipe scores every
+    position but the last of each document (position t predicts token t + 1 of the same document). Not counted:
+    norms, rotary, activations, residual adds, softmax/divergence arithmetic, the embedding lookup.
     """
     totals = {"projections": 0, "attention": 0, "mamba mixer": 0, "mlp": 0, "lm head": 0}
     for index in range(shape.layers):
-        mixer = mamba_layer_flops(shape, seq) if index in mamba else attention_layer_flops(shape, seq)
+        if index in mamba:
+            mixer = mamba_layer_flops(shape, seq)
+        else:
+            mixer = attention_layer_flops(shape, seq, document_tokens)
         for key, value in mixer.items():
             totals[key] += batch * value
         totals["mlp"] += batch * 6 * seq * shape.hidden * shape.intermediate
-    totals["lm head"] = 2 * batch * (seq - 1) * shape.hidden * shape.vocab
+    scored = seq - len(document_lengths(seq, document_tokens))
+    totals["lm head"] = 2 * batch * scored * shape.hidden * shape.vocab
     return totals
 
 
-def step_flops(shape: Shape, mamba: list[int], seq: int, batch: int) -> int:
+def step_flops(shape: Shape, mamba: list[int], seq: int, batch: int, document_tokens: int | None = None) -> int:
     """Useful FLOPs of one distillation step: teacher forward + student forward and backward (3 x forward)."""
-    teacher = sum(forward_flops(shape, [], seq, batch).values())
-    return teacher + 3 * sum(forward_flops(shape, mamba, seq, batch).values())
+    teacher = sum(forward_flops(shape, [], seq, batch, document_tokens).values())
+    return teacher + 3 * sum(forward_flops(shape, mamba, seq, batch, document_tokens).values())
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -174,18 +194,29 @@ def build_models(shape: Shape, mamba: list[int], args: argparse.Namespace) -> tu
 
 
 class PackedRows(torch.utils.data.Dataset):
-    """``count`` packed rows of random tokens (synthetic), every position supervised, no padding."""
+    """``count`` packed rows of random tokens (synthetic), no padding.
 
-    def __init__(self, count: int, seq: int, vocab: int):
+    Without ``document_tokens`` a row is one sequence with an all-ones attention mask (the recipe's ``packing:
+    cross_document`` rows) and every position is supervised. With it, the row holds documents of that many
+    tokens as the recipe's ``packing: true`` collator gives them: ``position_ids`` restarting at each document, no
+    attention mask, and the first token of each document unlabelled (nothing before it in its document predicts it).
+    """
+
+    def __init__(self, count: int, seq: int, vocab: int, document_tokens: int | None = None):
         generator = torch.Generator().manual_seed(0)
         self.rows = torch.randint(0, vocab, (count, seq), generator=generator)
+        self.document_tokens = document_tokens
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
-        return {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        if self.document_tokens is None:
+            return {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        position_ids = torch.arange(len(row)) % self.document_tokens
+        labels = row.masked_fill(position_ids == 0, -100)
+        return {"input_ids": row, "position_ids": position_ids, "labels": labels}
 
 
 # --- timing -------------------------------------------------------------------------------------------------
@@ -329,7 +360,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
                 save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
                 include_num_input_tokens_seen="non_padding",
             ),
-            train_dataset=PackedRows(steps * args.batch * args.grad_accum, args.seq, shape.vocab),
+            train_dataset=PackedRows(steps * args.batch * args.grad_accum, args.seq, shape.vocab, args.document_tokens),
             chunk_size=args.chunk_size,
             teacher_inference_mode=levers.teacher_inference_mode,
             events=events,
@@ -339,7 +370,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
         events.hook_decoder(trainer.model, "student")
         trainer.train()
         row["tokens"] = trainer.state.num_input_tokens_seen
-        row["flops"] = step_flops(shape, mamba, args.seq, args.batch * args.grad_accum)
+        row["flops"] = step_flops(shape, mamba, args.seq, args.batch * args.grad_accum, args.document_tokens)
         if cuda:
             torch.cuda.synchronize()
             timed = range(args.warmup, args.warmup + args.steps)
@@ -403,14 +434,15 @@ def projected_15b_tokens_per_s(flops_per_s: float, fifties: int, args: argparse.
     """Tokens/s per GPU of the 15B teacher + 15B student (50 layers, the same Mamba share) at the same
     sequence length, if each GPU sustained the FLOP rate measured here: a projection for docs/, which assumes
     FSDP/ZeRO-3 hide their communication behind compute (an upper bound on what sharding gives)."""
-    return flops_per_s * args.seq / step_flops(APRIEL_15B, mamba_layers(APRIEL_15B.layers, fifties), args.seq, 1)
+    mamba = mamba_layers(APRIEL_15B.layers, fifties)
+    return flops_per_s * args.seq / step_flops(APRIEL_15B, mamba, args.seq, 1, args.document_tokens)
 
 
 FLOP_FORMULA = """\
 FLOPs per step = F(teacher) + 3 F(student); F(model) over batch rows of s tokens, per row:
-  attention layer: 2 s (h*H*d + 2 h*K*d + H*d*h)  +  2 H d s (s+1)          (causal QK^T and PV)
+  attention layer: 2 s (h*H*d + 2 h*K*d + H*d*h)  +  sum over documents 2 H d l (l+1)   (causal QK^T and PV)
   Mamba layer:     2 s (h (2 H*d + 2 K*d) + h r + r H*d + H*d*h)  +  s H*d (2 w + 9 N + 2)   (conv, scan, D, gate)
-  every layer:     6 s h I (SwiGLU);  LM head: 2 (s-1) h V
+  every layer:     6 s h I (SwiGLU);  LM head: 2 (s - documents) h V  (a row without resets: one document, l = s)
   h hidden, H heads, K KV heads, d head_dim, I MLP width, V vocab, N d_state, r dt_rank, w conv width.
   Activation-checkpoint recomputation is not counted (this is MFU, not hardware FLOPs utilisation)."""
 
@@ -426,12 +458,15 @@ def shape_from(args: argparse.Namespace) -> Shape:
 
 def describe(shape: Shape, args: argparse.Namespace, peak_tflops: float | None) -> str:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    packing = "one sequence per row, no position_ids resets"
+    if args.document_tokens:
+        packing = f"documents of {args.document_tokens} tokens, position_ids restarting"
     lines = [
         f"device {device}, torch {torch.__version__}, {str(args.dtype).removeprefix('torch.')}, "
         f"attention {args.attn_implementation}, KD chunk {args.chunk_size}",
         f"shape: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads / {shape.kv_heads} KV, "
         f"head_dim {shape.head_dim}, MLP {shape.intermediate}, vocab {shape.vocab}; {args.grad_accum} x {args.batch} "
-        f"rows x seq {args.seq} per optimizer step (packed, no position_ids resets); {args.warmup} warm-up + "
+        f"rows x seq {args.seq} per optimizer step ({packing}); {args.warmup} warm-up + "
         f"{args.steps} timed steps (median)",
     ]
     if peak_tflops:
@@ -540,6 +575,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows per micro-batch (default 1)")
     parser.add_argument("--grad-accum", type=int, default=1,
                         help="micro-batches per optimizer step (the 15B config: 8); phases are summed over them")
+    parser.add_argument("--document-tokens", type=int,
+                        help="pack documents of this many tokens per row, position_ids restarting (packing: true); "
+                             "default: one sequence per row (packing: cross_document)")
     parser.add_argument("--mamba", type=int, nargs="+", default=[0, 30, 40],
                         help="students: Mamba layers out of 50, spread evenly (0 = pure transformer anchor)")
     parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton"],

@@ -139,3 +139,29 @@ def test_liger_kernel_reverse_kl_is_ours():
     assert liger_loss == pytest.approx((sums.divergence / sums.num_tokens).item(), rel=1e-5)
     torch.testing.assert_close(student_hidden.grad, liger_grads[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(student_weight.grad, liger_grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_documents_count_attention_and_scored_positions_per_document():
+    seq = 32
+    assert bench.document_lengths(32, 16) == [16, 16] and bench.document_lengths(32, 12) == [12, 12, 8]
+    assert bench.document_lengths(32, None) == [32] == bench.document_lengths(32, 64)
+    whole, split = bench.forward_flops(TINY, [1, 3], seq, 1), bench.forward_flops(TINY, [1, 3], seq, 1, 16)
+    assert split["attention"] == 2 * (2 * 4 * 16 * 2 * 16 * 17)  # 2 attention layers, 2 documents of 16 each
+    assert whole["attention"] == 2 * (2 * 4 * 16 * 32 * 33)
+    assert split["lm head"] == 2 * 64 * 256 * 30 and whole["lm head"] == 2 * 64 * 256 * 31
+    assert {k: v for k, v in split.items() if k not in ("attention", "lm head")} == {
+        k: v for k, v in whole.items() if k not in ("attention", "lm head")}
+
+    rows = bench.PackedRows(1, seq, 256, document_tokens=12)[0]
+    assert rows["position_ids"].tolist() == list(range(12)) * 2 + list(range(8)) and "attention_mask" not in rows
+    assert (rows["labels"] == -100).nonzero().flatten().tolist() == [0, 12, 24]
+    # the trainer scores labels[:, 1:]: as many positions as the FLOP count's LM head
+    assert int((rows["labels"][1:] != -100).sum()) == seq - 3
+
+
+def test_cpu_smoke_run_with_documents_trains():
+    args = bench.parse_arguments(["--tiny", "--device", "cpu", "--seq", "32", "--steps", "1", "--warmup", "0",
+                                  "--document-tokens", "12"])
+    row = bench.run_configuration(TINY, 40, bench.Levers(), args)
+    assert "error" not in row, row
+    assert row["flops"] == bench.step_flops(TINY, bench.mamba_layers(4, 40), 32, 1, 12)
