@@ -38,6 +38,11 @@ def staged_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
 
 
 def write_json_atomically(path: str | Path, payload: dict) -> None:
+    """``path`` holds the old content or the whole new one, never a part (see :func:`write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
     """``path`` holds the old content or the whole new one, never a part (temporary file, then rename).
 
     The temporary name carries the process id, so processes sharing a directory (MMR shards) never collide.
@@ -45,5 +50,5 @@ def write_json_atomically(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)

@@ -102,6 +102,7 @@ def card_context(
         "sft": (manifest or {}).get("sft"),
         "merge": {"sources": merge["merged_from"], "weights": [f"{w:.2f}" for w in merge["weights"]]} if merge else None,
         "evaluation": (manifest or {}).get("evaluation"),
+        "lm_eval": (manifest or {}).get("lm_eval"),
     }
 
 

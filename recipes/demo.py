@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from model_cards.card import write_model_card  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
 from conversion.cli import command_line  # noqa: E402
-from recipes.evaluate import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
+from recipes.held_out import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402
 from recipes.synthetic import generate_problems  # noqa: E402

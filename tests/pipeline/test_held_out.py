@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipes.evaluate import score_on_problems
+from recipes.held_out import score_on_problems
 from recipes.synthetic import generate_problems
 from recipes.tiny_teacher import build_tokenizer
 
@@ -51,7 +51,7 @@ def test_teacher_forced_scores_reward_the_model_that_predicts_the_solution():
     scores log(vocab)."""
     from transformers.modeling_outputs import CausalLMOutput
 
-    from recipes.evaluate import teacher_forced_scores
+    from recipes.held_out import teacher_forced_scores
 
     tokenizer = build_tokenizer()
     vocab = len(tokenizer)

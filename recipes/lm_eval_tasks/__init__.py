@@ -1,0 +1,21 @@
+"""Local lm-eval tasks that need no download: the YAML files in this folder, their data files and loaders.
+
+* ``apriel_h1_synthetic`` (generate_until): held-out synthetic reasoning problems (``recipes.synthetic``); the
+  score is exact match of the completion's last ``Answer:`` line, as ``recipes.synthetic.is_correct`` reads it.
+  The models were trained on these problems as chats, so run it with the chat template applied.
+* ``apriel_h1_choices`` (multiple_choice): MMLU-style questions scored as leave-one-out importance scores them
+  (``recipes/importance/scoring.py``: log p(" <choice>" | "Question: <question>\\nAnswer:")); by default the
+  bundled synthetic questions, or any MMLU-style JSONL file given as ``--metadata '{"choices_file": PATH}'``.
+
+``python -m recipes.lm_eval_tasks.build`` writes the two data files from the seeded generator; a test checks
+that the committed files are exactly what it writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).parent  # what lm-eval's --include_path / TaskManager(include_path=...) takes
+SYNTHETIC_TASK = "apriel_h1_synthetic"
+CHOICES_TASK = "apriel_h1_choices"
+LOCAL_TASKS = (SYNTHETIC_TASK, CHOICES_TASK)
