@@ -124,9 +124,9 @@ def metric_columns(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """'task metric' -> (task, lm-eval metric key) for every score (not the stderrs) of one model's results."""
     columns = {}
     for task, scores in results.items():
-        for key, value in scores.items():
-            metric, _, filter_name = key.partition(",")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not metric.endswith("_stderr"):
+        for key, value in scores.items():  # scores are "metric,filter" keys; alias and sample_len are not scores
+            metric, comma, filter_name = key.partition(",")
+            if comma and isinstance(value, (int, float)) and not isinstance(value, bool) and not metric.endswith("_stderr"):
                 columns[f"{task} {metric}" + (f" ({filter_name})" if filter_name not in ("", "none") else "")] = (task, key)
     return columns
 

@@ -39,8 +39,11 @@ def test_a_run_is_evaluated_into_table_plot_manifest_and_card(run_manifest, monk
     output = run_manifest.parent / "lm_eval"
     table = json.loads((output / evaluate.RESULTS_JSON).read_text())["table"]
     assert [row["model"] for row in table["rows"]] == ["teacher", "stage-1"]
-    columns = table["columns"]
-    assert f"{SYNTHETIC_TASK} exact_match (answer_line)" in columns and f"{CHOICES_TASK} acc" in columns
+    exact_match, accuracy = f"{SYNTHETIC_TASK} exact_match (answer_line)", f"{CHOICES_TASK} acc"
+    assert table["columns"] == [exact_match, accuracy, f"{CHOICES_TASK} acc_norm", evaluate.THROUGHPUT]
+    assert table["quality_columns"] == [exact_match, accuracy]
+    for row in table["rows"]:
+        assert row["quality"] == (row["scores"][exact_match] + row["scores"][accuracy]) / 2
     for row in table["rows"]:
         assert row["metrics"][evaluate.THROUGHPUT] == "not measured (no GPU)" and row["tokens_per_s"] is None
         per_model = json.loads((output / evaluate.MODELS_DIR / f"{row['model']}.json").read_text())
