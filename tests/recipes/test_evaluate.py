@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from recipes import evaluate, lm_eval_cli
 from recipes.lm_eval_tasks import CHOICES_TASK, SYNTHETIC_TASK
@@ -108,3 +109,13 @@ def test_without_lm_eval_everything_else_imports_and_evaluate_says_what_to_insta
     cli = subprocess.run([sys.executable, "-c", "import sys; sys.modules['lm_eval'] = None\n"
                           "from recipes.lm_eval_cli import main; sys.exit(main())"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 2 and cli.stderr.strip() == f"error: {lm_eval_cli.INSTALL_HINT}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_throughput_is_measured_and_plotted_against_quality(run_manifest):
+    assert evaluate.main(["--manifest", str(run_manifest), "--tasks", SYNTHETIC_TASK, "--device", "cuda", "--limit", "8",
+                          "--gen-kwargs", "max_gen_toks=64"]) == 0
+    table = json.loads((run_manifest.parent / "lm_eval" / evaluate.RESULTS_JSON).read_text())["table"]
+    for row in table["rows"]:
+        assert row["tokens_per_s"] > 0 and row["metrics"][evaluate.THROUGHPUT].endswith("(DecodeEngine)")
