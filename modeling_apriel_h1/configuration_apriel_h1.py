@@ -227,6 +227,9 @@ class AprielHConfig(AprielH1Config):
     """
 
     model_type = "apriel_h"
+    # There is no default layout to build without arguments: transformers before 5.24 then skips instantiating
+    # the class to find default values (it does so when saving).
+    has_no_defaults_at_init = True
 
     hybrid_block_layout: list[str] | None = None
     ssm_cfg: dict | None = None
