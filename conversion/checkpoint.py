@@ -20,6 +20,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from modeling_apriel_h1 import AprielH1Config
 
+from .cli import model_source
 from .mil import INIT_METHOD
 from .atomic_io import staged_output_dir
 from .plan import PlannedTensor, causal_lm_class, plan_student_tensors
@@ -54,6 +55,7 @@ def convert_checkpoint(
     teacher, output = Path(teacher), Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"output directory {output} already exists; pass --overwrite to replace it")
+    model_source(teacher, "teacher", "hf download ORG/NAME --local-dir DIR, then give DIR")
     teacher_config = AutoConfig.from_pretrained(teacher)
     config = hybrid_config_from_teacher(teacher_config, list(mamba_layers), d_state=d_state)
     reader = CheckpointReader(teacher)

@@ -107,7 +107,8 @@ def existing_path(text: str | Path, what: str, how_to_make: str | None = None) -
     """``text`` as a path that exists, or a UsageError naming ``what`` is missing (and how to make it)."""
     path = Path(text).expanduser()
     if not path.exists():
-        raise UsageError(f"the {what} {text} does not exist" + (f"; create it with: {how_to_make}" if how_to_make else ""))
+        hint = f"; create it with: {how_to_make}" if how_to_make else ""
+        raise UsageError(f"the {what} {text} does not exist{hint}")
     return path
 
 
@@ -195,7 +196,8 @@ def check_safetensors_file(path: Path) -> None:
         else:
             try:
                 header = json.loads(handle.read(header_length))
-                end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+                tensors = [entry for key, entry in header.items() if key != "__metadata__"]
+                end = max((entry["data_offsets"][1] for entry in tensors), default=0)
             except (ValueError, KeyError, TypeError, IndexError):
                 problem = "its header is not a safetensors header"
             else:

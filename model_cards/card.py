@@ -10,7 +10,6 @@ run manifest that ``recipes/schedule.py`` writes (``run_manifest.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,15 +17,16 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from conversion.cli import command_line
+from conversion.cli import command_line, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
 MAMBA_TYPES = {"mamba", "linear_attention"}
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON in ``path``, or None where the run did not write that file."""
+    return read_json(path, path.name) if path.is_file() else None
 
 
 def _count_parameters(model_dir: Path) -> str:
@@ -60,10 +60,8 @@ def card_context(
     model_dir: str | Path, manifest: dict[str, Any] | None = None, repo_id: str | None = None, license: str = "apache-2.0"
 ) -> dict[str, Any]:
     """Everything the template needs, gathered from the files of a run."""
-    model_dir = Path(model_dir)
-    config = _read_json(model_dir / "config.json")
-    if config is None:
-        raise FileNotFoundError(f"{model_dir} has no config.json; point --model at a save_pretrained directory")
+    model_dir = Path(model_source(model_dir, "model"))
+    config = read_json(model_dir / "config.json", "config")
     conversion = _read_json(model_dir / "conversion.json")
     merge = _read_json(model_dir / "merge.json")
     layer_types = config["layer_types"]
@@ -117,7 +115,7 @@ def render_model_card(
 
 def write_model_card(model_dir: str | Path, manifest_path: str | Path | None = None, repo_id: str | None = None) -> Path:
     """Render the card and write it as the model directory's README.md."""
-    manifest = _read_json(Path(manifest_path)) if manifest_path else None
+    manifest = read_json(manifest_path, "manifest") if manifest_path else None
     card = render_model_card(model_dir, manifest, repo_id)
     path = Path(model_dir) / "README.md"
     path.write_text(card)

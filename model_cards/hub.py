@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import modeling_apriel_h1
-from conversion.cli import command_line
+from conversion.cli import UsageError, command_line, model_source, read_json
 from model_cards.card import render_model_card
 
 # The remote code a repository needs so that trust_remote_code=True works without this package.
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", metavar="DIR", help="only write the folder that would be uploaded to DIR")
     args = parser.parse_args(argv)
-    manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
+    model_source(args.model, "model")
+    manifest = read_json(args.manifest, "manifest") if args.manifest else None
+    if args.dry_run and Path(args.dry_run).exists() and any(Path(args.dry_run).iterdir()):
+        raise UsageError(f"--dry-run folder {args.dry_run} already exists and is not empty; give a new folder")
     if args.dry_run:
         print(f"prepared {prepare_hub_folder(args.model, args.dry_run, manifest, args.repo_id)}")
         return

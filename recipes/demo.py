@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from model_cards.card import write_model_card  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
-from conversion.cli import command_line  # noqa: E402
+from conversion.cli import UsageError, command_line  # noqa: E402
 from recipes.held_out import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
     parser.add_argument("--problems", type=int, default=32, help="held-out problems per evaluated model")
     args = parser.parse_args(argv)
+    if args.problems < 1:
+        raise UsageError(f"--problems is {args.problems}; evaluate at least one problem")
     if args.fresh and args.output.exists():
         shutil.rmtree(args.output)
     run_demo(args.output, args.problems)

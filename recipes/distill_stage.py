@@ -29,7 +29,7 @@ from transformers import (
 )
 
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
-from conversion.cli import command_line
+from conversion.cli import command_line, model_source
 from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, load_conversations, training_collator
@@ -53,17 +53,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir"
     )
     return parser.parse_args(argv)
-
-
-def require_model(path: str, role: str, how_to_make: str) -> None:
-    """Fail early, naming the command that creates it, when a model path is neither a local model directory
-    nor shaped like a hub name (``org/name``)."""
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"The {role} directory {path} has no config.json. Create it with: {how_to_make}")
-    elif path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"The {role} {path} does not exist. Create it with: {how_to_make}")
 
 
 def load_tokenizer_if_present(path: str) -> PreTrainedTokenizerBase | None:
@@ -105,11 +94,14 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
 
 def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     """Load, check, train, save; returns the trainer (its state holds the logs)."""
-    require_model(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR (or download a teacher)")
-    require_model(
-        config.student,
-        "student",
-        f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ...",
+    # named and checked before anything loads, so that a wrong path is not sent to the Hub client
+    model_source(
+        config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR (or download a teacher)",
+        tokenizer=True, hub=True,
+    )
+    model_source(
+        config.student, "student",
+        f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ...", hub=True,
     )
     check_conversion_record(config.teacher, config.student)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import command_line
+from conversion.cli import command_line, model_source, read_json
 from conversion.safetensors_io import INDEX_FILE, CheckpointReader
 
 # Files copied from the first checkpoint: config, remote code, tokenizer, generation settings, provenance.
@@ -30,7 +30,7 @@ SIDECAR_SUFFIXES = (".json", ".py", ".jinja", ".txt", ".model")
 
 def check_compatible(checkpoints: list[Path]) -> None:
     """Refuse to average models whose layers do not line up, naming what differs."""
-    configs = [json.loads((path / "config.json").read_text()) for path in checkpoints]
+    configs = [read_json(Path(model_source(path, "checkpoint")) / "config.json", "config") for path in checkpoints]
     first = configs[0]
     for path, config in zip(checkpoints[1:], configs[1:]):
         if config.get("layer_types") != first.get("layer_types"):

@@ -24,17 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
-from conversion.cli import command_line
+from conversion.cli import UsageError, command_line, model_source, read_yaml_mapping
 from recipes.importance.__main__ import main as importance_main
 from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage
-from recipes.stage_config import load_stage_config, parse_override
+from recipes.stage_config import StageConfig, check_field_types, load_stage_config, parse_override
 
 MANIFEST_FILE = "run_manifest.json"
 # Mamba layers out of 50 after each of the paper's stages.
@@ -71,7 +70,12 @@ def scaled_paper_targets(num_layers: int) -> list[int]:
 
 
 def resolve_targets(config: ScheduleConfig, num_layers: int, already_mamba: int) -> list[int]:
-    targets = scaled_paper_targets(num_layers) if config.targets == "paper" else [int(t) for t in config.targets]
+    if config.targets == "paper":
+        targets = scaled_paper_targets(num_layers)
+    elif isinstance(config.targets, list) and all(type(t) is int for t in config.targets):
+        targets = list(config.targets)
+    else:
+        raise ValueError(f"targets is {config.targets!r}; give 'paper' or a list of Mamba-layer counts, e.g. [2, 3]")
     if not targets or any(b <= a for a, b in zip(targets, targets[1:])):
         raise ValueError(f"targets {targets} must be a non-empty, strictly increasing list of Mamba-layer counts")
     if targets[0] <= already_mamba or targets[-1] >= num_layers:
@@ -120,12 +124,16 @@ def _rank_layers(method: str, model_dir: Path, stage_dir: Path, config: Schedule
     return ranking
 
 
-def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
+def _stage_config(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> StageConfig:
+    """A stage's distillation config: the schedule's distill file and ``distill`` overrides, with its paths."""
     fixed = {"teacher": config.teacher, "student": str(student_dir), "output_dir": str(output_dir)}
     overrides = [f"{key}={json.dumps(value)}" for key, value in {**config.distill, **fixed}.items()]
-    stage_config = load_stage_config(config.distill_config, overrides)
-    trainer = run_stage(stage_config, resume=True)
+    return load_stage_config(config.distill_config, overrides)
+
+
+def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
+    trainer = run_stage(_stage_config(config, student_dir, output_dir), resume=True)
     history = trainer.state.log_history
     kd = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
     return {
@@ -140,10 +148,13 @@ def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dic
 def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
     """Run (or resume) every stage; returns the manifest."""
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # every input is checked before the first stage writes anything
+    model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
+    _stage_config(config, output_dir, output_dir)
     teacher_config = AutoConfig.from_pretrained(config.teacher)
     already_mamba = len(existing_mamba_layers(teacher_config))
     targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
+    output_dir.mkdir(parents=True, exist_ok=True)
     header = {
         "teacher": config.teacher,
         "teacher_config_sha256": teacher_config_sha256(teacher_config),
@@ -189,18 +200,21 @@ def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
 
 
 def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> ScheduleConfig:
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    values = read_yaml_mapping(path, "schedule config")
     for override in overrides:
         key, value = parse_override(override)
         target = values
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"--set {override}: {parent} is not a group of keys, so it has no {leaf}")
         target[leaf] = value
     known = {field.name for field in dataclasses.fields(ScheduleConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown schedule keys {unknown} in {path}; the keys are {sorted(known)}")
+    check_field_types(values, ScheduleConfig, f"from {path} or --set")
     if "distill_config" in values:  # relative to the schedule file, so the config pair can be copied together
         values["distill_config"] = str(Path(path).parent / values["distill_config"])
     return ScheduleConfig(**values)

@@ -24,9 +24,10 @@ from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import command_line
+from conversion.cli import command_line, model_source, read_yaml_mapping
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.data import DOCUMENTS, SYNTHETIC_SOURCE, build_dataset, load_conversations, packing_mode
+from recipes.stage_config import check_field_types
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
@@ -60,12 +61,13 @@ class SFTRecipe:
 def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRecipe:
     values: dict[str, object] = {}
     if config_path:
-        values.update(yaml.safe_load(Path(config_path).read_text()) or {})
+        values.update(read_yaml_mapping(config_path, "SFT config"))
     values.update({key: value for key, value in overrides.items() if value is not None})
     known = {field.name for field in fields(SFTRecipe)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown SFT settings {unknown}; the settings are {sorted(known)}")
+    check_field_types(values, SFTRecipe, f"from {config_path or 'the command line'}")
     recipe = SFTRecipe(**values)
     packing_mode(recipe.packing)  # an unknown packing mode fails here, before any model is loaded
     if not recipe.model:
@@ -77,6 +79,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     """Fine-tune ``recipe.model``; returns (and writes) the record that model cards and manifests read."""
     set_seed(recipe.seed)
     output_dir = Path(recipe.output_dir)
+    model_source(recipe.model, "model", tokenizer=True)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     rows = load_conversations(recipe.data, synthetic_examples=recipe.synthetic_examples, seed=recipe.seed)

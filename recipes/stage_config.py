@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from conversion.cli import UsageError, read_yaml_mapping
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -59,12 +61,31 @@ def parse_override(override: str) -> tuple[str, object]:
     key, separator, value = override.partition("=")
     if not separator or not key:
         raise ValueError(f"Override {override!r} is not of the form key=value (e.g. --set max_steps=100).")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise UsageError(f"--set {override}: the value is not valid YAML ({' '.join(str(error).split())})") from None
+
+
+def check_field_types(values: dict[str, object], config_class: type, where: str) -> None:
+    """A UsageError naming the first value whose type is not its field's (``--set max_steps=ten``), so that a
+    typo fails here rather than deep inside training. An int is accepted where a float is expected."""
+    accepted = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+    for field in dataclasses.fields(config_class):
+        kinds = [kind.strip() for kind in str(field.type).split("|")]
+        if field.name not in values or any(kind not in accepted and kind != "None" for kind in kinds):
+            continue  # a field typed otherwise (Any) takes any value
+        value = values[field.name]
+        allowed = tuple(t for kind in kinds if kind != "None" for t in accepted[kind])
+        if value is None and "None" in kinds:
+            continue
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise UsageError(f"{field.name} is {value!r} ({where}); give a value of type {field.type}")
 
 
 def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
     """The stage config in ``path`` with ``overrides`` (``key=value`` strings) applied."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    values = read_yaml_mapping(path, "stage config")
     values.update(parse_override(override) for override in overrides)
     known = {field.name for field in dataclasses.fields(StageConfig)}
     unknown, missing = sorted(set(values) - known), sorted(known - set(values))
@@ -72,4 +93,5 @@ def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfi
         raise ValueError(f"Unknown config keys {unknown} (from {path} or --set); the known keys are {sorted(known)}.")
     if missing:
         raise ValueError(f"Config {path} lacks keys {missing}; every key must be set (see recipes/configs/).")
+    check_field_types(values, StageConfig, f"from {path} or --set")
     return StageConfig(**values)

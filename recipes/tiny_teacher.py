@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import command_line
+from conversion.cli import UsageError, command_line
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
@@ -174,6 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-layers", type=int, default=TinyTeacherSpec.num_hidden_layers)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and _stamp(output) is None:  # never replace what this command did not build
+        raise UsageError(
+            f"{output} already exists and is not a tiny teacher built by this command; give a new directory"
+        )
+    heads = TinyTeacherSpec.num_attention_heads
+    if args.hidden_size <= 0 or args.hidden_size % (2 * heads):
+        raise UsageError(
+            f"--hidden-size is {args.hidden_size}; give a positive multiple of {2 * heads} ({heads} heads of even width)"
+        )
+    if args.num_layers < 2:
+        raise UsageError(f"--num-layers is {args.num_layers}; a hybrid needs at least 2 layers (one stays attention)")
     spec = TinyTeacherSpec(
         hidden_size=args.hidden_size,
         intermediate_size=3 * args.hidden_size,

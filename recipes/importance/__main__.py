@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.cli import command_line
+from conversion.cli import command_line, existing_path, looks_like_hub_id, model_source
 from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 from recipes.importance.plots import plot_ranking
 
@@ -56,6 +56,9 @@ def load_model_and_tokenizer(path: str, device: torch.device, dtype: torch.dtype
     import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model_source(path, "model", tokenizer=tokenizer_path is None, hub=True)
+    if tokenizer_path is not None and not looks_like_hub_id(tokenizer_path):
+        existing_path(tokenizer_path, "tokenizer")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
     return model, tokenizer

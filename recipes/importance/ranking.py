@@ -12,11 +12,11 @@ so ``ranking[:k]`` are the k layers to give a Mamba mixer next. MMR files also c
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from conversion.atomic_io import write_json_atomically
+from conversion.cli import read_json
 from conversion.importance_file import parse_importance
 
 METHODS = ("loo", "mmr")
@@ -68,7 +68,6 @@ def validate_ranking(payload: dict) -> dict:
 
 
 def read_ranking(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ranking file {path} does not exist")
-    return validate_ranking(json.loads(path.read_text()))
+    payload = read_json(path, "ranking file")
+    parse_importance(payload, source=str(path))  # the shape and types, naming the file; then the ordering
+    return validate_ranking(payload)

@@ -146,9 +146,13 @@ def test_cli_needs_importance_with_num_mamba_layers(teacher_dir, tmp_path, capsy
 
 
 def test_a_teacher_without_safetensors_is_refused(tmp_path):
-    tiny_teacher("mistral").save_pretrained(tmp_path / "t")
+    teacher = tiny_teacher("mistral")
+    teacher.save_pretrained(tmp_path / "t")
     for file in (tmp_path / "t").glob("*.safetensors"):
         file.unlink()
+    with pytest.raises(ValueError, match="has no weights"):
+        convert_checkpoint(tmp_path / "t", tmp_path / "out", [1], progress=False)
+    torch.save(teacher.state_dict(), tmp_path / "t" / "pytorch_model.bin")  # a .bin checkpoint
     with pytest.raises(FileNotFoundError, match="conversion reads safetensors checkpoints only"):
         convert_checkpoint(tmp_path / "t", tmp_path / "out", [1], progress=False)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conversion import convert_checkpoint
+from conversion.cli import UsageError
 from recipes.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.distill_stage import run_stage
 from recipes.stage_config import load_stage_config
@@ -91,5 +92,5 @@ def test_a_student_with_another_tokenizer_is_refused(teacher_dir, student_dir, t
 
 
 def test_a_missing_student_names_the_command_that_makes_it(teacher_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m conversion.convert"):
+    with pytest.raises(UsageError, match="student .* does not exist; create it with: python -m conversion.convert"):
         run_stage(stage_config(teacher_dir, tmp_path / "nowhere" / "student", tmp_path / "run"), resume=False)
