@@ -31,14 +31,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes: no trust_remote_code)
 from conversion.cli import model_source
+from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.sampling import SamplingParams
 
 eval_logger = logging.getLogger(__name__)
 
-try:
-    from modeling_apriel_h1.decoding import DecodeEngine
-    from modeling_apriel_h1.sampling import SamplingParams
-except ImportError:  # an install without the engine: model.generate serves the requests
-    DecodeEngine = SamplingParams = None
 
 SAMPLING_KWARGS = ("temperature", "top_p", "top_k")
 
@@ -137,10 +134,8 @@ class AprielH1LM(HFLM):
         )
 
     def _engine(self, max_seq_len: int, num_prompts: int) -> DecodeEngine | None:
-        """A decode engine sized for this request group, or None where it is absent or cannot serve the model
-        (a sliding-window teacher, a layout without ``model.layers``): then ``generate`` does."""
-        if DecodeEngine is None:
-            return None
+        """A decode engine sized for this request group, or None where it cannot serve the model (a
+        sliding-window teacher, a layout without ``model.layers``): then ``generate`` does."""
         try:
             return DecodeEngine(self.model, max_batch_size=min(self.decode_batch_size, num_prompts), max_seq_len=max_seq_len)
         except ValueError as error:

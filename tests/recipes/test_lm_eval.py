@@ -151,10 +151,14 @@ def test_greedy_generations_and_exact_match_are_identical_for_hf_and_apriel_h1(
     name, decoder, checkpoints, task_manager, request, monkeypatch
 ):
     """``hf`` decodes one prompt at a time (the hybrid as remote code); ours decodes all four at once, with no
-    trust_remote_code, on the decode engine or (where it is not importable) on left-padded ``generate``.
+    trust_remote_code, on the decode engine or (where the engine refuses the model) on left-padded ``generate``.
     Same strings, same exact match."""
     if decoder == "generate":
-        monkeypatch.setattr(lm_eval_model, "DecodeEngine", None)
+
+        def refusing_engine(*args, **kwargs):
+            raise ValueError("the decode engine runs full attention only; this model uses a sliding window")
+
+        monkeypatch.setattr(lm_eval_model, "DecodeEngine", refusing_engine)
     directory, settings = checkpoints[name], SYNTHETIC_SETTINGS
     if name == "hybrid":
         reference = request.getfixturevalue("hybrid_under_hf")[SYNTHETIC_TASK]
