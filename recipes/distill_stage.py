@@ -64,7 +64,11 @@ def load_tokenizer_if_present(path: str) -> PreTrainedTokenizerBase | None:
 
 
 def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments:
-    """Trainer settings of a stage: AdamW, linear warm-up and decay, tokens counted, safetensors checkpoints."""
+    """Trainer settings of a stage: AdamW, linear warm-up and decay, tokens counted, safetensors checkpoints.
+
+    Activation checkpointing is not passed: run_stage turns it on per layer (checkpoint_first_layers), and
+    naming it here at all warns on transformers 5.24, which renamed the argument (5.17 has only the old name).
+    """
     return TrainingArguments(
         output_dir=config.output_dir,
         max_steps=config.max_steps,
@@ -84,7 +88,6 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         eval_steps=config.eval_steps,
         seed=config.seed,
         bf16=config.bf16,
-        gradient_checkpointing=False,  # turned on per layer by run_stage (checkpoint_first_layers)
         include_num_input_tokens_seen="non_padding",
         report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss

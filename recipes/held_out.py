@@ -77,6 +77,7 @@ def score_on_problems(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     description: str = "evaluating",
+    progress: bool = True,
 ) -> GenerationScore:
     """Greedy-decode every problem's question and check the final answer."""
     if not problems:
@@ -85,7 +86,7 @@ def score_on_problems(
     tokenizer.padding_side = "left"
     correct = generated = 0
     elapsed = 0.0
-    for start in tqdm(range(0, len(problems), batch_size), desc=description, unit="batch"):
+    for start in tqdm(range(0, len(problems), batch_size), desc=description, unit="batch", disable=not progress):
         batch = problems[start : start + batch_size]
         prompts = [
             tokenizer.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False, add_generation_prompt=True)

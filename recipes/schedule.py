@@ -33,12 +33,15 @@ from recipes.importance.__main__ import main as importance_main
 from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage
+from recipes.random_init import randomise_mixers
 from recipes.stage_config import StageConfig, check_field_types, load_stage_config, parse_override
 
 MANIFEST_FILE = "run_manifest.json"
 # Mamba layers out of 50 after each of the paper's stages.
 PAPER_SCHEDULE = (25, 27, 30, 34, 37, 40)
 PAPER_DEPTH = 50
+# How a new Mamba mixer starts: "mil" from the attention it replaces (the recipe), "random" for the ablation.
+MAMBA_INITS = ("mil", "random")
 
 
 @dataclasses.dataclass
@@ -49,6 +52,7 @@ class ScheduleConfig:
     output_dir: str
     targets: Any = "paper"
     one_shot: bool = False
+    mamba_init: str = "mil"
     first_importance: str = "loo"
     later_importance: str = "mmr"
     importance_options: dict = dataclasses.field(default_factory=dict)
@@ -178,8 +182,12 @@ def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
         base_config = AutoConfig.from_pretrained(base)
         new_layers = least_important_layers(base_config, read_importance(ranking_path), target)
         converted = stage_dir / "converted"
-        if not converted.is_dir():
-            convert_checkpoint(base, converted, new_layers, seed=config.seed, progress=False)
+        if not converted.is_dir():  # converted (and re-drawn) under another name, so a crash never leaves half
+            pending = stage_dir / "converted.pending"
+            convert_checkpoint(base, pending, new_layers, seed=config.seed, progress=False, overwrite=True)
+            if config.mamba_init == "random":
+                randomise_mixers(pending, new_layers, config.seed)
+            pending.rename(converted)
         stage.update(
             target_mamba_layers=target,
             importance_method=method,
@@ -215,6 +223,8 @@ def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> Schedul
     if unknown:
         raise ValueError(f"unknown schedule keys {unknown} in {path}; the keys are {sorted(known)}")
     check_field_types(values, ScheduleConfig, f"from {path} or --set")
+    if values.get("mamba_init", "mil") not in MAMBA_INITS:
+        raise ValueError(f"mamba_init is {values['mamba_init']!r} in {path}; it must be one of {MAMBA_INITS}")
     if "distill_config" in values:  # relative to the schedule file, so the config pair can be copied together
         values["distill_config"] = str(Path(path).parent / values["distill_config"])
     return ScheduleConfig(**values)

@@ -60,6 +60,7 @@ class TinyTeacherSpec:
     learning_rate: float = 3e-3
     max_seq_length: int = 384
     seed: int = 0
+    num_examples: int = 0  # distinct training problems, cycled over; 0: one fresh problem per row trained on
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -111,7 +112,8 @@ def train_on_synthetic(
     model: MistralForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinyTeacherSpec, work_dir: Path
 ) -> list[float]:
     """Supervised training on synthetic traces (CE on assistant tokens); returns the logged losses."""
-    rows = load_conversations(SYNTHETIC_SOURCE, synthetic_examples=spec.train_steps * spec.batch_size, seed=spec.seed)
+    num_examples = spec.num_examples or spec.train_steps * spec.batch_size
+    rows = load_conversations(SYNTHETIC_SOURCE, synthetic_examples=num_examples, seed=spec.seed)
     dataset = build_dataset(rows, tokenizer, spec.max_seq_length, packing=False)
     args = TrainingArguments(
         output_dir=str(work_dir),

@@ -1,0 +1,345 @@
+"""Does the method work? The paper's recipe and its ablations on a teacher trained here, one command, resumable.
+
+Parts, each resuming from what the previous ones wrote under ``--output`` (every finished unit of work is a
+file that a rerun skips; results are small JSON files):
+
+* ``teacher``: a small Mistral-style teacher trained on the bundled synthetic reasoning traces, scored by
+  exact match of the ``Answer:`` line on held-out problems (greedy).
+* ``recipe``: the paper's recipe on it: LOO ranking, MIL conversion, staged reverse-KL distillation through
+  25 -> 37 -> 50 -> 62 -> 75% Mamba layers (MMR ranking before every later stage), then SFT and a merge of
+  the SFT and distilled weights at 50% and at 75%; every stage is scored.
+* ``ablations-a`` / ``-b`` / ``-c``: each alternative against the recipe at the same token budget, two seeds
+  each, on a shorter staged schedule (25 -> 50 -> 75%): forward vs reverse KL, one-shot vs staged, LOO vs MMR,
+  random vs MIL init, answers-only vs reasoning-trace data, Mamba-only vs all parameters trained.
+* ``report``: ``docs/study.md`` (tables and the claims table, whose verdicts are computed from the numbers by
+  ``benchmarks/study_report.py``) and the quality-vs-speed plot.
+
+    python benchmarks/method_study.py --size gpu --part teacher          # then recipe, ablations-a, ...
+    python benchmarks/method_study.py --size smoke --part all --output /tmp/study   # CPU, seconds: the pipeline
+
+Decode throughput is measured on CUDA only (``generate()``, greedy, a fixed number of new tokens after a long
+prompt, median of repeats after a warm-up); on a CPU it is recorded as null and never shown as a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
+from conversion.atomic_io import write_json_atomically  # noqa: E402
+from recipes.data import tokenize_conversation  # noqa: E402
+from recipes.decode_cache import decode_cache_bytes  # noqa: E402
+from recipes.held_out import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
+from recipes.merge import merge_checkpoints  # noqa: E402
+from recipes.schedule import ScheduleConfig, run_schedule  # noqa: E402
+from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft  # noqa: E402
+from recipes.synthetic import ANSWER_PREFIX, generate_problems  # noqa: E402
+from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher  # noqa: E402
+
+DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"
+PARTS = ("teacher", "recipe", "ablations-a", "ablations-b", "ablations-c", "report")
+
+
+@dataclass(frozen=True)
+class StudySize:
+    """Every size knob of the study; ``smoke`` proves the pipeline on a CPU, ``gpu`` is the real run."""
+
+    teacher: TinyTeacherSpec
+    eval_problems: int
+    max_new_tokens: int
+    recipe_targets: tuple[int, ...]  # Mamba layers after each stage of the recipe
+    ablation_targets: tuple[int, ...]  # the shorter staged schedule every ablation arm runs
+    distill_steps: int  # per stage; a one-shot arm gets the sum of a staged arm's steps
+    distill_batch: int
+    distill_learning_rate: float
+    distill_examples: int
+    max_seq_length: int
+    mmr_steps: int
+    loo_texts: int
+    sft_steps: int
+    seeds: tuple[int, ...]
+    throughput_batch: int
+    throughput_prompt: int
+    throughput_new_tokens: int
+    cache_context: int  # context length at which each model's decode cache is counted
+
+
+SIZES = {
+    "smoke": StudySize(
+        teacher=TinyTeacherSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+                                num_key_value_heads=1, train_steps=2, batch_size=4, max_seq_length=128,
+                                num_examples=8),
+        eval_problems=4, max_new_tokens=8, recipe_targets=(1, 2), ablation_targets=(1, 3), distill_steps=1,
+        distill_batch=2, distill_learning_rate=1e-3, distill_examples=8, max_seq_length=128, mmr_steps=1,
+        loo_texts=2, sft_steps=1, seeds=(0, 1), throughput_batch=2, throughput_prompt=16,
+        throughput_new_tokens=4, cache_context=64,
+    ),
+    "gpu": StudySize(
+        teacher=TinyTeacherSpec(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
+                                num_key_value_heads=4, train_steps=6000, time_budget_s=360.0, batch_size=64,
+                                learning_rate=1e-3, max_seq_length=384, num_examples=60_000),
+        eval_problems=256, max_new_tokens=160, recipe_targets=(2, 3, 4, 5, 6), ablation_targets=(2, 4, 6),
+        distill_steps=300, distill_batch=32, distill_learning_rate=1e-3, distill_examples=3000,
+        max_seq_length=384, mmr_steps=40, loo_texts=64, sft_steps=200, seeds=(0, 1), throughput_batch=32,
+        throughput_prompt=2048, throughput_new_tokens=128, cache_context=4096,
+    ),
+}
+
+# Each ablation arm: what it changes in the schedule (keys of ScheduleConfig, "distill.*" for the stage config).
+# The recipe's own arm ("recipe") runs in whichever ablation part comes first and is reused by the others.
+ABLATIONS = {
+    "ablations-a": {"forward_kl": {"distill.loss": "forward_kl"}, "one_shot": {"one_shot": True}},
+    "ablations-b": {"loo_only": {"later_importance": "loo"}, "random_init": {"mamba_init": "random"}},
+    "ablations-c": {"answers_only": {"distill.data": "answers_only"}, "mamba_only": {"distill.trainable": "mamba"}},
+}
+BASELINE = "recipe"
+
+
+def teacher_dir(output: Path) -> Path:
+    return output / "teacher"
+
+
+def run_part_teacher(output: Path, size: StudySize) -> dict:
+    """Train (or reuse) the teacher and score it; the command and seed are part of the record."""
+    record_path = output / "teacher.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    began = time.perf_counter()
+    teacher = ensure_tiny_teacher(teacher_dir(output), size.teacher)
+    record = {
+        "command": " ".join(["python", "benchmarks/method_study.py", *sys.argv[1:]]),
+        "spec": asdict(size.teacher),
+        "train_wall_time_s": time.perf_counter() - began,
+        "score": score_model(teacher, teacher, size),
+    }
+    write_json_atomically(record_path, record)
+    return record
+
+
+def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple[int, ...], seed: int,
+                    changes: dict) -> ScheduleConfig:
+    """The recipe's schedule at this size, with an ablation's ``changes`` applied."""
+    distill = {
+        # checkpoints every third of a stage: a part cut off by a time limit resumes close to where it stopped
+        "max_steps": size.distill_steps, "save_steps": max(1, size.distill_steps // 3),
+        "logging_steps": max(1, size.distill_steps // 10),
+        "eval_examples": 0, "synthetic_examples": size.distill_examples, "max_seq_length": size.max_seq_length,
+        "learning_rate": size.distill_learning_rate, "per_device_batch_size": size.distill_batch, "seed": seed,
+        "data_seed": seed,
+    }
+    values = {
+        "teacher": str(teacher_dir(output)), "output_dir": str(run_dir), "targets": list(targets), "seed": seed,
+        "importance_options": {"metric": "kl", "num_texts": size.loo_texts, "max_length": size.max_seq_length,
+                               "no_progress": ""},
+        "mmr_options": {"steps": size.mmr_steps, "learning_rate": size.distill_learning_rate, "batch_size": 4,
+                        "max_length": size.max_seq_length, "eval_batches": 1, "no_progress": ""},
+        "distill_config": str(DISTILL_CONFIG), "distill": distill,
+    }
+    for key, value in changes.items():
+        if key == "one_shot" and value:  # the same token budget in one stage as the staged arm in all of its
+            distill["max_steps"] = size.distill_steps * len(targets)
+        if key == "distill.data" and value == "answers_only":
+            path, ratio = answers_only_data(output, size, seed)
+            distill["data"] = str(path)  # fewer tokens per row: more steps so the token budget matches
+            distill["max_steps"] = round(size.distill_steps * ratio)
+        elif key.startswith("distill."):
+            distill[key.removeprefix("distill.")] = value
+        else:
+            values[key] = value
+    return ScheduleConfig(**values)
+
+
+def answers_only_data(output: Path, size: StudySize, seed: int) -> tuple[Path, float]:
+    """The distillation problems with only the final answer as the reply, and traces-to-answers token ratio."""
+    path = output / "data" / f"answers_only_seed{seed}.jsonl"
+    problems = generate_problems(size.distill_examples, seed)  # the same problems the traces arm distils on
+    rows = [{"messages": [{"role": "user", "content": p.question},
+                          {"role": "assistant", "content": f"{ANSWER_PREFIX} {p.answer}"}]} for p in problems]
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        staging.replace(path)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir(output))
+    sample = problems[:256]
+    traces = sum(len(tokenize_conversation(p.messages(), tokenizer, size.max_seq_length)["input_ids"]) for p in sample)
+    answers = sum(len(tokenize_conversation(r["messages"], tokenizer, size.max_seq_length)["input_ids"])
+                  for r in rows[:256])
+    return path, traces / answers
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, size: StudySize) -> float | None:
+    """Generated tokens/s at a long prompt on CUDA (median of 3 after a warm-up); None on a CPU."""
+    if model.device.type != "cuda":
+        return None
+    ids = torch.randint(10, model.config.vocab_size, (size.throughput_batch, size.throughput_prompt), device=model.device)
+    kwargs = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=size.throughput_new_tokens, min_new_tokens=size.throughput_new_tokens, **kwargs)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return size.throughput_batch * size.throughput_new_tokens / statistics.median(times)
+
+
+def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
+    """Exact match, teacher-forced scores, decode cache bytes and (CUDA) decode throughput of one model."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
+    problems = generate_problems(size.eval_problems, HELD_OUT_SEED)
+    generation = score_on_problems(model, tokenizer, problems, size.max_new_tokens, batch_size=64,
+                                   description=f"scoring {model_dir.name}")
+    forced = teacher_forced_scores(model, tokenizer, problems)
+    return {
+        "exact_match": generation.accuracy,
+        "token_accuracy": forced.token_accuracy,
+        "cross_entropy": forced.cross_entropy,
+        "num_problems": generation.num_problems,
+        "mamba_layers": len(getattr(model.config, "mamba_layer_indices", ())),  # a transformer teacher has none
+        "num_layers": model.config.num_hidden_layers,
+        "decode_cache_bytes": decode_cache_bytes(model, size.cache_context),
+        "cache_context": size.cache_context,
+        "decode_tokens_per_s": decode_tokens_per_s(model, size),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    }
+
+
+def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize) -> dict:
+    """The score of ``model_dir``, computed once and kept in ``record_path``."""
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    score = score_model(model_dir, teacher_dir(output), size)
+    write_json_atomically(record_path, score)
+    return score
+
+
+def sft_and_merge(stage_dir: Path, size: StudySize, seed: int) -> tuple[Path, Path]:
+    """SFT of a distilled stage, then the 50/50 merge of the SFT and distilled weights."""
+    distilled = stage_dir / "distill" / "final"
+    sft_dir = stage_dir / "sft"
+    if not (sft_dir / "final" / SFT_RECORD).is_file():
+        run_sft(SFTRecipe(model=str(distilled), output_dir=str(sft_dir), synthetic_examples=size.distill_examples,
+                          max_seq_length=size.max_seq_length, learning_rate=size.distill_learning_rate / 10,
+                          max_steps=size.sft_steps, save_steps=size.sft_steps,
+                          logging_steps=max(1, size.sft_steps // 10), per_device_train_batch_size=size.distill_batch,
+                          seed=seed + 1000, bf16=False), resume=True)
+    merged = stage_dir / "merged"
+    if not merged.is_dir():
+        merge_checkpoints([sft_dir / "final", distilled], merged, [0.5, 0.5])
+    return sft_dir / "final", merged
+
+
+def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
+    """The full staged recipe, SFT and merge at 50% and at the last stage, every model scored."""
+    run_dir = output / "recipe" / f"seed-{seed}"
+    manifest = run_schedule(schedule_config(output, run_dir / "schedule", size, size.recipe_targets, seed, {}))
+    scores = run_dir / "scores"
+    rows = []
+    half = size.teacher.num_hidden_layers // 2
+    for stage in manifest["stages"]:
+        stage_dir = Path(stage["checkpoint"]).parents[1]
+        mamba = len(stage["mamba_layers"])
+        rows.append({"model": stage["name"], "step": "distilled", "tokens": stage["tokens"], "mamba": mamba,
+                     **scored(scores / f"{stage['name']}.json", Path(stage["checkpoint"]), output, size)})
+        if mamba == half or stage is manifest["stages"][-1]:
+            sft, merged = sft_and_merge(stage_dir, size, seed)
+            for step, path in (("sft", sft), ("merged", merged)):
+                rows.append({"model": f"{stage['name']}-{step}", "step": step, "tokens": stage["tokens"],
+                             "mamba": mamba, **scored(scores / f"{stage['name']}-{step}.json", path, output, size)})
+    result = {"seed": seed, "targets": list(size.recipe_targets), "rows": rows,
+              "stages": [{key: stage[key] for key in ("name", "layers_added", "mamba_layers", "importance_method",
+                                                       "steps", "tokens", "initial_kd_loss", "final_kd_loss",
+                                                       "wall_time_s")} for stage in manifest["stages"]]}
+    write_json_atomically(output / "recipe.json", result)
+    return result
+
+
+def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, seed: int) -> dict:
+    """One arm at one seed on the ablation schedule; the final model's score and the tokens it was trained on."""
+    result_path = output / "ablations" / arm / f"seed-{seed}.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    run_dir = output / "ablations" / arm / f"seed-{seed}"
+    manifest = run_schedule(schedule_config(output, run_dir, size, size.ablation_targets, seed, changes))
+    final = Path(manifest["final_checkpoint"])
+    result = {
+        "arm": arm, "seed": seed, "changes": changes,
+        "tokens": sum(stage["tokens"] for stage in manifest["stages"]),
+        "steps": sum(stage["steps"] for stage in manifest["stages"]),
+        **scored(run_dir / "score.json", final, output, size),
+    }
+    write_json_atomically(result_path, result)
+    return result
+
+
+def run_part_ablations(output: Path, size: StudySize, part: str, only: set[str] | None) -> list[dict]:
+    arms = {arm: changes for arm, changes in {BASELINE: {}, **ABLATIONS[part]}.items() if only is None or arm in only}
+    return [run_ablation_arm(output, size, arm, changes, seed) for arm, changes in arms.items() for seed in size.seeds]
+
+
+def run_part_report(output: Path, doc: Path) -> Path:
+    from benchmarks.study_report import write_report  # noqa: PLC0415  (matplotlib only for this part)
+
+    return write_report(output, doc)
+
+
+def run(part: str, output: Path, size_name: str, doc: Path, arms: set[str] | None = None,
+        seeds: tuple[int, ...] | None = None) -> None:
+    """Run ``part`` (or all parts in order); ``arms`` and ``seeds`` restrict the ablation runs."""
+    size = SIZES[size_name] if seeds is None else replace(SIZES[size_name], seeds=seeds)
+    parts = PARTS if part == "all" else (part,)
+    for name in parts:
+        began = time.perf_counter()
+        print(f"== part {name} ({size_name}) ==", flush=True)
+        if name != "teacher" and name != "report" and not (output / "teacher.json").is_file():
+            run_part_teacher(output, size)
+        if name == "teacher":
+            record = run_part_teacher(output, size)
+            print(f"teacher exact match {record['score']['exact_match']:.3f} on {record['score']['num_problems']} problems")
+        elif name == "recipe":
+            run_part_recipe(output, size)
+        elif name.startswith("ablations"):
+            run_part_ablations(output, size, name, arms)
+        else:
+            print(f"wrote {run_part_report(output, doc)}")
+        print(f"== part {name} done in {time.perf_counter() - began:.0f} s ==", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("--size", default="gpu", choices=tuple(SIZES))
+    parser.add_argument("--output", type=Path, default=Path("outputs/study"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/study.md"), help="report page the report part writes")
+    parser.add_argument("--arms", default=None, help="comma-separated ablation arms to run (default: the part's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
+    args = parser.parse_args(argv)
+    if args.size == "gpu" and not torch.cuda.is_available() and args.part not in ("report",):
+        print("error: --size gpu needs a CUDA device; use --size smoke to run the pipeline on a CPU", file=sys.stderr)
+        return 2
+    arms = set(args.arms.split(",")) if args.arms else None
+    seeds = tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else None
+    run(args.part, args.output, args.size, args.doc, arms, seeds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,183 @@
+"""docs/study.md from the method study's result files: tables, the quality-vs-speed plot, and the claims table.
+
+Every verdict is computed here from the numbers, never written by hand. An ablation claim "the recipe's choice
+beats the alternative" is
+
+* confirmed when every seed of the recipe scores above every seed of the alternative and the difference of
+  the means exceeds two standard errors of a difference of two exact-match rates (binomial, pooled);
+* not confirmed when the same holds the other way round (the alternative wins);
+* inconclusive otherwise (the seeds overlap, or the difference is within sampling noise at this scale).
+
+Threshold claims (teacher >= 70%, >= 90% of the teacher kept at 50% Mamba) are met or not met.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COMMANDS = """```bash
+# one H200; each part resumes from what the earlier ones wrote under outputs/study (rerun a part to continue it)
+python benchmarks/method_study.py --part teacher       # train + score the teacher
+python benchmarks/method_study.py --part recipe        # LOO/MMR, MIL, staged reverse KL 25->75%, SFT, merge
+python benchmarks/method_study.py --part ablations-a   # recipe arm + forward KL + one-shot, 2 seeds each
+python benchmarks/method_study.py --part ablations-b   # LOO-only ranking + random init, 2 seeds each
+python benchmarks/method_study.py --part ablations-c   # answers-only data + Mamba-only training, 2 seeds each
+python benchmarks/method_study.py --part report        # this page and its plot, from the JSON files
+```"""
+TEACHER_GOAL = 0.70
+KEPT_GOAL = 0.90
+# (arm, what the recipe does, what the alternative does) for every ablation the study runs.
+CLAIMS = (
+    ("forward_kl", "reverse-KL distillation", "forward KL"),
+    ("one_shot", "staged conversion", "one-shot conversion to the final ratio"),
+    ("loo_only", "MMR ranking at the high ratios", "LOO ranking at every stage"),
+    ("random_init", "MIL initialisation of the Mamba layers", "random initialisation"),
+    ("answers_only", "reasoning traces as distillation data", "answers-only data"),
+    ("mamba_only", "training all parameters", "training the Mamba layers only"),
+)
+
+
+def compare(recipe: list[float], alternative: list[float], problems: int) -> str:
+    """Verdict on "recipe beats alternative" from per-seed exact-match rates on ``problems`` problems each."""
+    if not recipe or not alternative:
+        return "not run"
+    pooled = statistics.mean(recipe + alternative)
+    standard_error = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / (problems * len(recipe)) + 1 / (problems * len(alternative))))
+    difference = statistics.mean(recipe) - statistics.mean(alternative)
+    if min(recipe) > max(alternative) and difference > 2 * standard_error:
+        return "confirmed"
+    if min(alternative) > max(recipe) and -difference > 2 * standard_error:
+        return "not confirmed"
+    return "inconclusive"
+
+
+def load_results(output: Path) -> dict:
+    def read(path: Path):
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    ablations: dict[str, list[dict]] = {}
+    for path in sorted((output / "ablations").glob("*/seed-*.json")):
+        result = json.loads(path.read_text())
+        ablations.setdefault(result["arm"], []).append(result)
+    return {"teacher": read(output / "teacher.json"), "recipe": read(output / "recipe.json"), "ablations": ablations}
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} (range {min(values):.3f}-{max(values):.3f}, {len(values)} seeds)"
+
+
+def claims_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(claim, verdict, the numbers) for every claim of the study."""
+    rows = []
+    teacher = results["teacher"]
+    teacher_em = teacher["score"]["exact_match"] if teacher else None
+    if teacher:
+        rows.append((f"the teacher solves >= {TEACHER_GOAL:.0%} of held-out problems",
+                     "met" if teacher_em >= TEACHER_GOAL else "not met", f"exact match {teacher_em:.3f}"))
+    recipe = results["recipe"]
+    if recipe and teacher:
+        half = [row for row in recipe["rows"] if 2 * row["mamba"] == row["num_layers"]]
+        final = [row for row in half if row["step"] == "merged"] or [row for row in half if row["step"] == "distilled"]
+        if final:
+            kept = final[0]["exact_match"] / teacher_em if teacher_em else 0.0
+            rows.append((f"at 50% Mamba the final model keeps >= {KEPT_GOAL:.0%} of the teacher's exact match",
+                         "confirmed" if kept >= KEPT_GOAL else "not confirmed",
+                         f"{final[0]['model']}: {final[0]['exact_match']:.3f} vs teacher {teacher_em:.3f} ({kept:.0%})"))
+    baseline = results["ablations"].get("recipe", [])
+    for arm, ours, theirs in CLAIMS:
+        runs = results["ablations"].get(arm, [])
+        ours_em = [run["exact_match"] for run in baseline]
+        theirs_em = [run["exact_match"] for run in runs]
+        problems = (baseline or runs or [{"num_problems": 1}])[0]["num_problems"]
+        verdict = compare(ours_em, theirs_em, problems)
+        numbers = (f"{ours}: {_spread(ours_em)}; {theirs}: {_spread(theirs_em)}" if ours_em and theirs_em else "-")
+        rows.append((f"{ours} beats {theirs} (same token budget)", verdict, numbers))
+    return rows
+
+
+def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
+    """Exact match against decode throughput (CUDA) for the teacher and every recipe model (paper Fig. 4)."""
+    points = []
+    if results["teacher"]:
+        points.append(("teacher", results["teacher"]["score"]))
+    points += [(row["model"], row) for row in (results["recipe"] or {}).get("rows", [])]
+    points = [(name, score) for name, score in points if score.get("decode_tokens_per_s")]
+    if not points:
+        return None  # no CUDA throughput measured: nothing honest to plot
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, score in points:
+        axes.scatter(score["decode_tokens_per_s"], score["exact_match"], color="tab:red" if name == "teacher" else "tab:blue")
+        axes.annotate(f"{name} ({score['mamba_layers']}/{score['num_layers']})", (score["decode_tokens_per_s"], score["exact_match"]),
+                      fontsize=7, xytext=(3, 3), textcoords="offset points")
+    device = points[0][1]["device"]
+    axes.set(xlabel=f"decode tokens/s (generate(), {device})", ylabel="exact match (held-out)",
+             title="Quality vs decode throughput (Mamba layers / layers)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _score_cells(row: dict, teacher_em: float | None) -> str:
+    kept = f"{row['exact_match'] / teacher_em:.0%}" if teacher_em else "-"
+    speed = f"{row['decode_tokens_per_s']:,.0f}" if row.get("decode_tokens_per_s") else "-"
+    return (f"{row['exact_match']:.3f} | {kept} | {row['token_accuracy']:.3f} | {row['cross_entropy']:.3f} | "
+            f"{row['decode_cache_bytes'] / 1024:,.0f} | {speed}")
+
+
+def render(results: dict, plot: Path | None, doc: Path) -> str:
+    lines = ["# Does the method work? A small-scale study", "",
+             "Generated by `python benchmarks/method_study.py --part report` from the study's result files; do not "
+             "edit by hand. Parts and commands: `benchmarks/method_study.py`. Verdict rules: "
+             "`benchmarks/study_report.py`.", "", COMMANDS, ""]
+    teacher = results["teacher"]
+    if not teacher:
+        lines += ["No part of the study has run yet: run the parts above on a GPU, then the report part.", ""]
+        return "\n".join(lines)
+    score = teacher["score"]
+    teacher_em = score["exact_match"]
+    lines += ["## Teacher", "", f"Command: `{teacher['command']}` (seed {teacher['spec']['seed']}), trained "
+              f"{teacher['train_wall_time_s']:.0f} s on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`.", "",
+              f"Exact match {teacher_em:.3f} on {score['num_problems']} held-out problems.", ""]
+    header = ("| model | Mamba layers | distillation tokens | exact match | kept | token acc | CE | "
+              f"decode cache KiB at {score['cache_context']} tokens | decode tokens/s |")
+    recipe = results["recipe"]
+    if recipe:
+        lines += ["## The recipe, every stage", "", header, "|" + " --- |" * 9,
+                  f"| teacher | 0/{score['num_layers']} | - | {_score_cells(score, teacher_em)} |"]
+        for row in recipe["rows"]:
+            lines.append(f"| {row['model']} | {row['mamba']}/{row['num_layers']} | {row['tokens']:,} | "
+                         f"{_score_cells(row, teacher_em)} |")
+        lines += ["", "Stages: " + "; ".join(f"{s['name']} added {s['layers_added']} ({s['importance_method']}), "
+                                              f"KD {s['initial_kd_loss']:.3f} -> {s['final_kd_loss']:.3f}"
+                                              for s in recipe["stages"]), ""]
+    if plot:
+        lines += [f"![quality vs speed]({plot.relative_to(doc.parent) if plot.is_relative_to(doc.parent) else plot})", ""]
+    if results["ablations"]:
+        lines += ["## Ablations (final model of the ablation schedule, same token budget)", "",
+                  "| arm | seeds | exact match | token acc | tokens |", "| --- | --- | --- | --- | --- |"]
+        for arm, runs in results["ablations"].items():
+            lines.append(f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | "
+                         f"{_spread([r['exact_match'] for r in runs])} | "
+                         f"{statistics.mean(r['token_accuracy'] for r in runs):.3f} | "
+                         f"{', '.join(format(r['tokens'], ',') for r in runs)} |")
+        lines.append("")
+    lines += ["## Claims", "", "| claim | verdict | numbers |", "| --- | --- | --- |"]
+    lines += [f"| {claim} | {verdict} | {numbers} |" for claim, verdict, numbers in claims_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output: Path, doc: Path) -> Path:
+    results = load_results(output)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    plot = plot_quality_vs_speed(results, doc.with_name(doc.stem + "_quality_vs_speed.png"))
+    doc.write_text(render(results, plot, doc))
+    return doc
