@@ -31,6 +31,11 @@ from recipes.stage_config import check_field_types
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
+# transformers 5.24 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing and warns when
+# the old name is set, as TRL's SFTConfig does by default; 5.17 knows only the old name.
+CHECKPOINTING_ARGUMENT = next(
+    name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in fields(SFTConfig)}
+)
 
 
 class CompleteCheckpointsSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
@@ -108,6 +113,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         packing_strategy="bfd",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
+        **{CHECKPOINTING_ARGUMENT: True},  # TRL's default, named so that transformers 5.24 does not warn
     )
     trainer = CompleteCheckpointsSFTTrainer(
         model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer
