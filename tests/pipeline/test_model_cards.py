@@ -93,11 +93,16 @@ def test_demo_summary_table_and_plot_show_the_manifest(tmp_path):
     for stage in manifest["stages"]:
         stage["kd_loss_curve"] = [[5, stage["initial_kd_loss"]], [10, stage["final_kd_loss"]]]
     manifest["evaluation"]["rows"] = [
-        {"model": name, "metrics": {}, "score": {"accuracy": 0.25, "token_accuracy": accuracy, "cross_entropy": 1.5,
-                                                 "tokens_per_s": 100.0 + i}}
-        for i, (name, accuracy) in enumerate([("teacher", 0.7), ("stage-1", 0.65), ("stage-2", 0.61), ("sft", 0.66)])
+        {"model": name, "metrics": {}, "score": {"accuracy": answers, "token_accuracy": accuracy, "cross_entropy": 1.5,
+                                                 "cache_kib": 48.0 - 8 * i}}
+        for i, (name, answers, accuracy) in enumerate(
+            [("teacher", 0.40, 0.7), ("stage-1", 0.30, 0.65), ("stage-2", 0.20, 0.61), ("sft", 0.10, 0.66)]
+        )
     ]
     table = summary_table(manifest)
     assert "KD 1.2345->0.4321" in table and "12,345" in table and "0.610" in table and "CE 0.7890" in table
+    assert "tokens/s" not in table
+    stage_2 = next(line for line in table.splitlines() if line.startswith("stage-2"))
+    assert " 50% " in stage_2 and stage_2.split()[-1] == "32"  # keeps half the teacher's answers; 48 - 16 KiB
     path = plot_summary(manifest, tmp_path / "summary.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
