@@ -117,6 +117,7 @@ class Case:
     main: Callable
     argv: Callable[[Workspace], list]
     words: tuple[str, ...]  # the message names the problem with these
+    needs: str | None = None  # an optional package the command needs before it reads its inputs
 
 
 CONVERT = conversion.convert.main
@@ -174,9 +175,9 @@ CASES = {
     "merge: different layer patterns": Case(recipes.merge.main, lambda w: ["--checkpoints", w.student, w.teacher, "--output", w.root / "merged"], ("same attention/Mamba pattern",)),
     "merge: output holds the user's files": Case(recipes.merge.main, lambda w: ["--checkpoints", w.student, w.copy(w.student, "s2"), "--output", w.user_dir("merged")], ("already exists",)),
     # recipes.evaluate
-    "evaluate: model dir does not exist": Case(recipes.evaluate.main, lambda w: ["--model", w.missing, "--output", w.root / "ev"], ("does not exist",)),
-    "evaluate: model dir without tokenizer": Case(recipes.evaluate.main, lambda w: ["--model", w.without_tokenizer(w.student), "--output", w.root / "ev"], ("has no tokenizer",)),
-    "evaluate: not a run manifest": Case(recipes.evaluate.main, lambda w: ["--manifest", w.file("run_manifest.json", "{}"), "--output", w.root / "ev"], ("is not a run manifest",)),
+    "evaluate: model dir does not exist": Case(recipes.evaluate.main, lambda w: ["--model", w.missing, "--output", w.root / "ev"], ("does not exist",), needs="lm_eval"),
+    "evaluate: model dir without tokenizer": Case(recipes.evaluate.main, lambda w: ["--model", w.without_tokenizer(w.student), "--output", w.root / "ev"], ("has no tokenizer",), needs="lm_eval"),
+    "evaluate: not a run manifest": Case(recipes.evaluate.main, lambda w: ["--manifest", w.file("run_manifest.json", "{}"), "--output", w.root / "ev"], ("is not a run manifest",), needs="lm_eval"),
     # recipes.tiny_teacher, recipes.demo
     "tiny_teacher: output holds the user's files": Case(recipes.tiny_teacher.main, lambda w: ["--output", w.user_dir("teacher")], ("already exists", "not a tiny teacher")),
     "tiny_teacher: hidden size the heads cannot split": Case(recipes.tiny_teacher.main, lambda w: ["--output", w.root / "teacher", "--hidden-size", "30"], ("--hidden-size is 30",)),
@@ -211,6 +212,8 @@ def exit_status(main: Callable, argv: list[str]) -> int:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_line_and_status_2(name, models, tmp_path, capsys, monkeypatch):
     case = CASES[name]
+    if case.needs:
+        pytest.importorskip(case.needs)
     workspace = Workspace(tmp_path, *models)
     argv = [str(part) for part in case.argv(workspace)]
     monkeypatch.chdir(tmp_path)  # outputs with default paths would land here, and show in the snapshot
@@ -229,9 +232,10 @@ def test_bad_input_is_one_clear_line_and_status_2(name, models, tmp_path, capsys
     [
         (["-m", "conversion.convert"], lambda w: ["--teacher", w.missing, "--output", w.root / "out", "--mamba-layers", "1"], "does not exist"),
         ([str(REPO / "recipes" / "distill_stage.py")], lambda w: ["--config", w.file("stage.yaml", "a: [1\n")], "is not valid YAML"),
-        (["-m", "recipes.evaluate"], lambda w: ["--model", w.without_tokenizer(w.student)], "has no tokenizer"),
+        (["-m", "recipes.merge"], lambda w: ["--checkpoints", w.student, w.truncated(w.student), "--output", w.root / "m"],
+         "not a complete safetensors file"),
     ],
-    ids=["python -m conversion.convert", "python recipes/distill_stage.py", "python -m recipes.evaluate"],
+    ids=["python -m conversion.convert", "python recipes/distill_stage.py", "python -m recipes.merge"],
 )
 def test_a_user_running_the_command_sees_one_line_and_status_2(command, make_argv, words, models, tmp_path):
     workspace = Workspace(tmp_path, *models)
