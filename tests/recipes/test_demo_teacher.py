@@ -1,0 +1,31 @@
+"""The demo's shipped teacher: small, made by its recorded command, loads from the package, solves problems."""
+
+from __future__ import annotations
+
+import json
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from recipes.demo import TEACHER_COMMAND, TEACHER_DIR
+from recipes.held_out import HELD_OUT_SEED, score_on_problems
+from recipes.synthetic import generate_problems
+from recipes.tiny_teacher import STAMP_FILE
+
+MAX_TEACHER_BYTES = 10 * 2**20
+
+
+def test_shipped_teacher_is_small_and_records_its_command():
+    stamp = json.loads((TEACHER_DIR / STAMP_FILE).read_text())
+    assert f"--train-steps {stamp['train_steps']}" in TEACHER_COMMAND and f"--seed {stamp['seed']}" in TEACHER_COMMAND
+    assert f"--num-layers {stamp['num_hidden_layers']}" in TEACHER_COMMAND
+    weights = list(TEACHER_DIR.glob("*.safetensors"))
+    assert weights and sum(path.stat().st_size for path in weights) <= MAX_TEACHER_BYTES
+
+
+def test_shipped_teacher_solves_held_out_problems():
+    """It solved 27% of 128 held-out problems when shipped (the issue's goal for the demo is 30%, not reached)."""
+    tokenizer = AutoTokenizer.from_pretrained(TEACHER_DIR)
+    model = AutoModelForCausalLM.from_pretrained(TEACHER_DIR)
+    problems = generate_problems(32, HELD_OUT_SEED)  # the demo's own held-out problems
+    score = score_on_problems(model, tokenizer, problems, max_new_tokens=160, batch_size=32, progress=False)
+    assert score.accuracy >= 0.20, score
