@@ -35,21 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from conversion.atomic_io import write_json_atomically, write_text_atomically  # noqa: E402
 from conversion.cli import UsageError, command_line, model_source, read_json  # noqa: E402
-from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR  # noqa: E402
+from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR, require_lm_eval  # noqa: E402
 
 INSTALL_HINT = 'recipes.evaluate needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
 RESULTS_JSON, RESULTS_MD, PLOT_FILE, MODELS_DIR = "results.json", "results.md", "quality_vs_throughput.png", "models"
 THROUGHPUT = "decode tokens/s"
-
-
-def require_lm_eval() -> None:
-    """Fail with the install command when the optional lm-eval extra is missing."""
-    try:
-        import lm_eval  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name and error.name.split(".")[0] == "lm_eval":
-            raise UsageError(INSTALL_HINT) from None
-        raise
 
 
 def models_to_evaluate(manifest: dict[str, Any] | None, extra: list[str]) -> dict[str, Path]:
@@ -206,7 +196,7 @@ def record_in_manifest(manifest_path: Path, manifest: dict[str, Any], table: dic
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    require_lm_eval()
+    require_lm_eval(INSTALL_HINT)
     tasks = [task for task in args.tasks.split(",") if task]
     manifest_path = args.manifest
     manifest = read_json(manifest_path, "run manifest") if manifest_path is not None else None

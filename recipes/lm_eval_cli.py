@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import sys
 
-from conversion.cli import UsageError, command_line
+from conversion.cli import command_line
+from recipes.lm_eval_tasks import TASKS_DIR, require_lm_eval
 
 INSTALL_HINT = 'apriel-h1-lm-eval needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
 
 
 @command_line
 def main() -> None:
-    try:
-        import recipes.lm_eval_model  # noqa: F401  (registers --model apriel_h1)
-        from lm_eval.__main__ import cli_evaluate
-    except ModuleNotFoundError as error:
-        if error.name and error.name.split(".")[0] == "lm_eval":
-            raise UsageError(INSTALL_HINT) from None
-        raise
-    from recipes.lm_eval_tasks import TASKS_DIR
+    require_lm_eval(INSTALL_HINT)
+    from lm_eval.__main__ import cli_evaluate
+
+    import recipes.lm_eval_model  # noqa: F401  (registers --model apriel_h1)
 
     if len(sys.argv) > 1 and not any(arg.split("=")[0] == "--include_path" for arg in sys.argv):
         sys.argv += ["--include_path", str(TASKS_DIR)]

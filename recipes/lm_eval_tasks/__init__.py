@@ -15,7 +15,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conversion.cli import UsageError
+
 TASKS_DIR = Path(__file__).parent  # what lm-eval's --include_path / TaskManager(include_path=...) takes
 SYNTHETIC_TASK = "apriel_h1_synthetic"
 CHOICES_TASK = "apriel_h1_choices"
 LOCAL_TASKS = (SYNTHETIC_TASK, CHOICES_TASK)
+
+
+def require_lm_eval(install_hint: str) -> None:
+    """Fail with ``install_hint`` (one line, exit 2) when the optional lm-eval extra is missing; a missing
+    dependency of lm-eval itself stays a traceback."""
+    try:
+        import lm_eval  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "lm_eval":
+            raise UsageError(install_hint) from None
+        raise
