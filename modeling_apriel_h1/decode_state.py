@@ -23,19 +23,23 @@ def is_mamba_layer(layer: nn.Module) -> bool:
     return getattr(layer, "is_mamba", False)
 
 
+def head_dim(config) -> int:
+    """Per-head width: the config's ``head_dim`` where it sets one (Mistral may), else hidden / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def bytes_per_sequence(model: nn.Module, max_len: int, ssm_dtype: torch.dtype = torch.float32) -> int:
     """Bytes one slot of ``DecodeState`` takes: KV of ``max_len`` tokens per attention layer, conv window and
     SSM state per Mamba layer (to size a batch from a memory budget before allocating)."""
     config = model.config
     element = next(model.parameters()).element_size()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     total = 0
     for layer in decoder_layers(model):
         if is_mamba_layer(layer):
             mixer = layer.mixer
             total += mixer.d_inner * (mixer.d_conv * element + mixer.d_state * ssm_dtype.itemsize)
         else:
-            total += 2 * max_len * config.num_key_value_heads * head_dim * element
+            total += 2 * max_len * config.num_key_value_heads * head_dim(config) * element
     return total
 
 
@@ -48,7 +52,7 @@ class DecodeState:
         device, dtype = parameter.device, parameter.dtype
         self.slots, self.max_len = slots, max_len
         kv_heads = config.num_key_value_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        width = head_dim(config)
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.conv: dict[int, torch.Tensor] = {}
@@ -59,7 +63,7 @@ class DecodeState:
                 self.conv[index] = torch.zeros(slots, mixer.d_inner, mixer.d_conv, device=device, dtype=dtype)
                 self.ssm[index] = torch.zeros(slots, mixer.d_inner, mixer.d_state, device=device, dtype=ssm_dtype)
             else:  # (slots, max_len, kv_heads, head_dim): the layout flash-attn's kv-cache kernel reads
-                self.keys[index] = torch.zeros(slots, max_len, kv_heads, head_dim, device=device, dtype=dtype)
+                self.keys[index] = torch.zeros(slots, max_len, kv_heads, width, device=device, dtype=dtype)
                 self.values[index] = torch.zeros_like(self.keys[index])
 
         def counter(fill: int = 0) -> torch.Tensor:
