@@ -11,6 +11,9 @@ smaller per-step reads never show. Here (after mamba_ssm's ``utils/generation.py
   EOS and budgets) is captured as a CUDA graph per batch bucket and replayed; attention reads only each row's
   live keys (``ops.decode_attention``). Without CUDA (or with ``cuda_graphs=False``) the same step runs eagerly.
 - Continuous batching: a finished slot takes the next waiting prompt, whose prefill overwrites the slot's state.
+- The fused step (CUDA + Triton) runs q/k/v, gate/up and a Mamba mixer's two input projections as one GEMM each
+  (``packed_linears``: the modules' weights become views of one packed matrix, no copy is kept), and a Mamba
+  layer's conv and state update as one kernel (``ops.triton_kernels.mamba_decode_step``).
 
 Works for any causal LM with the Mistral/Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``), so a
 teacher and its hybrids are measured by the same code. Reachable as ``DecodeEngine(model).generate_batch(...)``
@@ -32,6 +35,7 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from .decode_state import DecodeState, decoder_layers, is_mamba_layer
 from .ops.decode_attention import resolve_decode_attention
+from .packed_linears import LinearGroup
 from .sampling import SamplingParams, choose_tokens
 
 SYNC_EVERY = 8  # steps between looks from the host (finished rows, stop strings, refills)
@@ -53,8 +57,10 @@ class DecodeEngine:
         cuda_graphs: capture the step as CUDA graphs (default: when the model is on CUDA).
         prefill_tokens: padded prompt tokens per prefill forward (bounds the prefill's activation memory).
         attention: force a decode-attention implementation (``"reference"``, ``"triton"``, ``"flash_attn"``).
-        fused: fuse the step's element-wise work into Triton kernels (default: on CUDA with triton installed and
-            a SiLU-gated MLP); off, every layer runs through the model's own modules.
+        fused: fuse the step's element-wise work into Triton kernels and pack the projections that share an
+            input (default: on CUDA with triton installed and a SiLU-gated MLP; packing makes the model's
+            q/k/v, gate/up and Mamba input weights views of packed matrices, same values, no extra memory);
+            off, every layer runs through the model's own modules.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class DecodeEngine:
         self.state = DecodeState(model, max_batch_size, max_seq_len)
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
         self.fused = _can_fuse(model, self.device) if fused is None else fused
+        self._projections = _packed_projections(model) if self.fused else []
         # -exp(A_log) of every Mamba layer, once: the engine serves frozen weights
         self._A = {
             index: -torch.exp(layer.mixer.A_log.float())
@@ -141,8 +148,9 @@ class DecodeEngine:
     def _fused_layers(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_at: torch.Tensor
     ) -> torch.Tensor:
-        """The same computation as ``_module_layers`` with the element-wise work fused (``decode_fused``): each
-        residual add happens inside the next norm. (rows, hidden) in and out."""
+        """The same computation as ``_module_layers`` with the element-wise work fused (``decode_fused``) and the
+        projections that share an input packed: each residual add happens inside the next norm. (rows, hidden)
+        in and out."""
         from .ops.triton_kernels.decode_fused import add_rms_norm, rotary_to_cache, silu_mul
 
         state, config = self.state, self.model.config
@@ -150,26 +158,37 @@ class DecodeEngine:
         layers = decoder_layers(self.model)
         norms = [layer.input_layernorm for layer in layers] + [self.model.model.norm]
         normed, residual = add_rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
-        for index, layer in enumerate(layers):
+        for index, (layer, (mixer_inputs, gate_up)) in enumerate(zip(layers, self._projections)):
             if is_mamba_layer(layer):
-                mixed = layer.mixer.step(
-                    normed.unsqueeze(1), state.conv[index][:rows], state.ssm[index][:rows], self._A[index]
-                )[:, 0]
+                mixed = self._fused_mamba(layer.mixer, index, mixer_inputs(normed))
             else:
                 attn = layer.self_attn
+                q, k, v = mixer_inputs(normed)
                 q = rotary_to_cache(
-                    attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed), cos, sin, write_at,
-                    state.keys[index], state.values[index], config.num_attention_heads, state.keys[index].shape[-1],
+                    q, k, v, cos, sin, write_at, state.keys[index], state.values[index],
+                    config.num_attention_heads, state.keys[index].shape[-1],
                 )
                 out = self._attention(q, state.keys[index], state.values[index], write_at + 1, attn.scaling)
                 mixed = attn.o_proj(out.reshape(rows, -1))
             post = layer.post_attention_layernorm
             normed, residual = add_rms_norm(mixed, post.weight, post.variance_epsilon, residual)
-            mlp = layer.mlp
-            mlp_out = mlp.down_proj(silu_mul(mlp.gate_proj(normed), mlp.up_proj(normed)))
+            mlp_out = layer.mlp.down_proj(silu_mul(*gate_up(normed)))
             following = norms[index + 1]
             normed, residual = add_rms_norm(mlp_out, following.weight, following.variance_epsilon, residual)
         return normed
+
+    def _fused_mamba(self, mixer: nn.Module, index: int, projected: list[torch.Tensor]) -> torch.Tensor:
+        """A Mamba mixer's step from its input projections (``in_proj``, ``dt_in_proj`` outputs): the conv and
+        state update in one kernel reading x and B at KV width. Same result as ``mixer.step``."""
+        from .ops.triton_kernels.mamba_decode_step import mamba_decode_step
+
+        rows = projected[0].shape[0]
+        z, x, B, C = projected[0].split([mixer.d_inner, mixer.d_xb, mixer.d_xb, mixer.d_inner], dim=-1)
+        y = mamba_decode_step(
+            self.state.conv[index][:rows], self.state.ssm[index][:rows], x, z, mixer.widen_time_step(projected[1]),
+            self._A[index], B, C, mixer.D, mixer.dt_proj.bias, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias,
+        )
+        return mixer.out_proj(y)
 
     def _attention_step(
         self, attn: nn.Module, index: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -390,13 +409,30 @@ def _check_supported(model: nn.Module) -> None:
 
 
 def _can_fuse(model: nn.Module, device: torch.device) -> bool:
-    """The fused step needs Triton on CUDA, a SiLU-gated MLP and RMSNorms that expose their epsilon."""
+    """The fused step needs Triton on CUDA, a SiLU-gated MLP, RMSNorms that expose their epsilon, and Mamba
+    states of a power-of-two size (one Triton block)."""
+    states = [layer.mixer.d_state for layer in decoder_layers(model) if is_mamba_layer(layer)]
     return (
         device.type == "cuda"
         and importlib.util.find_spec("triton") is not None
         and getattr(model.config, "hidden_act", None) == "silu"
         and hasattr(model.model.norm, "variance_epsilon")
+        and all(size & (size - 1) == 0 for size in states)
     )
+
+
+def _packed_projections(model: nn.Module) -> list[tuple[LinearGroup, LinearGroup]]:
+    """Per layer, the mixer's input projections (q/k/v, or a Mamba mixer's ``in_proj`` and ``dt_in_proj``) and
+    the MLP's gate/up, each packed into one GEMM where the modules allow (``packed_linears``)."""
+    projections = []
+    for layer in decoder_layers(model):
+        if is_mamba_layer(layer):
+            mixer_inputs = LinearGroup([layer.mixer.in_proj, layer.mixer.dt_in_proj])
+        else:
+            attn = layer.self_attn
+            mixer_inputs = LinearGroup([attn.q_proj, attn.k_proj, attn.v_proj])
+        projections.append((mixer_inputs, LinearGroup([layer.mlp.gate_proj, layer.mlp.up_proj])))
+    return projections
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -145,8 +145,13 @@ class AprielH1Mamba(nn.Module):
         bias here as well, so it counts twice (``mamba_dt_bias_in_projection``); ours adds it only in the kernels.
         Prefill and single-token decoding both call this, so they cannot disagree.
         """
+        return self.widen_time_step(self.dt_in_proj(hidden_states))
+
+    def widen_time_step(self, low_rank: torch.Tensor) -> torch.Tensor:
+        """``dt_proj`` applied to ``dt_in_proj``'s output (..., dt_rank): the second half of ``_time_step``, for
+        the decode engine, which computes ``dt_in_proj`` in one GEMM with ``in_proj``."""
         bias = self.dt_proj.bias if self.config.mamba_dt_bias_in_projection else None
-        return F.linear(self.dt_in_proj(hidden_states), self.dt_proj.weight, bias)
+        return F.linear(low_rank, self.dt_proj.weight, bias)
 
     def kernels(self, device: torch.device) -> ModuleType:
         """The kernel backend this mixer runs on: bound once per model and device by ``AprielH1Model`` (so that
@@ -165,15 +170,16 @@ class AprielH1Mamba(nn.Module):
         captured this step stays valid. Shared by ``forward`` (cached generation) and the decode engine, which
         passes ``A = -exp(A_log)`` computed once instead of at every step.
 
-        B is passed with its KV-width groups, not repeated: channel ``c`` of the update reads group
-        ``c // (d_inner / groups)``, which is the group the repetition would have put there."""
+        B is widened to C's groups here because every backend's state update (mamba-ssm's too) reads B and C
+        with one group index; the engine's fused step (``ops.triton_kernels.mamba_decode_step``) reads x and B
+        at their KV width instead."""
         ops = self.kernels(hidden_states.device)
         batch = hidden_states.shape[0]
         hidden = hidden_states[:, 0]  # (batch, hidden)
         z, x, B, C = self.in_proj(hidden).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
         dt = self._time_step(hidden)  # (batch, d_inner)
         x = _repeat_groups(x, self.d_state, self.repeat_group)  # (batch, d_inner)
-        B = B.view(batch, self.d_xb // self.d_state, self.d_state)
+        B = _repeat_groups(B, self.d_state, self.repeat_group).view(batch, self.num_groups, self.d_state)
         C = C.view(batch, self.num_groups, self.d_state)
         A = -torch.exp(self.A_log.float()) if A is None else A
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")

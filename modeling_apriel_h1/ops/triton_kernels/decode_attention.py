@@ -88,9 +88,14 @@ def _merge_splits_kernel(
 
 
 def split_count(rows: int, kv_heads: int, max_len: int, multiprocessors: int) -> int:
-    """Splits per (row, KV head): enough programs for two waves over the GPU, never more than the buffer has blocks."""
-    wanted = triton.cdiv(2 * multiprocessors, rows * kv_heads)
-    return max(1, min(wanted, triton.cdiv(max_len, BLOCK_N), 64))
+    """Splits per (row, KV head): at least eight programs per multiprocessor, never more than the buffer has blocks.
+
+    Each program streams its keys start to end, so with few programs per multiprocessor the ones that get one
+    more than the rest set the step's time (296 programs on 132 multiprocessors: the third round runs a quarter
+    full); eight or more keep that tail small. At most 32: one row over 2k keys took 7.0 us with 32 splits and
+    9.3 us with 64, the merge reading twice the partials (benchmarks/decode_kernel_tiles.py, H200)."""
+    wanted = triton.cdiv(8 * multiprocessors, rows * kv_heads)
+    return max(1, min(wanted, triton.cdiv(max_len, BLOCK_N), 32))
 
 
 def decode_attention(

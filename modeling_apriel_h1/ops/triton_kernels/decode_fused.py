@@ -108,18 +108,26 @@ def rotary_to_cache(
 
 
 @triton.jit
-def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, count, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < count
-    gate = tl.load(gate_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, width, stride_gate_row, stride_up_row, BLOCK: tl.constexpr):
+    """Grid (rows, width blocks); gate and up may be column slices of one packed projection output."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < width
+    gate = tl.load(gate_ptr + row * stride_gate_row + cols, mask=inside, other=0.0).to(tl.float32)
     activated = (gate * tl.sigmoid(gate)).to(out_ptr.dtype.element_ty)  # rounded where F.silu rounds
-    up = tl.load(up_ptr + offsets, mask=inside, other=0.0)
-    tl.store(out_ptr + offsets, (activated.to(tl.float32) * up.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=inside)
+    up = tl.load(up_ptr + row * stride_up_row + cols, mask=inside, other=0.0)
+    result = activated.to(tl.float32) * up.to(tl.float32)
+    tl.store(out_ptr + row * width + cols, result.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate.contiguous(), up.contiguous()
-    out = torch.empty_like(gate)
+    """``silu(gate) * up`` for (rows, width) inputs with unit stride inside a row; returns a contiguous tensor."""
+    if gate.stride(-1) != 1 or up.stride(-1) != 1:
+        gate, up = gate.contiguous(), up.contiguous()
+    rows, width = gate.shape
+    out = torch.empty((rows, width), device=gate.device, dtype=gate.dtype)
     block = 1024
-    _silu_mul_kernel[(triton.cdiv(gate.numel(), block),)](gate, up, out, gate.numel(), BLOCK=block)
+    _silu_mul_kernel[(rows, triton.cdiv(width, block))](
+        gate, up, out, width, gate.stride(0), up.stride(0), BLOCK=block,
+    )
     return out
