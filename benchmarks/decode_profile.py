@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.decode_throughput import MODELS, build, copy_bandwidth, randomise_state, step_bytes, time_steps
+from benchmarks.decode_throughput import MODELS, add_model_dims, build, copy_bandwidth, randomise_state, step_bytes, time_steps
 from modeling_apriel_h1.decoding import DecodeEngine
 from modeling_apriel_h1.sampling import SamplingParams
 
@@ -48,13 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--layers", type=int, default=50)
-    parser.add_argument("--hidden", type=int, default=5120)
-    parser.add_argument("--intermediate", type=int, default=14336)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=131072)
+    add_model_dims(parser)
     parser.add_argument("--json", help="write the table here")
     args = parser.parse_args()
     if not torch.cuda.is_available():

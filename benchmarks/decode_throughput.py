@@ -58,6 +58,17 @@ def dims(args: argparse.Namespace) -> dict:
     )
 
 
+def add_model_dims(parser: argparse.ArgumentParser) -> None:
+    """The model-shape options (Apriel-15B's by default), shared with ``decode_profile.py``."""
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=5120)
+    parser.add_argument("--intermediate", type=int, default=14336)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=131072)
+
+
 def build(kind: str, args: argparse.Namespace, stock_mistral: bool = False) -> torch.nn.Module:
     """A random bf16 model made on the GPU: the teacher (optionally as stock Mistral) or a hybrid."""
     mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
@@ -287,13 +298,7 @@ def main() -> None:
     parser.add_argument("--static", nargs="*", default=["teacher"], choices=list(MODELS),
                         help="stock generate() with cache_implementation='static' (compiled) for these models")
     parser.add_argument("--static-batch", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=50)
-    parser.add_argument("--hidden", type=int, default=5120)
-    parser.add_argument("--intermediate", type=int, default=14336)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=131072)
+    add_model_dims(parser)
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -5,23 +5,14 @@ Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (fp32 only there: the i
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers.models.mistral.modeling_mistral import MistralRMSNorm, apply_rotary_pos_emb
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32] if INTERPRETED else [torch.float32, torch.bfloat16]
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed"),
-    pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRETED,
-                       reason="needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels on the CPU)"),
-]
+from tests.ops.interpretable import DEVICE, DTYPES, ON_CUDA_OR_INTERPRETED
+
+pytestmark = ON_CUDA_OR_INTERPRETED
 
 
 def close(out: torch.Tensor, ref: torch.Tensor) -> None:

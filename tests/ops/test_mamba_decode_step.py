@@ -5,24 +5,14 @@ Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (fp32 only there: the i
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
 from tests.modeling.tiny import tiny_config
+from tests.ops.interpretable import DEVICE, DTYPES, ON_CUDA_OR_INTERPRETED
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32] if INTERPRETED else [torch.float32, torch.bfloat16]
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed"),
-    pytest.mark.skipif(not torch.cuda.is_available() and not INTERPRETED,
-                       reason="needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels on the CPU)"),
-]
+pytestmark = ON_CUDA_OR_INTERPRETED
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
