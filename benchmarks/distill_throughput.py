@@ -311,10 +311,12 @@ class Levers:
     compile: bool = False
     checkpoint_layers: int | None = None  # None: no activation checkpointing
     kernel_backend: str = "auto"
+    kd_loss_backend: str = "chunked"
 
     def label(self) -> str:
         parts = [name for name, on in (("inference-mode teacher", self.teacher_inference_mode),
-                                       ("compiled layers", self.compile)) if on]
+                                       ("compiled layers", self.compile),
+                                       ("liger KD loss", self.kd_loss_backend == "liger")) if on]
         if self.checkpoint_layers is not None:
             parts.append(f"checkpoint {self.checkpoint_layers} layers")
         if self.kernel_backend != "auto":
@@ -363,6 +365,7 @@ def run_configuration(shape: Shape, fifties: int, levers: Levers, args: argparse
             train_dataset=PackedRows(steps * args.batch * args.grad_accum, args.seq, shape.vocab, args.document_tokens),
             chunk_size=args.chunk_size,
             teacher_inference_mode=levers.teacher_inference_mode,
+            kd_loss_backend=levers.kd_loss_backend,
             events=events,
         )
         del teacher, student
@@ -495,6 +498,8 @@ def lever_variants(args: argparse.Namespace) -> list[Levers]:
     # "auto" already means Triton where mamba-ssm is missing; a Triton row is a comparison only beside mamba-ssm
     if args.kernel_backend == "auto" and args.mamba[0] and importlib.util.find_spec("mamba_ssm") is not None:
         every["triton"] = replace(base, kernel_backend="triton")
+    if importlib.util.find_spec("liger_kernel") is not None:
+        every["liger"] = replace(base, kd_loss_backend="liger")
     return [base] + [every[name] for name in args.variants if name in every]
 
 
@@ -580,9 +585,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: one sequence per row (packing: cross_document)")
     parser.add_argument("--mamba", type=int, nargs="+", default=[0, 30, 40],
                         help="students: Mamba layers out of 50, spread evenly (0 = pure transformer anchor)")
-    parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton"],
-                        choices=["inference-mode", "compile", "all", "triton"],
-                        help="--part levers: rows besides the baseline (triton only where mamba-ssm is installed)")
+    parser.add_argument("--variants", nargs="+", default=["inference-mode", "compile", "all", "triton", "liger"],
+                        choices=["inference-mode", "compile", "all", "triton", "liger"],
+                        help="--part levers: rows besides the baseline (triton only where mamba-ssm is installed, "
+                             "liger (kd_loss_backend: liger) only where liger-kernel is)")
     parser.add_argument("--layers", type=int, help="override the number of layers of both models")
     parser.add_argument("--hidden", type=int, help="override the hidden size of both models")
     parser.add_argument("--steps", type=int, default=4, help="timed steps (median reported)")

@@ -34,6 +34,7 @@ from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, load_conversations, training_collator
 from recipes.distillation import DistillationTrainer
+from recipes.kd_loss_liger import check_liger_backend
 from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
 from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
 from recipes.stage_config import StageConfig, load_stage_config
@@ -107,6 +108,8 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         f"python -m conversion.convert --teacher {config.teacher} --output DIR --mamba-layers ...", hub=True,
     )
     check_conversion_record(config.teacher, config.student)
+    if config.kd_loss_backend == "liger":
+        check_liger_backend(config.loss)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     check_tokenizers_match(tokenizer, load_tokenizer_if_present(config.student))
     dtype = getattr(torch, config.dtype)
@@ -142,6 +145,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         temperature=config.temperature,
         chunk_size=config.chunk_size,
         teacher_inference_mode=config.teacher_inference_mode,
+        kd_loss_backend=config.kd_loss_backend,
     )
     checkpoint = latest_complete_checkpoint(config.output_dir) if resume else None
     if resume:

@@ -29,9 +29,11 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from recipes.checkpoints import CompleteCheckpointsMixin
 from recipes.kd_loss import LOSS_KINDS, DistillationSums, HeadWeights, chunked_distillation_sums
+from recipes.kd_loss_liger import LigerDistillation
 from recipes.zero3 import register_for_zero3
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+KD_LOSS_BACKENDS = ("chunked", "liger")
 
 
 def final_hidden_states(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,13 +61,17 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         temperature: softmax temperature of both distributions (1 in Apriel-H1); the loss is not rescaled by T^2.
         chunk_size: tokens projected through the LM heads at a time; peak loss memory is about
             ``chunk_size * vocab * 4 bytes`` times a small constant.
+        kd_loss_backend: ``chunked`` (``recipes.kd_loss``, the default) or ``liger`` (liger-kernel's fused linear
+            JSD: less memory, faster at long sequences; reverse/forward KL only, heads without bias, and no
+            ``student_ce`` / ``top1_agreement`` in the logs; see ``recipes.kd_loss_liger``).
         teacher_inference_mode: run the teacher's forward under ``torch.inference_mode`` instead of
             ``torch.no_grad`` (no version counters or view tracking on its tensors). Single-process and DDP
             only: FSDP and ZeRO-3 gather and free the teacher's parameters around its forward, and inference-mode
             tensors may not be modified outside it, so the combination is refused.
 
     Logged besides ``loss``: ``kd_loss`` (per-token divergence), ``student_ce`` (the student's cross-entropy
-    on the labels) and ``top1_agreement`` (fraction of supervised tokens where both models' argmax agree).
+    on the labels) and ``top1_agreement`` (fraction of supervised tokens where both models' argmax agree); the
+    last two with the chunked loss only.
     """
 
     # compute_loss divides by the supervised-token count of the whole accumulated batch (num_items_in_batch),
@@ -81,10 +87,14 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         temperature: float = 1.0,
         chunk_size: int = 2048,
         teacher_inference_mode: bool = False,
+        kd_loss_backend: str = "chunked",
         **kwargs: Any,
     ):
         if loss_kind not in LOSS_KINDS:
             raise ValueError(f"Unknown loss_kind={loss_kind!r}; choose one of {LOSS_KINDS}.")
+        if kd_loss_backend not in KD_LOSS_BACKENDS:
+            raise ValueError(f"Unknown kd_loss_backend={kd_loss_backend!r}; choose one of {KD_LOSS_BACKENDS}.")
+        self.liger = LigerDistillation(loss_kind, temperature) if kd_loss_backend == "liger" else None
         super().__init__(*args, **kwargs)
         if teacher_inference_mode and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
@@ -172,6 +182,11 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
                 teacher_head = teacher.get_output_embeddings()
                 gathered.enter_context(maybe_gather_lm_head_ctx(teacher_head.weight, teacher_head.bias))
                 teacher_weights = lm_head_weights(teacher_head)
+            if self.liger is not None:
+                return self.liger(
+                    student_hidden, lm_head_weights(student_head), teacher_hidden[:, :-1].to(student_hidden.device),
+                    teacher_weights, labels,
+                )
             return chunked_distillation_sums(
                 student_hidden,
                 lm_head_weights(student_head),
@@ -201,10 +216,11 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         for key, value in (
             ("kd_loss", sums.divergence.detach()),
             ("student_ce", sums.student_cross_entropy),
-            ("top1_agreement", sums.top1_agreements.float()),
+            ("top1_agreement", None if sums.top1_agreements is None else sums.top1_agreements.float()),
             ("tokens", torch.tensor(float(sums.num_tokens), device=sums.divergence.device)),
         ):
-            totals[key] = totals.get(key, 0) + value
+            if value is not None:  # the liger backend computes the divergence alone
+                totals[key] = totals.get(key, 0) + value
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the distillation loss (the default would ask the student for logits)."""

@@ -53,6 +53,7 @@ class StageConfig:
     gradient_checkpointing_layers: int | None
     compile_layers: bool
     teacher_inference_mode: bool
+    kd_loss_backend: str
     report_to: str
 
 
