@@ -54,7 +54,7 @@ def compile_for_sm90(
         if name in constants:
             signature[name] = "constexpr"
         elif name == "starts_ptr":
-            signature[name] = "*u8"  # document starts of packed rows
+            signature[name] = "*bf16"  # document starts of packed rows, in the activations' dtype
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:

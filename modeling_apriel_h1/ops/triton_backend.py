@@ -38,6 +38,12 @@ def _starts_as_bytes(document_starts: torch.Tensor | None) -> torch.Tensor | Non
     return None if document_starts is None else document_starts.contiguous().to(torch.uint8)
 
 
+def _starts_as_activations(document_starts: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(batch, L) document starts in the conv's activation dtype (1 at a document's first step): the conv kernels
+    load them at the inputs' tile shape and element size, so that they arrive in the inputs' register layout."""
+    return None if document_starts is None else document_starts.contiguous().to(dtype)
+
+
 def _silu_or_none(activation: str | None, op: str) -> bool:
     if activation in ("silu", "swish"):
         return True
@@ -182,7 +188,7 @@ def causal_conv1d(
                          "causal-conv1d; the reference backend takes any width")
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
     out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history,
-                              _starts_as_bytes(document_starts))
+                              _starts_as_activations(document_starts, x.dtype))
     if x.shape[-1] >= width:
         new_state = x[..., -width:].clone()
     else:

@@ -88,7 +88,7 @@ def _causal_conv1d_bwd_kernel(
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
     dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks;
-    starts (batch, L) uint8 as in the forward."""
+    starts (batch, L) in x's dtype as in the forward."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
@@ -104,9 +104,9 @@ def _causal_conv1d_bwd_kernel(
 
     if HAS_DOCUMENT_STARTS:
         starts_row = starts_ptr + batch * length
-        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, p, length, RUNS))
-        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, p - RUN, length, RUNS))
-        sa0, sa1, sa2, _, _, _, _, _ = split_run(start_runs(starts_row, p + RUN, length, RUNS))
+        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
+        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
+        sa0, sa1, sa2, _, _, _, _, _ = split_run(start_runs(starts_row, rows, p + RUN, length, RUNS))
         # g of the run after (its first three steps), then of this run, each with the masked inputs it read
         ga0, _, _, _ = document_output_grad(e0, a0, x7, x6, x5, sa0, s7, s6, w_new, w_1, w_2, w_3, bias, SILU)
         ga1, _, _, _ = document_output_grad(e1, a1, a0, x7, x6, sa1, sa0, s7, w_new, w_1, w_2, w_3, bias, SILU)

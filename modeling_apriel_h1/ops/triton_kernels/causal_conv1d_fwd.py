@@ -55,7 +55,7 @@ def _causal_conv1d_fwd_kernel(
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
     (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous;
-    starts (batch, L) uint8, 1 at a document's first step (read only with HAS_DOCUMENT_STARTS)."""
+    starts (batch, L) in x's dtype, 1 at a document's first step (read only with HAS_DOCUMENT_STARTS)."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
@@ -64,8 +64,8 @@ def _causal_conv1d_fwd_kernel(
     x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
     if HAS_DOCUMENT_STARTS:
         starts_row = starts_ptr + batch * length
-        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, p, length, RUNS))
-        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, p - RUN, length, RUNS))
+        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
+        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
         out = join_run(
             document_conv_output(x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU),
             document_conv_output(x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU),
@@ -97,7 +97,7 @@ def causal_conv1d_forward(
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_starts``:
-    (batch, L) contiguous uint8, or None for rows that hold one sequence."""
+    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)

@@ -92,10 +92,17 @@ def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: t
 
 
 @triton.jit
-def start_runs(starts_row, p, length, RUNS: tl.constexpr):
-    """Document starts (``starts_row``: a (batch, L) uint8 row) at positions ``p`` (1, RUNS * 8) as (1, RUNS, 8)
-    fp32, 1 at a document's first step; positions outside [0, L) (the conv state's) hold no start."""
-    return as_runs(tl.load(starts_row + p, mask=(p >= 0) & (p < length), other=0).to(tl.float32), RUNS)
+def start_runs(starts_row, rows, p, length, RUNS: tl.constexpr):
+    """Document starts (``starts_row``: a (batch, L) row in the inputs' dtype) at positions ``p`` (1, RUNS * 8) as
+    (rows, RUNS, 8) fp32, 1 at a document's first step; positions outside [0, L) (the conv state's) hold no start.
+    ``rows`` is the tile's (rows, 1) channel index, used only for its shape.
+
+    Loaded at the inputs' full (rows, RUNS * 8) shape and element size, every channel row reading the same bytes
+    (from L1), so the flags arrive in the inputs' register layout. A (1, RUNS * 8) uint8 load broadcast over the
+    channels went through shared memory to change layout (sm_90 SASS: 55 registers against 32 unpacked, 3 shared
+    loads/stores against 0; this way 47 and 0, benchmarks/kernel_sass_stats.py --document-starts)."""
+    flags = tl.load(starts_row + rows * 0 + p, mask=(rows >= 0) & (p >= 0) & (p < length), other=0)
+    return as_runs(flags.to(tl.float32), RUNS)
 
 
 @triton.jit
