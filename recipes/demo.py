@@ -48,7 +48,7 @@ from recipes.tiny_teacher import STAMP_FILE  # noqa: E402
 CACHE_CONTEXT = 1024
 SCHEDULE_CONFIG = Path(__file__).parent / "configs" / "schedule_demo.yaml"
 TEACHER_DIR = Path(__file__).parent / "demo_teacher"
-TEACHER_COMMAND = "python -m recipes.tiny_teacher --output recipes/demo_teacher --num-layers 6 --train-steps 1500 --seed 0"
+TEACHER_COMMAND = "python -m recipes.tiny_teacher --output recipes/demo_teacher --num-layers 6 --train-steps 3000 --seed 0"
 
 def evaluate_models(models: dict[str, Path], tokenizer_dir: Path, num_problems: int) -> dict:
     """Exact match, teacher-forced scores and decode-cache size of each model on the same held-out problems.
