@@ -93,6 +93,7 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss
         remove_unused_columns=False,  # packed rows keep seq_lengths for the collator (recipes.data)
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
     )
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
@@ -113,6 +114,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         packing_strategy="bfd",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
         **{CHECKPOINTING_ARGUMENT: True},  # TRL's default, named so that transformers 5.24 does not warn
     )
     trainer = CompleteCheckpointsSFTTrainer(
