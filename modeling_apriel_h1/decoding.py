@@ -57,10 +57,12 @@ class DecodeEngine:
         cuda_graphs: capture the step as CUDA graphs (default: when the model is on CUDA).
         prefill_tokens: padded prompt tokens per prefill forward (bounds the prefill's activation memory).
         attention: force a decode-attention implementation (``"reference"``, ``"triton"``, ``"flash_attn"``).
-        fused: fuse the step's element-wise work into Triton kernels and pack the projections that share an
-            input (default: on CUDA with triton installed and a SiLU-gated MLP; packing makes the model's
-            q/k/v, gate/up and Mamba input weights views of packed matrices, same values, no extra memory);
-            off, every layer runs through the model's own modules.
+        fused: fuse the step's element-wise work into Triton kernels (default: on CUDA with triton installed and
+            a SiLU-gated MLP); off, every layer runs through the model's own modules.
+        pack_projections: with the fused step, run the projections that share an input as one GEMM each. This
+            makes the model's q/k/v, gate/up and Mamba input-projection weights views of packed matrices (same
+            values, no extra memory, new Parameter objects: build the engine before any optimizer of the model,
+            or pass False to leave the model's parameters untouched).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class DecodeEngine:
         prefill_tokens: int = 16384,
         attention: str | None = None,
         fused: bool | None = None,
+        pack_projections: bool = True,
     ):
         if max_batch_size < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch_size ({max_batch_size}) must be >= 1 and max_seq_len ({max_seq_len}) >= 2")
@@ -87,7 +90,7 @@ class DecodeEngine:
         self.state = DecodeState(model, max_batch_size, max_seq_len)
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
         self.fused = _can_fuse(model, self.device) if fused is None else fused
-        self._projections = _packed_projections(model) if self.fused else []
+        self._projections = _packed_projections(model, pack_projections) if self.fused else []
         # -exp(A_log) of every Mamba layer, once: the engine serves frozen weights
         self._A = {
             index: -torch.exp(layer.mixer.A_log.float())
@@ -421,17 +424,17 @@ def _can_fuse(model: nn.Module, device: torch.device) -> bool:
     )
 
 
-def _packed_projections(model: nn.Module) -> list[tuple[LinearGroup, LinearGroup]]:
+def _packed_projections(model: nn.Module, pack: bool = True) -> list[tuple[LinearGroup, LinearGroup]]:
     """Per layer, the mixer's input projections (q/k/v, or a Mamba mixer's ``in_proj`` and ``dt_in_proj``) and
-    the MLP's gate/up, each packed into one GEMM where the modules allow (``packed_linears``)."""
+    the MLP's gate/up, each packed into one GEMM where the modules allow and ``pack`` asks (``packed_linears``)."""
     projections = []
     for layer in decoder_layers(model):
         if is_mamba_layer(layer):
-            mixer_inputs = LinearGroup([layer.mixer.in_proj, layer.mixer.dt_in_proj])
+            mixer_inputs = LinearGroup([layer.mixer.in_proj, layer.mixer.dt_in_proj], pack)
         else:
             attn = layer.self_attn
-            mixer_inputs = LinearGroup([attn.q_proj, attn.k_proj, attn.v_proj])
-        projections.append((mixer_inputs, LinearGroup([layer.mlp.gate_proj, layer.mlp.up_proj])))
+            mixer_inputs = LinearGroup([attn.q_proj, attn.k_proj, attn.v_proj], pack)
+        projections.append((mixer_inputs, LinearGroup([layer.mlp.gate_proj, layer.mlp.up_proj], pack)))
     return projections
 
 

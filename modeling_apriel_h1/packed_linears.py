@@ -8,7 +8,9 @@ launches once.
 No weight is copied for good: the packed matrix is allocated once, the weights are copied into it, and each
 module's weight (and bias) becomes a view of its rows, so the model computes exactly what it did, holds no
 second copy, and still saves normally (``save_pretrained`` clones views that share a buffer). Packing an
-already packed group finds the existing buffer and changes nothing.
+already packed group finds the existing buffer and changes nothing. The modules' Parameter objects are new ones:
+an optimizer built before the packing would hold the old ones, so serve a model packed, or pack it (build the
+engine) before making its optimizer.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from torch import nn
 
 class LinearGroup:
     """Linears applied to one input; ``__call__`` returns their outputs, from one GEMM where they could be
-    packed (plain ``nn.Linear`` modules of one dtype, device and input width, all with biases or none)."""
+    packed (plain ``nn.Linear`` modules of one dtype, device and input width, all with biases or none) and
+    ``pack`` allows it, else one GEMM each."""
 
-    def __init__(self, linears: Sequence[nn.Linear]):
+    def __init__(self, linears: Sequence[nn.Linear], pack: bool = True):
         self.linears = list(linears)
         self.sizes = [linear.out_features for linear in self.linears]
-        packed = _pack(self.linears) if _can_pack(self.linears) else None
+        packed = _pack(self.linears) if pack and _can_pack(self.linears) else None
         self.weight, self.bias = packed if packed is not None else (None, None)
 
     @property

@@ -64,3 +64,13 @@ def test_a_packed_model_saves_and_loads_with_the_same_logits(tmp_path):
     loaded = AprielH1ForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, before)
+
+
+def test_packing_can_be_declined_and_then_leaves_every_parameter_as_it_was():
+    linears = three_linears(bias=True)
+    parameters = [linear.weight for linear in linears]
+    inputs = torch.randn(4, 24)
+    group = LinearGroup(linears, pack=False)
+    assert not group.packed and all(linear.weight is before for linear, before in zip(linears, parameters))
+    for got, linear in zip(group(inputs), linears):
+        torch.testing.assert_close(got, linear(inputs))
