@@ -1,6 +1,7 @@
 """Model cards filled from what a run actually did: the model's config, ``conversion.json`` and the run manifest.
 
-Nothing in a card is typed by hand: the layer pattern comes from ``config.json``, the teacher and the
+Nothing in a card is typed by hand: the layer pattern comes from ``config.json`` (ours, or the released
+``apriel_h`` layout, read through the package's config classes), the teacher and the
 initialisation from ``conversion.json``, and stages, tokens, losses, wall times and evaluation tables from the
 run manifest that ``recipes/schedule.py`` writes (``run_manifest.json``).
 
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from transformers import AutoConfig
 
+import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
 from conversion.cli import command_line, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
 
@@ -61,10 +64,11 @@ def card_context(
 ) -> dict[str, Any]:
     """Everything the template needs, gathered from the files of a run."""
     model_dir = Path(model_source(model_dir, "model"))
-    config = read_json(model_dir / "config.json", "config")
+    read_json(model_dir / "config.json", "config")  # a missing or broken file is named in one line
+    config = AutoConfig.from_pretrained(model_dir)
     conversion = _read_json(model_dir / "conversion.json")
     merge = _read_json(model_dir / "merge.json")
-    layer_types = config["layer_types"]
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     mamba_layers = [i for i, kind in enumerate(layer_types) if kind in MAMBA_TYPES]
     teacher = (manifest or {}).get("teacher") or (conversion or {}).get("teacher")
     stages = _stage_rows((manifest or {}).get("stages", []))
@@ -83,10 +87,10 @@ def card_context(
         "num_mamba": len(mamba_layers),
         "mamba_layers": mamba_layers or ["none"],
         "pattern": "".join("M" if kind in MAMBA_TYPES else "A" for kind in layer_types),
-        "hidden_size": config["hidden_size"],
-        "d_state": config.get("mamba_d_state"),
-        "d_inner": config.get("mamba_d_inner"),
-        "d_xb": config.get("mamba_d_xb"),
+        "hidden_size": config.hidden_size,
+        "d_state": getattr(config, "mamba_d_state", None),
+        "d_inner": getattr(config, "mamba_d_inner", None),
+        "d_xb": getattr(config, "mamba_d_xb", None),
         "parameters": _count_parameters(model_dir),
         "conversion": {
             "init_method": (conversion or {}).get("init_method", "mil"),

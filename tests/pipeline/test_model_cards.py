@@ -106,3 +106,14 @@ def test_demo_summary_table_and_plot_show_the_manifest(tmp_path):
     assert " 50% " in stage_2 and stage_2.split()[-1] == "32"  # keeps half the teacher's answers; 48 - 16 KiB
     path = plot_summary(manifest, tmp_path / "summary.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_card_of_a_released_layout_directory_reads_its_hybrid_block_layout(tmp_path):
+    """A directory in the release's ``apriel_h`` layout (synthetic, tests/modeling/release_format.py) has no
+    ``layer_types`` in its config.json: the pattern comes from ``hybrid_block_layout``, the widths from ssm_cfg."""
+    from modeling_apriel_h1 import AprielHConfig
+    from tests.modeling.release_format import RELEASED, random_released_weights, write_released_dir
+
+    path = write_released_dir(tmp_path / "released", RELEASED, random_released_weights(AprielHConfig(**RELEASED)))
+    card = write_model_card(path).read_text()
+    assert "`AMMA`" in card and "| Mamba layers | 1, 2 |" in card and "2 attention, 2 Mamba" in card
