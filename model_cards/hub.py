@@ -20,10 +20,18 @@ from model_cards.card import render_model_card
 
 # The remote code a repository needs so that trust_remote_code=True works without this package.
 REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "modeling_apriel_h1.py", "mamba_reference.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_apriel_h1.AprielH1Config",
-    "AutoModel": "modeling_apriel_h1.AprielH1Model",
-    "AutoModelForCausalLM": "modeling_apriel_h1.AprielH1ForCausalLM",
+# per model_type: ours, and the released layout (apriel_h: hybrid_block_layout, ssm_cfg), which our code loads too
+AUTO_MAPS = {
+    "apriel_h1": {
+        "AutoConfig": "configuration_apriel_h1.AprielH1Config",
+        "AutoModel": "modeling_apriel_h1.AprielH1Model",
+        "AutoModelForCausalLM": "modeling_apriel_h1.AprielH1ForCausalLM",
+    },
+    "apriel_h": {
+        "AutoConfig": "configuration_apriel_h1.AprielHConfig",
+        "AutoModel": "modeling_apriel_h1.AprielHModel",
+        "AutoModelForCausalLM": "modeling_apriel_h1.AprielHForCausalLM",
+    },
 }
 # What a repository carries besides the remote code: weights, configs, tokenizer, provenance.
 UPLOADED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
@@ -39,8 +47,11 @@ def prepare_hub_folder(
     if not config_path.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; point at a save_pretrained directory")
     config = json.loads(config_path.read_text())
-    if config.get("model_type") != "apriel_h1":
-        raise ValueError(f"{model_dir} holds a {config.get('model_type')!r} model; push_to_hub here is for apriel_h1 hybrids")
+    if config.get("model_type") not in AUTO_MAPS:
+        raise ValueError(
+            f"{model_dir} holds a {config.get('model_type')!r} model; push_to_hub here is for Apriel-H1 hybrids "
+            f"(model_type {' or '.join(AUTO_MAPS)})"
+        )
     if not any(model_dir.glob("*.safetensors")):
         raise FileNotFoundError(f"{model_dir} has no safetensors weights")
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,7 +61,7 @@ def prepare_hub_folder(
     package_dir = Path(modeling_apriel_h1.__file__).parent
     for name in REMOTE_CODE_FILES:
         shutil.copy2(package_dir / name, folder / name)
-    config["auto_map"] = AUTO_MAP
+    config["auto_map"] = AUTO_MAPS[config["model_type"]]
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / "README.md").write_text(render_model_card(model_dir, manifest, repo_id))
     return folder

@@ -117,3 +117,20 @@ def test_card_of_a_released_layout_directory_reads_its_hybrid_block_layout(tmp_p
     path = write_released_dir(tmp_path / "released", RELEASED, random_released_weights(AprielHConfig(**RELEASED)))
     card = write_model_card(path).read_text()
     assert "`AMMA`" in card and "| Mamba layers | 1, 2 |" in card and "2 attention, 2 Mamba" in card
+
+
+def test_a_released_layout_directory_goes_to_the_hub_with_our_remote_code(tmp_path):
+    """The released apriel_h layout (synthetic, tests/modeling/release_format.py) keeps its layout on the Hub and
+    loads there as remote code through our AprielHForCausalLM."""
+    from modeling_apriel_h1 import AprielHConfig, AprielHForCausalLM
+    from tests.modeling.release_format import RELEASED, random_released_weights, write_released_dir
+
+    path = write_released_dir(tmp_path / "released", RELEASED, random_released_weights(AprielHConfig(**RELEASED)))
+    folder = prepare_hub_folder(path, tmp_path / "upload")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "apriel_h" and config["hybrid_block_layout"] == ["t", "m2", "m2", "t"]
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_apriel_h1.AprielHForCausalLM"
+    ids = torch.randint(3, 97, (2, 7))
+    with torch.no_grad():
+        expected = AprielHForCausalLM.from_pretrained(path).eval()(ids).logits
+    assert_remote_code_reproduces(folder, ids, expected, tmp_path)
