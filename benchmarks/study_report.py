@@ -118,7 +118,7 @@ def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
         axes.annotate(f"{name} ({score['mamba_layers']}/{score['num_layers']})", (score["decode_tokens_per_s"], score["exact_match"]),
                       fontsize=7, xytext=(3, 3), textcoords="offset points")
     device = points[0][1]["device"]
-    axes.set(xlabel=f"decode tokens/s (generate(), {device})", ylabel="exact match (held-out)",
+    axes.set(xlabel=f"decode tokens/s (decode engine, {device})", ylabel="exact match (held-out)",
              title="Quality vs decode throughput (Mamba layers / layers)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
