@@ -2,7 +2,8 @@
 
 Why: both kernels are bound by bytes (a Mamba layer's fp32 state and conv window; an attention layer's live KV),
 and how the work is cut into programs decides how close they get to the memory bandwidth. Prints GB/s of the
-bytes each must move:
+bytes each must move, each call timed as in ``kernel_speed.py``'s decode rows (CUDA graphs over input sets that
+overflow the L2 cache):
 
 - ``mamba-step``: ``mamba_decode_step`` for channels per program x warps at the serving batch sizes, beside the
   separate kernels it replaced (a widening copy of x, ``causal_conv1d_update``, ``selective_state_update``).
@@ -20,6 +21,7 @@ import itertools
 
 import torch
 
+from benchmarks.kernel_speed import graph_ms_per_call, sets_to_overflow_l2
 from modeling_apriel_h1.ops import triton_backend
 from modeling_apriel_h1.ops.triton_kernels.decode_attention import decode_attention, split_count
 from modeling_apriel_h1.ops.triton_kernels.mamba_decode_step import mamba_decode_step
@@ -27,7 +29,7 @@ from modeling_apriel_h1.ops.triton_kernels.mamba_decode_step import mamba_decode
 ATTENTION_CASES = [(1, 2048), (15, 16384), (37, 16384), (73, 16384), (64, 8192), (16, 2048)]  # (rows, live keys)
 
 
-def inputs(batch: int, args: argparse.Namespace) -> dict:
+def mamba_inputs(batch: int, args: argparse.Namespace) -> dict:
     d_inner, d_xb, n = args.d_inner, args.d_xb, args.d_state
     projected = torch.randn(batch, 2 * d_inner + 2 * d_xb, device="cuda", dtype=torch.bfloat16)
     z, x, B, C = projected.split([d_inner, d_xb, d_xb, d_inner], dim=-1)
@@ -41,50 +43,35 @@ def inputs(batch: int, args: argparse.Namespace) -> dict:
     )
 
 
-def microseconds(call, repeats: int = 200) -> float:
-    """Median of ``repeats`` calls, each timed inside one CUDA graph of 20 launches (no host overhead)."""
-    for _ in range(3):
-        call()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(20):
-            call()
-    times = []
-    for _ in range(repeats // 20):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / 20)
-    return sorted(times)[len(times) // 2]
+def microseconds(call, input_sets: list[dict]) -> float:
+    """Per call, over input sets run back to back in one CUDA graph: enough sets that they overflow the L2 cache
+    (``kernel_speed.sets_to_overflow_l2``), so a state that would fit there is still read from memory."""
+    return graph_ms_per_call(call, input_sets) * 1e3
 
 
-def separate_kernels(t: dict, repeat: int, n: int):
+def separate_kernels(t: dict, repeat: int, n: int) -> None:
     """The module path's three kernels: widen x, conv update, state update (B widened too, as ``step`` does)."""
     batch = t["x"].shape[0]
 
     def widen(tensor):
         return tensor.reshape(batch, -1, 1, n).expand(-1, -1, repeat, -1).reshape(batch, -1)
 
-    def call():
-        x = triton_backend.causal_conv1d_update(widen(t["x"]), t["conv_state"], t["conv_weight"], t["conv_bias"], "silu")
-        triton_backend.selective_state_update(
-            t["ssm_state"], x, t["dt"], t["A"], widen(t["B"]).view(batch, -1, n), t["C"].reshape(batch, -1, n),
-            t["D"], t["z"], t["dt_bias"], dt_softplus=True,
-        )
-    return call
+    x = triton_backend.causal_conv1d_update(widen(t["x"]), t["conv_state"], t["conv_weight"], t["conv_bias"], "silu")
+    triton_backend.selective_state_update(
+        t["ssm_state"], x, t["dt"], t["A"], widen(t["B"]).view(batch, -1, n), t["C"].reshape(batch, -1, n),
+        t["D"], t["z"], t["dt_bias"], dt_softplus=True,
+    )
 
 
 def mamba_step_part(args: argparse.Namespace) -> None:
     repeat = args.d_inner // args.d_xb
     for batch in args.batches:
-        t = inputs(batch, args)
         moved = batch * args.d_inner * (args.d_state * 4 * 2 + 4 * 2 * 2)  # fp32 state and bf16 window, read + write
-        us = microseconds(separate_kernels(t, repeat, args.d_state))
+        input_sets = [mamba_inputs(batch, args) for _ in range(sets_to_overflow_l2(moved))]
+        us = microseconds(lambda t: separate_kernels(t, repeat, args.d_state), input_sets)
         print(f"batch {batch:3d} separate kernels (widen x + conv + state update): {us:7.2f} us {moved / us / 1e3:7.0f} GB/s")
         for block_d, warps in itertools.product([16, 32, 64, 128], [1, 2, 4]):
-            us = microseconds(lambda: mamba_decode_step(**t, block_d=block_d, num_warps=warps))
+            us = microseconds(lambda t: mamba_decode_step(**t, block_d=block_d, num_warps=warps), input_sets)
             print(f"batch {batch:3d} block_d {block_d:3d} warps {warps}: {us:7.2f} us {moved / us / 1e3:7.0f} GB/s",
                   flush=True)
 
@@ -93,18 +80,20 @@ def attention_splits_part(args: argparse.Namespace) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for rows, context in ATTENTION_CASES:
         max_len = context + 64
-        k_cache = torch.randn(rows, max_len, args.kv_heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
-        v_cache = torch.randn_like(k_cache)
-        q = torch.randn(rows, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
-        lengths = torch.full((rows,), context, device="cuda")
         moved = 2 * rows * context * args.kv_heads * args.head_dim * 2
+        input_sets = []
+        for _ in range(sets_to_overflow_l2(moved)):
+            k_cache = torch.randn(rows, max_len, args.kv_heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
+            input_sets.append(dict(q=torch.randn(rows, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16),
+                                   k_cache=k_cache, v_cache=torch.randn_like(k_cache),
+                                   lengths=torch.full((rows,), context, device="cuda")))
         chosen = split_count(rows, args.kv_heads, max_len, sms)
         for splits in sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, chosen}):
-            us = microseconds(lambda: decode_attention(q, k_cache, v_cache, lengths, 0.088, splits))
+            us = microseconds(lambda t: decode_attention(**t, scale=0.088, num_splits=splits), input_sets)
             mark = "  <- split_count" if splits == chosen else ""
             print(f"rows {rows:3d} context {context:5d} splits {splits:2d}: {us:8.2f} us {moved / us / 1e3:7.0f} GB/s{mark}",
                   flush=True)
-        del k_cache, v_cache
+        del input_sets
 
 
 def main() -> None:

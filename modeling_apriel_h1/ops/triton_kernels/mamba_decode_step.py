@@ -20,7 +20,7 @@ from .device_functions import silu, softplus
 
 def step_block_d(batch: int) -> int:
     """Channels per program, from a sweep at Apriel-H1-15B's widths on an H200 (benchmarks/decode_kernel_tiles.py):
-    64 at serving batches (37, 73 rows: 7.7 and 12.9 us, 2.8-3.4 TB/s), 16 for a few rows (enough programs)."""
+    64 at serving batches (73 rows: 12.9 us against 15.5 with 16), 16 for a few rows (enough programs)."""
     return 64 if batch >= 16 else 16
 
 
