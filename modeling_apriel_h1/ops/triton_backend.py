@@ -33,14 +33,10 @@ def _check_state_size(n_states: int) -> None:
         raise ValueError(f"triton backend: state size N={n_states} must be a power of two (Mamba uses 16)")
 
 
-def _starts_as_bytes(document_starts: torch.Tensor | None) -> torch.Tensor | None:
-    """(batch, L) document starts as the contiguous uint8 the kernels read (1 at a document's first step)."""
-    return None if document_starts is None else document_starts.contiguous().to(torch.uint8)
-
-
-def _starts_as_activations(document_starts: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, L) document starts in the conv's activation dtype (1 at a document's first step): the conv kernels
-    load them at the inputs' tile shape and element size, so that they arrive in the inputs' register layout."""
+def _starts_for_kernels(document_starts: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(batch, L) document starts, contiguous, 1 at a document's first step, in the dtype a kernel reads: uint8
+    for the scan; the activations' dtype for the conv, which loads them at the inputs' tile shape and element
+    size so that they arrive in the inputs' register layout."""
     return None if document_starts is None else document_starts.contiguous().to(dtype)
 
 
@@ -110,7 +106,7 @@ def selective_scan(
         None if delta_bias is None else delta_bias.float().contiguous(),
         delta_softplus,
         None if initial_state is None else initial_state.float().contiguous(),
-        _starts_as_bytes(document_starts),
+        _starts_for_kernels(document_starts, torch.uint8),
     )
     return (y, last_state) if return_last_state else y
 
@@ -188,7 +184,7 @@ def causal_conv1d(
                          "causal-conv1d; the reference backend takes any width")
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
     out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history,
-                              _starts_as_activations(document_starts, x.dtype))
+                              _starts_for_kernels(document_starts, x.dtype))
     if x.shape[-1] >= width:
         new_state = x[..., -width:].clone()
     else:
