@@ -8,6 +8,8 @@ step keeps pointing at live memory; a finished slot is handed to the next reques
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,43 +30,44 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def slot_tensors(
+    model: nn.Module, max_len: int, ssm_dtype: torch.dtype = torch.float32
+) -> list[tuple[str, int, tuple[int, ...], torch.dtype]]:
+    """What one slot holds, per layer: (kind, layer index, shape without the slot axis, dtype), kind being
+    ``keys``/``values`` for attention layers (max_len, kv_heads, head_dim) and ``conv``/``ssm`` for Mamba layers.
+    ``DecodeState`` allocates these and ``bytes_per_sequence`` counts them, so the two cannot disagree."""
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    tensors = []
+    for index, layer in enumerate(decoder_layers(model)):
+        if is_mamba_layer(layer):
+            mixer = layer.mixer
+            tensors += [("conv", index, (mixer.d_inner, mixer.d_conv), dtype),
+                        ("ssm", index, (mixer.d_inner, mixer.d_state), ssm_dtype)]
+        else:  # (max_len, kv_heads, head_dim): the layout flash-attn's kv-cache kernel reads
+            kv = (max_len, config.num_key_value_heads, head_dim(config))
+            tensors += [("keys", index, kv, dtype), ("values", index, kv, dtype)]
+    return tensors
+
+
 def bytes_per_sequence(model: nn.Module, max_len: int, ssm_dtype: torch.dtype = torch.float32) -> int:
     """Bytes one slot of ``DecodeState`` takes: KV of ``max_len`` tokens per attention layer, conv window and
     SSM state per Mamba layer (to size a batch from a memory budget before allocating)."""
-    config = model.config
-    element = next(model.parameters()).element_size()
-    total = 0
-    for layer in decoder_layers(model):
-        if is_mamba_layer(layer):
-            mixer = layer.mixer
-            total += mixer.d_inner * (mixer.d_conv * element + mixer.d_state * ssm_dtype.itemsize)
-        else:
-            total += 2 * max_len * config.num_key_value_heads * head_dim(config) * element
-    return total
+    return sum(math.prod(shape) * dtype.itemsize for _, _, shape, dtype in slot_tensors(model, max_len, ssm_dtype))
 
 
 class DecodeState:
     """Preallocated state for ``slots`` sequences of at most ``max_len`` tokens (prompt + generated)."""
 
     def __init__(self, model: nn.Module, slots: int, max_len: int, ssm_dtype: torch.dtype = torch.float32):
-        config = model.config
-        parameter = next(model.parameters())
-        device, dtype = parameter.device, parameter.dtype
+        device = next(model.parameters()).device
         self.slots, self.max_len = slots, max_len
-        kv_heads = config.num_key_value_heads
-        width = head_dim(config)
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.conv: dict[int, torch.Tensor] = {}
         self.ssm: dict[int, torch.Tensor] = {}
-        for index, layer in enumerate(decoder_layers(model)):
-            if is_mamba_layer(layer):
-                mixer = layer.mixer
-                self.conv[index] = torch.zeros(slots, mixer.d_inner, mixer.d_conv, device=device, dtype=dtype)
-                self.ssm[index] = torch.zeros(slots, mixer.d_inner, mixer.d_state, device=device, dtype=ssm_dtype)
-            else:  # (slots, max_len, kv_heads, head_dim): the layout flash-attn's kv-cache kernel reads
-                self.keys[index] = torch.zeros(slots, max_len, kv_heads, width, device=device, dtype=dtype)
-                self.values[index] = torch.zeros_like(self.keys[index])
+        for kind, index, shape, dtype in slot_tensors(model, max_len, ssm_dtype):
+            getattr(self, kind)[index] = torch.zeros(slots, *shape, device=device, dtype=dtype)
 
         def counter(fill: int = 0) -> torch.Tensor:
             return torch.full((slots,), fill, device=device, dtype=torch.long)
