@@ -32,6 +32,15 @@ def silu_grad(x):
 
 
 @triton.jit
+def state_step(h, x, dt, A, B, C):
+    """One step of the selective state: ``h <- exp(dt A) h + dt x B`` and its read-out ``y = C . h``, for a block of
+    channels: h, A, B, C (channels, N); x, dt (channels,) with dt's bias and softplus already applied. Shared by
+    the decoding kernels (``selective_state_update``, ``mamba_decode_step``) so they cannot drift apart."""
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B
+    return h, tl.sum(h * C, axis=1)
+
+
+@triton.jit
 def linear_recurrence_combine(decay_first, value_first, decay_second, value_second):
     """Compose two steps of ``h -> decay * h + value``, the first applied before the second.
 

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device_functions import silu, softplus
+from .device_functions import silu, softplus, state_step
 
 def step_block_d(batch: int) -> int:
     """Channels per program, from a sweep at Apriel-H1-15B's widths on an H200 (benchmarks/decode_kernel_tiles.py):
@@ -77,8 +77,7 @@ def _mamba_decode_step_kernel(
     C_rows = (channels // channels_per_C_group)[:, None] * N + states[None, :]
     B = tl.load(B_ptr + batch * stride_B_b + B_rows).to(tl.float32)
     C = tl.load(C_ptr + batch * stride_C_b + C_rows).to(tl.float32)
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B
-    y = tl.sum(h * C, axis=1)
+    h, y = state_step(h, x, dt, A, B, C)
     if HAS_D:
         y += tl.load(D_ptr + channels).to(tl.float32) * x
     y *= silu(tl.load(z_ptr + batch * stride_z_b + channels).to(tl.float32))

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device_functions import silu, softplus
+from .device_functions import silu, softplus, state_step
 
 STEP_BLOCK_D = 16
 STEP_NUM_WARPS = 2
@@ -46,12 +46,11 @@ def _selective_state_update_kernel(
     B = tl.load(B_ptr + batch * stride_B_b + groups[:, None] * stride_B_g + states[None, :] * stride_B_n).to(tl.float32)
     C = tl.load(C_ptr + batch * stride_C_b + groups[:, None] * stride_C_g + states[None, :] * stride_C_n).to(tl.float32)
 
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B
+    h, y = state_step(h, x, dt, A, B, C)  # y (BLOCK_D,)
     # Every thread must have read the old state before any thread of this program overwrites it.
     tl.debug_barrier()
     tl.store(state_ptrs, h.to(state_ptr.dtype.element_ty), mask=in_dim[:, None])
 
-    y = tl.sum(h * C, axis=1)  # (BLOCK_D,)
     if HAS_D:
         y += tl.load(D_ptr + channels).to(tl.float32) * x
     if HAS_Z:
