@@ -511,7 +511,7 @@ def run_levers(args: argparse.Namespace, shape: Shape, peak_tflops: float | None
 
 def run_loss(args: argparse.Namespace, shape: Shape) -> None:
     """The KD loss alone at the step's shapes: naive full logits, ours chunked, liger-kernel's fused linear JSD."""
-    from benchmarks.kd_loss_memory import chunked_step, make_inputs, measure, naive_step
+    from benchmarks.kd_loss_memory import chunked_step, make_inputs, measure, naive_step, table
 
     for seq in args.seq_list:
         loss_args = argparse.Namespace(
@@ -528,28 +528,7 @@ def run_loss(args: argparse.Namespace, shape: Shape) -> None:
                      measure(liger, inputs, loss_args) if callable(liger) else {"error": liger}))
         print(f"\nKD loss alone (reverse KL), {loss_args.seq} scored tokens x vocab {shape.vocab} "
               f"x hidden {shape.hidden}")
-        print(loss_table(rows, naive, cuda=args.device.startswith("cuda")))
-
-
-def loss_table(rows: list[tuple[str, dict]], naive: dict, cuda: bool) -> str:
-    """Peak memory and time of each KD loss beside the naive one's; off CUDA only the loss values (which must
-    agree), no times."""
-    header = ["method", "loss"]
-    if cuda:
-        header += ["peak GiB", "above inputs GiB", "peak / naive", "ms / step", "time / naive"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in rows:
-        if "error" in result:
-            lines.append(f"| {name} | {result['error']} |" + " |" * (len(header) - 2))
-            continue
-        cells = [name, f"{result['loss']:.6f}"]
-        if cuda:
-            comparable = "error" not in naive
-            cells += [f"{result['peak']:.2f}", f"{result['above_inputs']:.2f}",
-                      f"{result['peak'] / naive['peak']:.2f}" if comparable else "",
-                      f"{result['ms']:.1f}", f"{result['ms'] / naive['ms']:.2f}" if comparable else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        print(table(rows, naive, times=args.device.startswith("cuda")))
 
 
 def liger_step_or_reason(inputs: dict[str, torch.Tensor]):
