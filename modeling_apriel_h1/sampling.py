@@ -3,7 +3,7 @@
 Written without host synchronisation (no ``.item()``, no ``torch.multinomial``) so that it runs inside a captured
 CUDA graph: sampling draws ``argmax(p / e)`` with ``e`` exponential, which picks token ``i`` with probability
 ``p_i`` (the exponential-race form of the Gumbel trick). The filters keep the tokens transformers' own
-``TopKLogitsWarper`` / ``TopPLogitsWarper`` keep, which ``tests/modeling/test_sampling.py`` checks.
+``TopKLogitsWarper`` / ``TopPLogitsWarper`` keep, which ``tests/decoding/test_sampling.py`` checks.
 """
 
 from __future__ import annotations
