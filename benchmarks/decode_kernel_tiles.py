@@ -9,9 +9,13 @@ overflow the L2 cache):
   separate kernels it replaced (a widening copy of x, ``causal_conv1d_update``, ``selective_state_update``).
 - ``attention-splits``: split-K decode attention for split counts at (rows, context) pairs, beside the count
   ``split_count`` picks.
+- ``projections``: each of a decode step's weight GEMMs at its 15B shape, as ``F.linear`` (what the engine runs)
+  beside two other ways of asking cuBLAS for the same product: the weight as the left operand (``W @ x^T``, the
+  output then transposed back) and the rows padded to a multiple of 16; GB/s of the weight read.
 
     python benchmarks/decode_kernel_tiles.py --part mamba-step --batches 1 37 73
     python benchmarks/decode_kernel_tiles.py --part attention-splits
+    python benchmarks/decode_kernel_tiles.py --part projections --batches 1 16 37 64 73
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ import argparse
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.kernel_speed import graph_ms_per_call, sets_to_overflow_l2
 from modeling_apriel_h1.ops import triton_backend
 from modeling_apriel_h1.ops.triton_kernels.decode_attention import decode_attention, split_count
 from modeling_apriel_h1.ops.triton_kernels.mamba_decode_step import mamba_decode_step
 
+PROJECTIONS = {  # name: (out_features, in_features) at Apriel-15B widths (the packed groups as the engine runs them)
+    "q/k/v": (6144, 5120), "o_proj = out_proj": (5120, 4096), "gate/up": (28672, 5120), "down": (5120, 14336),
+    "in_proj+dt_in_proj": (10560, 5120), "dt_proj": (4096, 320),
+}
 ATTENTION_CASES = [(1, 2048), (15, 16384), (37, 16384), (73, 16384), (64, 8192), (16, 2048)]  # (rows, live keys)
 
 
@@ -96,9 +105,29 @@ def attention_splits_part(args: argparse.Namespace) -> None:
         del input_sets
 
 
+def projections_part(args: argparse.Namespace) -> None:
+    for (name, (out_features, in_features)), rows in itertools.product(PROJECTIONS.items(), args.batches):
+        weight_bytes = out_features * in_features * 2
+        padded_rows = -(-rows // 16) * 16
+        input_sets = [dict(x=torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16),
+                           x_padded=torch.randn(padded_rows, in_features, device="cuda", dtype=torch.bfloat16),
+                           weight=torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16))
+                      for _ in range(sets_to_overflow_l2(weight_bytes))]
+        ways = {
+            "F.linear": lambda t: F.linear(t["x"], t["weight"]),
+            "W @ x^T": lambda t: torch.mm(t["weight"], t["x"].t()).t(),
+            "W @ x^T, contiguous": lambda t: torch.mm(t["weight"], t["x"].t()).t().contiguous(),
+            f"F.linear, rows padded to {padded_rows}": lambda t: F.linear(t["x_padded"], t["weight"]),
+        }
+        for way, call in ways.items():
+            us = microseconds(call, input_sets)
+            print(f"{name:>18} rows {rows:3d} {way:>34}: {us:8.2f} us {weight_bytes / us / 1e3:7.0f} GB/s", flush=True)
+        del input_sets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["mamba-step", "attention-splits"], required=True)
+    parser.add_argument("--part", choices=["mamba-step", "attention-splits", "projections"], required=True)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 37, 73])
     parser.add_argument("--d-inner", type=int, default=4096)
     parser.add_argument("--d-xb", type=int, default=1024)
@@ -109,7 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA device")
-    (mamba_step_part if args.part == "mamba-step" else attention_splits_part)(args)
+    parts = {"mamba-step": mamba_step_part, "attention-splits": attention_splits_part, "projections": projections_part}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":

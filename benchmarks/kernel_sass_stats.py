@@ -53,8 +53,8 @@ def compile_for_sm90(
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name == "starts_ptr":
-            signature[name] = "*bf16"  # document starts of packed rows, in the activations' dtype
+        elif name == "starts_ptr":  # document starts of packed rows: the conv reads them in the activations' dtype
+            signature[name] = "*u8" if "scan" in kernel.fn.__name__ else "*bf16"
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:

@@ -26,6 +26,7 @@ from triton.testing import do_bench
 
 from modeling_apriel_h1.ops import reference
 from modeling_apriel_h1.ops import triton_backend as tri
+from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -168,37 +169,86 @@ def packed_document_starts(batch: int, length: int, seed: int = 0) -> torch.Tens
     return starts.cuda()
 
 
+def paired_ms(plain: Callable[[], object], packed: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None,
+              rounds: int = 2) -> tuple[float, float]:
+    """Median ms of two variants timed alternately (plain, packed, plain, packed, ...), the lower median of
+    each kept: a ratio near 1.05 should not depend on which variant ran while the clocks settled."""
+    plain_ms, packed_ms = [], []
+    for _ in range(rounds):
+        plain_ms.append(median_ms(plain, grad_to_none))
+        packed_ms.append(median_ms(packed, grad_to_none))
+    return min(plain_ms), min(packed_ms)
+
+
+def scan_call(inputs: dict[str, torch.Tensor], dy: torch.Tensor | None, starts: torch.Tensor | None) -> Callable:
+    """One scan forward (under no_grad when ``dy`` is None) or forward + backward, with or without starts."""
+    def forward():
+        return tri.selective_scan(**inputs, delta_softplus=True, document_starts=starts)
+
+    if dy is None:
+        def forward_only():
+            with torch.no_grad():
+                return forward()
+
+        return forward_only
+    return lambda: forward().backward(dy)
+
+
 def reset_rows() -> list[Row]:
     """Our Triton scan and conv on packed rows (document starts given) against the same rows without starts:
-    what the reset costs (goal: within 5%)."""
+    what the reset costs (goal: within 5%).
+
+    The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
+    is timed twice: its kernels alone (forward, and forward + backward through the autograd Function, with the
+    starts already in the activations' dtype, the layout its kernels read), and the op as a training forward calls
+    it (no final conv state), which adds one elementwise conversion of the (batch, L) starts per call."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
         note = f"{int(starts.sum())} documents"
-        x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
-        weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
-        bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
-        dout = torch.randn_like(x)
         for backward in (False, True):
             op = "scan fwd+bwd" if backward else "scan fwd"
-            plain = time_scan(tri.selective_scan, batch, length, backward)
-            packed = time_scan(lambda **kw: tri.selective_scan(**kw, document_starts=starts), batch, length, backward)
+            inputs = scan_inputs(batch, length, requires_grad=backward)
+            dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE) if backward else None
+            grads = list(inputs.values()) if backward else None
+            plain, packed = paired_ms(scan_call(inputs, dy, None), scan_call(inputs, dy, starts), grads)
             rows.append(Row(op, "triton", batch, length, plain))
             rows.append(Row(op, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
+            del inputs, dy, grads
             torch.cuda.empty_cache()
-        for label, kwargs in (("triton", {}), ("triton, packed", {"document_starts": starts})):
-            with torch.no_grad():
-                fwd = median_ms(lambda: tri.causal_conv1d(x, weight, bias, **kwargs))
-            leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
-            both = median_ms(lambda: tri.causal_conv1d(*leaves, **kwargs)[0].backward(dout), grad_to_none=leaves)
-            if kwargs:
-                rows.append(Row("conv fwd", label, batch, length, fwd, f"{fwd / plain_fwd:.3f}x unpacked; {note}"))
-                rows.append(Row("conv fwd+bwd", label, batch, length, both,
-                                f"{both / plain_both:.3f}x unpacked; {note}"))
-            else:
-                plain_fwd, plain_both = fwd, both
-                rows.append(Row("conv fwd", label, batch, length, fwd))
-                rows.append(Row("conv fwd+bwd", label, batch, length, both))
+        rows += conv_reset_rows(batch, length, starts, note)
+    return rows
+
+
+def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) -> list[Row]:
+    x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+    weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
+    bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
+    dout = torch.randn_like(x)
+    kernel_starts = starts.to(ACTIVATION_DTYPE)
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+
+    def kernels(flags, backward):
+        if not backward:
+            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags)
+        return lambda: tri._CausalConv1d.apply(*leaves, True, None, flags).backward(dout)
+
+    def op(flags, backward):
+        if not backward:
+            def forward():
+                with torch.no_grad():
+                    return tri.causal_conv1d(x, weight, bias, document_starts=flags, return_final_states=False)
+            return forward
+        return lambda: tri.causal_conv1d(*leaves, document_starts=flags, return_final_states=False)[0].backward(dout)
+
+    rows = []
+    for label, build, packed_flags in (("kernels", kernels, kernel_starts), ("op", op, starts)):
+        for backward in (False, True):
+            name = f"conv {label} {'fwd+bwd' if backward else 'fwd'}"
+            grads = leaves if backward else None
+            plain, packed = paired_ms(build(None, backward), build(packed_flags, backward), grads)
+            rows.append(Row(name, "triton", batch, length, plain))
+            rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
     return rows
 
 

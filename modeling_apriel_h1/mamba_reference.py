@@ -126,13 +126,15 @@ def causal_conv1d(
     activation: str | None = "silu",
     initial_state: torch.Tensor | None = None,
     document_starts: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_final_states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Depthwise causal convolution over ``x`` (batch, dim, L) with ``weight`` (dim, width).
 
     ``initial_state`` (batch, dim, width) holds the inputs that precede ``x`` (zeros for a new sequence).
-    Returns the output (batch, dim, L) and the new conv state: the last ``width`` inputs. With
-    ``document_starts``, output t reads only the inputs of its own document (none before the last start at or
-    before t), and the new state keeps only the last document's inputs.
+    Returns the output (batch, dim, L) and the new conv state: the last ``width`` inputs, or None with
+    ``return_final_states=False`` (as causal-conv1d's flag: a forward without a cache, such as training, skips
+    building it). With ``document_starts``, output t reads only the inputs of its own document (none before the
+    last start at or before t), and the new state keeps only the last document's inputs.
     """
     dim, width = weight.shape
     if initial_state is None:
@@ -156,7 +158,7 @@ def causal_conv1d(
         new_state = new_state * last_document_inputs(document_starts, width)[:, None].to(x.dtype)
     if activation is not None:
         out = F.silu(out)
-    return out, new_state
+    return out, new_state if return_final_states else None
 
 
 def last_document_inputs(document_starts: torch.Tensor, width: int) -> torch.Tensor:

@@ -222,7 +222,8 @@ class AprielH1Mamba(nn.Module):
         ssm_state = cache_layer.recurrent_states[0] if has_state else None
         resets = {} if document_starts is None else {"document_starts": document_starts}
         x, new_conv_state = ops.causal_conv1d(
-            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state, **resets
+            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state,
+            return_final_states=cache_layer is not None, **resets,
         )
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)

@@ -56,14 +56,18 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return y.view(batch, dim)
 
 
-def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None):
+def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, return_final_states=True):
     """causal-conv1d's kernel for a fresh sequence; the conv state is the last ``width`` inputs."""
     if _conv_fn is None:
-        return _triton.causal_conv1d(x, weight, bias, activation, initial_state)
+        return _triton.causal_conv1d(x, weight, bias, activation, initial_state,
+                                     return_final_states=return_final_states)
     if initial_state is not None:
-        return reference.causal_conv1d(x, weight, bias, activation, initial_state)
+        return reference.causal_conv1d(x, weight, bias, activation, initial_state,
+                                       return_final_states=return_final_states)
     width = weight.shape[1]
     out = _conv_fn(x, weight, bias, activation=activation)
+    if not return_final_states:
+        return out, None
     new_state = torch.nn.functional.pad(x, (max(width - x.shape[-1], 0), 0))[..., -width:]
     return out, new_state
 

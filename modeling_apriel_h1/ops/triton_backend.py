@@ -37,7 +37,12 @@ def _starts_for_kernels(document_starts: torch.Tensor | None, dtype: torch.dtype
     """(batch, L) document starts, contiguous, 1 at a document's first step, in the dtype a kernel reads: uint8
     for the scan; the activations' dtype for the conv, which loads them at the inputs' tile shape and element
     size so that they arrive in the inputs' register layout."""
-    return None if document_starts is None else document_starts.contiguous().to(dtype)
+    if document_starts is None:
+        return None
+    starts = document_starts.contiguous()
+    if starts.dtype == torch.bool and dtype == torch.uint8:
+        return starts.view(torch.uint8)  # same bytes: no kernel launch per layer
+    return starts.to(dtype)
 
 
 def _silu_or_none(activation: str | None, op: str) -> bool:
@@ -175,7 +180,8 @@ def causal_conv1d(
     activation: str | None = "silu",
     initial_state: torch.Tensor | None = None,
     document_starts: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_final_states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """See ``reference.causal_conv1d``: returns the output and the new conv state (the last W inputs)."""
     silu_activation = _silu_or_none(activation, "causal_conv1d")
     width = weight.shape[1]
@@ -185,6 +191,8 @@ def causal_conv1d(
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
     out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history,
                               _starts_for_kernels(document_starts, x.dtype))
+    if not return_final_states:
+        return out, None
     if x.shape[-1] >= width:
         new_state = x[..., -width:].clone()
     else:

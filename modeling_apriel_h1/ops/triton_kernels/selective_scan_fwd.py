@@ -72,10 +72,12 @@ def _selective_scan_fwd_kernel(
         dt = tl.where(in_seq, dt, 0.0)
         B = tl.load(B_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)  # (N, CHUNK)
         C = tl.load(C_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)
-        decay = tl.exp2(dt[None, :] * A_log2[:, None])
         if HAS_DOCUMENT_STARTS:
             starts = tl.load(starts_ptr + batch * length + t, mask=in_seq, other=0)
-            decay = tl.where(starts[None, :] != 0, 0.0, decay)
+            reset = tl.where(starts != 0, float("-inf"), 0.0)
+            decay = tl.exp2(dt[None, :] * A_log2[:, None] + reset[None, :])
+        else:
+            decay = tl.exp2(dt[None, :] * A_log2[:, None])
         drive = (dt * u)[None, :] * B
         decay_prefix, local_states = tl.associative_scan((decay, drive), axis=1, combine_fn=linear_recurrence_combine)
         hs = local_states + decay_prefix * h[:, None]  # (N, CHUNK): the state after each step
