@@ -89,7 +89,7 @@ def main() -> None:
                         help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
-                HAS_HISTORY=False, SILU=True)
+                HAS_HISTORY=False, SILU=True, SKIP_FAR_TILES=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,

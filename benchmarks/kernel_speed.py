@@ -26,6 +26,7 @@ from triton.testing import do_bench
 
 from modeling_apriel_h1.ops import reference
 from modeling_apriel_h1.ops import triton_backend as tri
+from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
@@ -199,9 +200,10 @@ def reset_rows() -> list[Row]:
     what the reset costs (goal: within 5%).
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
-    is timed twice: its kernels alone (forward, and forward + backward through the autograd Function, with the
-    starts already in the activations' dtype, the layout its kernels read), and the op as a training forward calls
-    it (no final conv state), which adds one elementwise conversion of the (batch, L) starts per call."""
+    is timed twice: each kernel alone (forward, backward; the starts already in the activations' dtype, the layout
+    its kernels read; packed also with every tile masked, ``skip_far_tiles=False``), and the op as a training
+    forward calls it (no final conv state), which adds one elementwise conversion of the (batch, L) starts per
+    call and the backward's zeroed gradient buffers."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
@@ -228,10 +230,10 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
     kernel_starts = starts.to(ACTIVATION_DTYPE)
     leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
 
-    def kernels(flags, backward):
+    def kernels(flags, backward, skip_far_tiles=True):
         if not backward:
-            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags)
-        return lambda: tri._CausalConv1d.apply(*leaves, True, None, flags).backward(dout)
+            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags, skip_far_tiles=skip_far_tiles)
+        return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, flags, skip_far_tiles=skip_far_tiles)
 
     def op(flags, backward):
         if not backward:
@@ -242,13 +244,17 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
         return lambda: tri.causal_conv1d(*leaves, document_starts=flags, return_final_states=False)[0].backward(dout)
 
     rows = []
-    for label, build, packed_flags in (("kernels", kernels, kernel_starts), ("op", op, starts)):
+    for label, build, packed_flags in (("kernel", kernels, kernel_starts), ("op", op, starts)):
         for backward in (False, True):
-            name = f"conv {label} {'fwd+bwd' if backward else 'fwd'}"
+            name = f"conv {label} {('bwd' if label == 'kernel' else 'fwd+bwd') if backward else 'fwd'}"
             grads = leaves if backward else None
             plain, packed = paired_ms(build(None, backward), build(packed_flags, backward), grads)
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
+            if label == "kernel":
+                every = median_ms(kernels(kernel_starts, backward, skip_far_tiles=False))
+                rows.append(Row(name, "triton, packed, every tile masked", batch, length, every,
+                                f"{every / plain:.3f}x unpacked"))
     return rows
 
 

@@ -8,7 +8,8 @@ Both modes run the recipe's own pieces: ``DistillationTrainer`` (reverse KL, chu
 
 - ``padding``: ``per_device_batch`` documents per step, padded to the longest (``packing: false``);
 - ``packing``: the documents packed into rows of ``max_length`` tokens by TRL's BFD packer, ``rows_per_batch``
-  rows flattened into one padding-free row per step (``packing: true``, documents kept apart).
+  rows per step (``packing: true``, documents kept apart): flattened into one padding-free row under
+  flash-attention, kept as rows (each padded by a pad document of its own) under SDPA or eager attention.
 
 Both modes are sized to the same most tokens per step (``per_device_batch * max_length``). Printed per mode:
 steps, tokens computed (every position of every row), useful tokens (the documents' own), the useful fraction,
@@ -32,7 +33,7 @@ from transformers import MistralConfig, MistralForCausalLM, TrainerCallback, Tra
 from trl import pack_dataset
 
 from conversion import convert_model
-from recipes.data import training_collator
+from recipes.data import flattens_packed_rows, training_collator
 from recipes.distillation import DistillationTrainer
 from recipes.tiny_teacher import build_tokenizer
 
@@ -92,7 +93,7 @@ def run(mode: str, data: datasets.Dataset, models, tokenizer, args, output_dir: 
     teacher, student = models
     packing = mode == "packing"
     rows = pack_dataset(data, seq_length=args.max_length, strategy="bfd") if packing else data
-    collator = CountingCollator(training_collator(tokenizer, packing))
+    collator = CountingCollator(training_collator(tokenizer, packing, flatten_rows=flattens_packed_rows(args.attn)))
     timer = EpochTimer()
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, train_dataset=rows, data_collator=collator, callbacks=[timer],
@@ -115,13 +116,13 @@ def main() -> None:
     parser.add_argument("--min-length", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=8192, help="longest document, and the packed row length")
     parser.add_argument("--batch", type=int, default=4, help="documents per step when padding")
-    parser.add_argument("--rows-per-batch", type=int, default=4, help="packed rows per step (flattened into one)")
+    parser.add_argument("--rows-per-batch", type=int, default=4, help="packed rows per step (flattened into one under flash-attention)")
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--attn", default=None,
                         help="attention implementation (default: flash_attention_2 where flash-attn is installed, "
-                             "else sdpa, which computes the flattened packed row's attention densely, masked)")
+                             "else sdpa, with the packed rows kept apart and a block-diagonal mask per row)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny models and documents on the CPU, to check it runs")
     args = parser.parse_args()

@@ -18,10 +18,12 @@ Packing (the ``packing`` setting of the distillation and SFT configs):
 
 * ``false``: one conversation per row, rows padded to the longest of the batch;
 * ``true`` (or ``documents``): whole conversations packed into rows of ``max_length`` tokens by TRL's
-  best-fit-decreasing packer, and each micro-batch flattened into one row without padding by TRL's
-  padding-free collator, whose ``position_ids`` restart at 0 at every conversation. The models see each
-  conversation alone: transformers' masks (and varlen flash-attention) keep attention inside it, and the
-  Apriel-H1 Mamba layers restart their conv window and state at it (``modeling_apriel_h1``);
+  best-fit-decreasing packer, with ``position_ids`` restarting at 0 at every conversation (TRL's padding-free
+  collator writes them). Under varlen flash-attention each micro-batch is flattened into one row without
+  padding; under SDPA or eager attention the rows stay rows (``PackedRowsCollator``), because there a flat row of
+  ``batch x max_length`` tokens is one dense masked attention, ``batch`` times the work of the rows apart. The
+  models see each conversation alone: transformers' masks (and varlen flash-attention) keep attention inside
+  it, and the Apriel-H1 Mamba layers restart their conv window and state at it (``modeling_apriel_h1``);
 * ``cross_document``: the same rows without the restarts (pretraining-style): a later conversation attends to,
   and the Mamba state carries over from, the earlier ones in its row.
 """
@@ -31,6 +33,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import torch
+import torch.nn.functional as F
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from trl import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -159,12 +163,47 @@ def build_dataset(
     return tokenized
 
 
-def training_collator(tokenizer: PreTrainedTokenizerBase, packing: bool | str):
-    """The collator for rows from :func:`build_dataset` with the same ``packing``: TRL's padding-free collator
-    for ``documents`` (one flat row per micro-batch, ``position_ids`` restarting at each conversation, no
-    attention mask, so that transformers' masks separate the conversations), else padding to the batch's
-    longest row."""
+class PackedRowsCollator:
+    """Packed rows as a batch of rows, conversations kept apart, for attention without varlen kernels.
+
+    Each row is collated alone by TRL's padding-free collator (``position_ids`` restarting at each conversation,
+    the first token of each unlabelled), then padded to the batch's longest row with a trailing run of pad
+    tokens that is a document of its own (its ``position_ids`` restart at 0, its labels are -100). So no
+    attention mask is needed, and transformers' masks and the Mamba layers treat the padding as one more
+    document that nothing reads and no loss counts.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.row_collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [self.row_collator([example]) for example in examples]
+        longest = max(row["input_ids"].shape[1] for row in rows)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for row in rows:
+            tail = longest - row["input_ids"].shape[1]
+            batch["input_ids"].append(F.pad(row["input_ids"][0], (0, tail), value=self.pad_token_id))
+            batch["labels"].append(F.pad(row["labels"][0], (0, tail), value=IGNORE_INDEX))
+            batch["position_ids"].append(torch.cat([row["position_ids"][0], torch.arange(tail)]))
+        return {key: torch.stack(values) for key, values in batch.items()}
+
+
+def flattens_packed_rows(attn_implementation: str | None) -> bool:
+    """Whether packed rows should be flattened into one row per micro-batch: only where attention is
+    varlen flash-attention, which computes each conversation alone however long the flat row is."""
+    return attn_implementation is not None and "flash" in attn_implementation
+
+
+def training_collator(tokenizer: PreTrainedTokenizerBase, packing: bool | str, flatten_rows: bool = True):
+    """The collator for rows from :func:`build_dataset` with the same ``packing``. For ``documents``: TRL's
+    padding-free collator when ``flatten_rows`` (one flat row per micro-batch, ``position_ids`` restarting at
+    each conversation, no attention mask, so that transformers' masks separate the conversations), else
+    :class:`PackedRowsCollator` (the same rows kept apart; see :func:`flattens_packed_rows`). Otherwise padding
+    to the batch's longest row."""
     if packing_mode(packing) == DOCUMENTS:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+        if flatten_rows:
+            return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+        return PackedRowsCollator(pad)
     return DataCollatorForSeq2Seq(tokenizer, padding=True)

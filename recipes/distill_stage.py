@@ -32,7 +32,7 @@ import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the
 from conversion.cli import command_line, model_source
 from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
-from recipes.data import build_dataset, load_conversations, training_collator
+from recipes.data import build_dataset, flattens_packed_rows, load_conversations, training_collator
 from recipes.distillation import DistillationTrainer
 from recipes.kd_loss_liger import check_liger_backend
 from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
@@ -140,7 +140,10 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=training_collator(tokenizer, config.packing),
+        data_collator=training_collator(
+            tokenizer, config.packing,
+            flatten_rows=all(flattens_packed_rows(model.config._attn_implementation) for model in (teacher, student)),
+        ),
         loss_kind=config.loss,
         beta=config.jsd_beta,
         temperature=config.temperature,

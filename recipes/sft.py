@@ -27,7 +27,15 @@ import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto clas
 from conversion.atomic_io import staged_output_dir
 from conversion.cli import command_line, model_source, read_yaml_mapping
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
-from recipes.data import DOCUMENTS, SYNTHETIC_SOURCE, build_dataset, load_conversations, packing_mode
+from recipes.data import (
+    DOCUMENTS,
+    SYNTHETIC_SOURCE,
+    build_dataset,
+    flattens_packed_rows,
+    load_conversations,
+    packing_mode,
+    training_collator,
+)
 from recipes.stage_config import check_field_types
 from recipes.zero3 import register_for_zero3
 
@@ -90,9 +98,12 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     rows = load_conversations(recipe.data, synthetic_examples=recipe.synthetic_examples, seed=recipe.seed)
     train_dataset = build_dataset(rows, tokenizer, recipe.max_seq_length, recipe.packing)
-    # Packed conversations kept apart: TRL's padding-free collator (enabled by packing with its "bfd" strategy;
-    # the rows are already packed, so TRL does not pack again) writes position_ids restarting at each one.
+    # Packed conversations kept apart: under varlen flash-attention TRL's padding-free collator (enabled by packing
+    # with its "bfd" strategy; the rows are already packed, so TRL does not pack again) writes position_ids
+    # restarting at each one in one flat row; otherwise the rows stay rows (recipes.data.PackedRowsCollator).
     keep_apart = packing_mode(recipe.packing) == DOCUMENTS
+    flatten = keep_apart and flattens_packed_rows(model.config._attn_implementation)
+    collator = training_collator(tokenizer, recipe.packing, flatten_rows=False) if keep_apart and not flatten else None
     checkpoints_dir = output_dir / "checkpoints"
     args = SFTConfig(
         output_dir=str(checkpoints_dir),
@@ -110,7 +121,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         bf16=recipe.bf16,
         report_to=[],
         include_num_input_tokens_seen="non_padding",  # counted as the distillation stages count them
-        packing=keep_apart,
+        packing=flatten,
         packing_strategy="bfd",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
@@ -118,7 +129,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         **{CHECKPOINTING_ARGUMENT: True},  # TRL's default, named so that transformers 5.24 does not warn
     )
     trainer = CompleteCheckpointsSFTTrainer(
-        model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer
+        model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator
     )
     register_for_zero3(trainer.accelerator, trainer.model)
     checkpoint = latest_complete_checkpoint(checkpoints_dir) if resume else None

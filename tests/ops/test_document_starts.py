@@ -28,6 +28,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = {
     "run and chunk edges": [[8, 56, 64, 9], [64, 1, 2, 70]],
     "mid-run starts": [[13, 130, 60], [3, 200]],
+    # conv tiles of 128 steps with no start within 8 steps of them take the plain path, the others the masked one
+    "long documents": [[300, 41], [5, 336]],
 }
 BACKENDS = [
     pytest.param("reference", id="reference"),
@@ -168,3 +170,25 @@ def test_states_after_a_packed_row_are_its_last_documents(backend, last_length):
     _, conv_state = ops.causal_conv1d(inputs["u"], weight, document_starts=starts)
     _, conv_state_alone = reference.causal_conv1d(last["u"], weight)
     torch.testing.assert_close(conv_state, conv_state_alone, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)")
+def test_conv_tiles_far_from_starts_equal_their_masked_path():
+    """The conv kernels' plain path for tiles with no document start near them computes exactly what masking
+    every tile computes (its masks are all ones there), forward and backward."""
+    from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
+    from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
+
+    layout = LAYOUTS["long documents"]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 24, sum(layout[0]), generator=g).to(DEVICE)
+    weight, bias = torch.randn(24, 4, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
+    dout = torch.randn(x.shape, generator=g).to(DEVICE)
+    starts = document_starts(layout).to(x.dtype)
+    outputs = [causal_conv1d_forward(x, weight, bias, True, None, starts, skip_far_tiles=skip) for skip in (True, False)]
+    grads = [causal_conv1d_backward(dout, x, weight, bias, True, None, starts, skip_far_tiles=skip)
+             for skip in (True, False)]
+    assert torch.equal(outputs[0], outputs[1])
+    for skipped, masked in zip(grads[0], grads[1]):
+        torch.testing.assert_close(skipped, masked, rtol=1e-6, atol=1e-6)  # atomic adds: order may differ

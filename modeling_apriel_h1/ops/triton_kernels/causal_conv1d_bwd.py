@@ -22,6 +22,7 @@ from .conv_runs import (
     RUN,
     as_runs,
     document_later_grads,
+    document_starts_near,
     document_window,
     filter_taps,
     input_runs,
@@ -31,6 +32,8 @@ from .conv_runs import (
     start_runs,
 )
 from .device_functions import silu_grad
+
+SKIP_FAR_TILES_BACKWARD = True
 
 
 @triton.jit
@@ -85,6 +88,7 @@ def _causal_conv1d_bwd_kernel(
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
+    SKIP_FAR_TILES: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
     dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks;
@@ -102,8 +106,11 @@ def _causal_conv1d_bwd_kernel(
     e0, e1, e2, _, _, _, _, _ = split_run(  # the run after
         as_runs(tl.load(dout_rows + p + RUN, mask=p + RUN < length, other=0.0).to(tl.float32), RUNS))
 
-    if HAS_DOCUMENT_STARTS:
-        starts_row = starts_ptr + batch * length
+    starts_row = starts_ptr + batch * length
+    masked_tile = HAS_DOCUMENT_STARTS  # compile-time: False for rows of one sequence
+    if HAS_DOCUMENT_STARTS and SKIP_FAR_TILES:
+        masked_tile = document_starts_near(starts_row, p, length)
+    if masked_tile:
         s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
         _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
         sa0, sa1, sa2, _, _, _, _, _ = split_run(start_runs(starts_row, rows, p + RUN, length, RUNS))
@@ -171,9 +178,10 @@ def _causal_conv1d_bwd_kernel(
 def causal_conv1d_backward(
     dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
+    skip_far_tiles: bool = SKIP_FAR_TILES_BACKWARD,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward convolution; returns dx (x's dtype), dweight (dim, W) and dbias (dim,) in fp32.
-    ``document_starts`` as in ``causal_conv1d_forward``."""
+    ``document_starts`` and ``skip_far_tiles`` as in ``causal_conv1d_forward``."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
@@ -189,7 +197,7 @@ def causal_conv1d_backward(
         dout.stride(0), dout.stride(1),
         WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        HAS_DOCUMENT_STARTS=document_starts is not None,
+        HAS_DOCUMENT_STARTS=document_starts is not None, SKIP_FAR_TILES=skip_far_tiles,
         num_warps=CONV_NUM_WARPS,
     )
     return dx, dweight, dbias

@@ -106,6 +106,19 @@ def start_runs(starts_row, rows, p, length, RUNS: tl.constexpr):
 
 
 @triton.jit
+def document_starts_near(starts_row, p, length):
+    """Whether a document starts within one run (8 steps) before or after this tile's steps ``p`` (1, RUNS * 8):
+    only then can one of its outputs (forward) or inputs (backward) be cut off from a neighbour, and the tile
+    takes the masked path. Documents of reasoning traces are hundreds to thousands of steps long, so most tiles of
+    a packed row have no start near them and run the plain code: three (RUNS * 8) loads and a max per tile
+    instead of the masks' arithmetic on every element."""
+    near = tl.load(starts_row + p, mask=p < length, other=0)
+    near = tl.maximum(near, tl.load(starts_row + p - RUN, mask=(p >= RUN) & (p - RUN < length), other=0))
+    near = tl.maximum(near, tl.load(starts_row + p + RUN, mask=p + RUN < length, other=0))
+    return tl.max(tl.max(near, axis=1), axis=0) != 0
+
+
+@triton.jit
 def document_window(x_1, x_2, x_3, s, s_1, s_2):
     """The inputs 1, 2 and 3 steps back that one output of a packed row reads: zero where a document starts
     between them and the output. ``s`` is the start flag (1.0/0.0) at the output's step, ``s_k`` k steps back."""
