@@ -201,7 +201,7 @@ def reset_rows() -> list[Row]:
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
     is timed twice: each kernel alone (forward, backward; the starts already in the activations' dtype, the layout
-    its kernels read; packed also with every tile masked, ``skip_far_tiles=False``), and the op as a training
+    its kernels read; the packed backward also with every tile masked, ``skip_far_tiles=False``), and the op as a training
     forward calls it (no final conv state), which adds one elementwise conversion of the (batch, L) starts per
     call and the backward's zeroed gradient buffers."""
     rows = []
@@ -232,7 +232,7 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
 
     def kernels(flags, backward, skip_far_tiles=True):
         if not backward:
-            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags, skip_far_tiles=skip_far_tiles)
+            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags)
         return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, flags, skip_far_tiles=skip_far_tiles)
 
     def op(flags, backward):
@@ -251,7 +251,7 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
             plain, packed = paired_ms(build(None, backward), build(packed_flags, backward), grads)
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
-            if label == "kernel":
+            if label == "kernel" and backward:
                 every = median_ms(kernels(kernel_starts, backward, skip_far_tiles=False))
                 rows.append(Row(name, "triton, packed, every tile masked", batch, length, every,
                                 f"{every / plain:.3f}x unpacked"))

@@ -174,11 +174,10 @@ def test_states_after_a_packed_row_are_its_last_documents(backend, last_length):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)")
-def test_conv_tiles_far_from_starts_equal_their_masked_path():
-    """The conv kernels' plain path for tiles with no document start near them computes exactly what masking
-    every tile computes (its masks are all ones there), forward and backward."""
+def test_conv_backward_tiles_far_from_starts_equal_their_masked_path():
+    """The conv backward's plain path for tiles with no document start near them computes what masking every
+    tile computes (its masks are all ones there)."""
     from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
-    from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 
     layout = LAYOUTS["long documents"]
     g = torch.Generator().manual_seed(5)
@@ -186,9 +185,8 @@ def test_conv_tiles_far_from_starts_equal_their_masked_path():
     weight, bias = torch.randn(24, 4, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
     dout = torch.randn(x.shape, generator=g).to(DEVICE)
     starts = document_starts(layout).to(x.dtype)
-    outputs = [causal_conv1d_forward(x, weight, bias, True, None, starts, skip_far_tiles=skip) for skip in (True, False)]
-    grads = [causal_conv1d_backward(dout, x, weight, bias, True, None, starts, skip_far_tiles=skip)
-             for skip in (True, False)]
-    assert torch.equal(outputs[0], outputs[1])
-    for skipped, masked in zip(grads[0], grads[1]):
-        torch.testing.assert_close(skipped, masked, rtol=1e-6, atol=1e-6)  # atomic adds: order may differ
+    skipped, masked = (causal_conv1d_backward(dout, x, weight, bias, True, None, starts, skip_far_tiles=skip)
+                       for skip in (True, False))
+    torch.testing.assert_close(skipped[0], masked[0], rtol=0, atol=0)  # dx: no atomics, the same products
+    for name, got, expected in zip(("dweight", "dbias"), skipped[1:], masked[1:]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)  # atomic adds: order may differ

@@ -8,7 +8,7 @@ Tiles are (channels, runs, 8 steps) (``conv_runs``). g is computed once per step
 run after each run (which dx needs): 11 activation derivatives per 8 steps, where shifted windows would need 32.
 The gradient of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
 In a packed row (``document_starts``) the inputs each output reads are masked as in the forward, and so are the
-later outputs' gradients that reach each input.
+later outputs' gradients that reach each input; tiles with no document start near them skip the masks.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from .conv_runs import (
     start_runs,
 )
 from .device_functions import silu_grad
-
-SKIP_FAR_TILES_BACKWARD = True
 
 
 @triton.jit
@@ -178,10 +176,13 @@ def _causal_conv1d_bwd_kernel(
 def causal_conv1d_backward(
     dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
-    skip_far_tiles: bool = SKIP_FAR_TILES_BACKWARD,
+    skip_far_tiles: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward convolution; returns dx (x's dtype), dweight (dim, W) and dbias (dim,) in fp32.
-    ``document_starts`` and ``skip_far_tiles`` as in ``causal_conv1d_forward``."""
+    ``document_starts`` as in ``causal_conv1d_forward``. ``skip_far_tiles``: tiles with no document start near
+    them take the plain path (``document_starts_near``); False masks every tile, as the forward does (kept for
+    timing the two: on an H200 the packed backward took 1.15-1.17x the unpacked one with it, 1.31-1.37x
+    without; the forward gained nothing from the same branch, benchmarks/RESULTS.md)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)

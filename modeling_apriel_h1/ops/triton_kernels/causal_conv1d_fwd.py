@@ -12,22 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_runs import (
-    RUN,
-    document_starts_near,
-    document_window,
-    filter_taps,
-    input_runs,
-    join_run,
-    split_run,
-    start_runs,
-)
+from .conv_runs import RUN, document_window, filter_taps, input_runs, join_run, split_run, start_runs
 from .device_functions import silu
 
 CONV_BLOCK_D = 16  # channels per program
 CONV_RUNS = 16  # runs of 8 steps per program: 128 steps
 CONV_NUM_WARPS = 4
-SKIP_FAR_TILES_FORWARD = True
 
 
 @triton.jit
@@ -62,7 +52,6 @@ def _causal_conv1d_fwd_kernel(
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
-    SKIP_FAR_TILES: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
     (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous;
@@ -73,11 +62,8 @@ def _causal_conv1d_fwd_kernel(
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
     w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
     x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
-    starts_row = starts_ptr + batch * length
-    masked_tile = HAS_DOCUMENT_STARTS  # compile-time: False for rows of one sequence
-    if HAS_DOCUMENT_STARTS and SKIP_FAR_TILES:
-        masked_tile = document_starts_near(starts_row, p, length)
-    if masked_tile:
+    if HAS_DOCUMENT_STARTS:
+        starts_row = starts_ptr + batch * length
         s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
         _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
         out = join_run(
@@ -109,12 +95,9 @@ def _causal_conv1d_fwd_kernel(
 def causal_conv1d_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
-    skip_far_tiles: bool = SKIP_FAR_TILES_FORWARD,
 ) -> torch.Tensor:
     """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_starts``:
-    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence. ``skip_far_tiles``: tiles with
-    no document start near them take the plain path (``document_starts_near``); False masks every tile (for
-    timing the two)."""
+    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
@@ -126,7 +109,7 @@ def causal_conv1d_forward(
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
         WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        HAS_DOCUMENT_STARTS=document_starts is not None, SKIP_FAR_TILES=skip_far_tiles,
+        HAS_DOCUMENT_STARTS=document_starts is not None,
         num_warps=CONV_NUM_WARPS,
     )
     return out
