@@ -5,6 +5,7 @@ PyTorch reference (only where its Python loop over time is affordable).
     PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time candidate tile sizes (scan, conv step)
     PYTHONPATH=. python benchmarks/kernel_speed.py --ops conv decode       # only some of the tables
     PYTHONPATH=. python benchmarks/kernel_speed.py --resets                # Triton scan and conv on packed rows vs not
+    PYTHONPATH=. python benchmarks/kernel_speed.py --resets --sweep-tiles  # the packed conv forward's tiles
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -393,6 +394,23 @@ def sweep_conv_update(copy_bytes_per_s: float) -> None:
                   f"{100 * total / (ms * 1e-3) / copy_bytes_per_s:>8.0f}% {100 * copy_ms / ms:>18.0f}%", flush=True)
 
 
+def sweep_packed_conv_tiles() -> None:
+    """The conv forward kernel on packed rows against unpacked ones for candidate (channels, runs of 8 steps, warps)
+    per program: the packed path holds start flags beside the inputs, and fewer elements per thread hold fewer."""
+    print(f"{'batch':>5} {'L':>6} {'block_d':>7} {'runs':>4} {'warps':>5} {'plain ms':>9} {'packed ms':>9} {'packed / plain':>14}")
+    for batch, length in [(1, 16384), (8, 4096), (8, 16384)]:
+        x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
+        weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
+        bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
+        starts = packed_document_starts(batch, length).to(ACTIVATION_DTYPE)
+        plain = median_ms(lambda: causal_conv1d_forward(x, weight, bias, True, None))
+        for block_d, runs, num_warps in [(16, 16, 4), (16, 16, 8), (8, 16, 4), (16, 8, 4), (32, 16, 8), (16, 32, 8)]:
+            packed = median_ms(lambda: causal_conv1d_forward(x, weight, bias, True, None, starts, block_d=block_d,
+                                                             runs=runs, num_warps=num_warps))
+            print(f"{batch:>5} {length:>6} {block_d:>7} {runs:>4} {num_warps:>5} {plain:>9.4f} {packed:>9.4f} "
+                  f"{packed / plain:>13.3f}x", flush=True)
+
+
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| op | impl | batch | L | ms | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for row in rows:
@@ -413,6 +431,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
     torch.manual_seed(0)
+    if args.resets and args.sweep_tiles:
+        sweep_packed_conv_tiles()
+        return
     if args.sweep_tiles:
         sweep_tiles()
         sweep_conv_update(copy_bandwidth())

@@ -95,21 +95,23 @@ def _causal_conv1d_fwd_kernel(
 def causal_conv1d_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
+    block_d: int = CONV_BLOCK_D, runs: int = CONV_RUNS, num_warps: int = CONV_NUM_WARPS,
 ) -> torch.Tensor:
     """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_starts``:
-    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence."""
+    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence. ``block_d``, ``runs`` and
+    ``num_warps`` are for sweeps (``kernel_speed.py --resets --sweep-tiles``)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
     history_arg = history if history is not None else x
-    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
+    grid = (batch, triton.cdiv(dim, block_d), triton.cdiv(length, runs * RUN))
     _causal_conv1d_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg,
         document_starts if document_starts is not None else x, out,
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
-        WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
+        WIDTH=width, BLOCK_D=block_d, RUNS=runs,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
         HAS_DOCUMENT_STARTS=document_starts is not None,
-        num_warps=CONV_NUM_WARPS,
+        num_warps=num_warps,
     )
     return out
