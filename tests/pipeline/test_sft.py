@@ -72,8 +72,9 @@ def test_sft_settings_are_validated():
 
 
 def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_dir, tmp_path, monkeypatch):
-    """``packing: true``: TRL's padding-free collator hands the hybrid flat rows whose position_ids restart at
-    every conversation, so the Mamba layers find document starts in every training step."""
+    """``packing: true``: the hybrid gets packed rows whose position_ids restart at every conversation, so the
+    Mamba layers find document starts in every training step. Its attention is not flash-attention, so the two
+    rows of a step stay two rows (``recipes.data.PackedRowsCollator``) rather than one flat row."""
     from modeling_apriel_h1 import modeling_apriel_h1 as modeling
 
     found = []
@@ -81,7 +82,7 @@ def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_
 
     def recording(*args):
         starts = original(*args)
-        found.append(0 if starts is None else int(starts.sum()))
+        found.append((0, 0) if starts is None else (starts.shape[0], int(starts.sum())))
         return starts
 
     monkeypatch.setattr(modeling, "_packed_document_starts", recording)
@@ -90,7 +91,7 @@ def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_
         max_steps=2, per_device_train_batch_size=2, save_steps=2, logging_steps=1, packing=True,
     )
     assert run_sft(recipe)["steps"] == 2
-    assert len(found) == 2 and all(count >= 1 for count in found)  # each flat row joins two packed rows or more
+    assert len(found) == 2 and all(rows == 2 and count >= 1 for rows, count in found)
 
 
 def test_sft_packing_mode_is_validated():
