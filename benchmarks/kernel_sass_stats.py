@@ -30,7 +30,6 @@ from modeling_apriel_h1.ops.triton_kernels import (
     selective_scan_bwd,
     selective_scan_fwd,
 )
-from modeling_apriel_h1.ops.triton_kernels.conv_runs import BRANCH_PER_TILE
 from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
 
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr",
@@ -90,7 +89,7 @@ def main() -> None:
                         help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
-                HAS_HISTORY=False, SILU=True, TILES=BRANCH_PER_TILE)
+                HAS_HISTORY=False, SILU=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
@@ -99,7 +98,8 @@ def main() -> None:
                      dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
                      SCAN_TILES.backward_num_warps),
         "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
-        "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
+        "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, dict(conv, SKIP_FAR_TILES=True),
+                          causal_conv1d_fwd.CONV_NUM_WARPS),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
     variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])

@@ -27,9 +27,8 @@ from triton.testing import do_bench
 
 from modeling_apriel_h1.ops import reference
 from modeling_apriel_h1.ops import triton_backend as tri
-from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import PACKED_TILES_BACKWARD, causal_conv1d_backward
-from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import PACKED_TILES_FORWARD, causal_conv1d_forward
-from modeling_apriel_h1.ops.triton_kernels.conv_runs import PACKED_TILE_LAUNCHES
+from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
+from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -197,21 +196,20 @@ def scan_call(inputs: dict[str, torch.Tensor], dy: torch.Tensor | None, starts: 
     return lambda: forward().backward(dy)
 
 
-def reset_rows(ops: list[str]) -> list[Row]:
+def reset_rows() -> list[Row]:
     """Our Triton scan and conv on packed rows (document starts given) against the same rows without starts:
     what the reset costs (goal: within 5%).
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
     is timed twice: each kernel alone (forward, backward; the starts already in the activations' dtype, the layout
-    its kernels read; packed also each other way of running its tiles, ``conv_runs.PACKED_TILE_LAUNCHES``), and
-    the op as a training
+    its kernels read; the packed backward also with every tile masked, ``skip_far_tiles=False``), and the op as a training
     forward calls it (no final conv state), which adds one elementwise conversion of the (batch, L) starts per
     call and the backward's zeroed gradient buffers."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
         note = f"{int(starts.sum())} documents"
-        for backward in (False, True) if "scan" in ops else ():
+        for backward in (False, True):
             op = "scan fwd+bwd" if backward else "scan fwd"
             inputs = scan_inputs(batch, length, requires_grad=backward)
             dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE) if backward else None
@@ -221,8 +219,7 @@ def reset_rows(ops: list[str]) -> list[Row]:
             rows.append(Row(op, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
             del inputs, dy, grads
             torch.cuda.empty_cache()
-        if "conv" in ops:
-            rows += conv_reset_rows(batch, length, starts, note)
+        rows += conv_reset_rows(batch, length, starts, note)
     return rows
 
 
@@ -234,10 +231,10 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
     kernel_starts = starts.to(ACTIVATION_DTYPE)
     leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
 
-    def kernels(flags, backward, **way):
+    def kernels(flags, backward, skip_far_tiles=True):
         if not backward:
-            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags, **way)
-        return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, flags, **way)
+            return lambda: causal_conv1d_forward(x, weight, bias, True, None, flags)
+        return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, flags, skip_far_tiles=skip_far_tiles)
 
     def op(flags, backward):
         if not backward:
@@ -254,15 +251,11 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
             grads = leaves if backward else None
             plain, packed = paired_ms(build(None, backward), build(packed_flags, backward), grads)
             rows.append(Row(name, "triton", batch, length, plain))
-            way = f" ({PACKED_TILES_BACKWARD if backward else PACKED_TILES_FORWARD})" if label == "kernel" else ""
-            rows.append(Row(name, f"triton, packed{way}", batch, length, packed,
-                            f"{packed / plain:.3f}x unpacked; {note}"))
-            if label == "kernel":
-                default = PACKED_TILES_BACKWARD if backward else PACKED_TILES_FORWARD
-                for way in PACKED_TILE_LAUNCHES:
-                    if way != default:
-                        ms = median_ms(kernels(kernel_starts, backward, packed_tiles=way))
-                        rows.append(Row(name, f"triton, packed, {way}", batch, length, ms, f"{ms / plain:.3f}x unpacked"))
+            rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
+            if label == "kernel" and backward:
+                every = median_ms(kernels(kernel_starts, backward, skip_far_tiles=False))
+                rows.append(Row(name, "triton, packed, every tile masked", batch, length, every,
+                                f"{every / plain:.3f}x unpacked"))
     return rows
 
 
@@ -449,7 +442,7 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}; "
               f"dim {DIM}, N {N_STATES}, {GROUPS} groups, conv width {CONV_WIDTH}, {ACTIVATION_DTYPE}; packed rows: "
               "documents of log-uniform 200-8192 tokens", flush=True)
-        table = markdown_table(reset_rows(args.ops))
+        table = markdown_table(reset_rows())
         print(table)
         if args.markdown:
             with open(args.markdown, "w") as f:

@@ -21,20 +21,17 @@ from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_til
 from .conv_runs import (
     RUN,
     as_runs,
-    PACKED_TILE_LAUNCHES,
     document_later_grads,
+    document_starts_near,
     document_window,
     filter_taps,
     input_runs,
     join_run,
     load_runs,
-    packed_tile_selection,
     split_run,
     start_runs,
 )
 from .device_functions import silu_grad
-
-PACKED_TILES_BACKWARD = "branch"
 
 
 @triton.jit
@@ -89,7 +86,7 @@ def _causal_conv1d_bwd_kernel(
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
-    TILES: tl.constexpr,
+    SKIP_FAR_TILES: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
     dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks;
@@ -100,89 +97,92 @@ def _causal_conv1d_bwd_kernel(
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
     dout_rows = dout_ptr + batch * stride_dout_b + rows * stride_dout_d
     w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
+    x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
+    a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY, RUNS))
+    d0, d1, d2, d3, d4, d5, d6, d7 = split_run(
+        as_runs(tl.load(dout_rows + p, mask=p < length, other=0.0).to(tl.float32), RUNS))
+    e0, e1, e2, _, _, _, _, _ = split_run(  # the run after
+        as_runs(tl.load(dout_rows + p + RUN, mask=p + RUN < length, other=0.0).to(tl.float32), RUNS))
+
     starts_row = starts_ptr + batch * length
-    run_tile, masked_tile = packed_tile_selection(starts_row, p, length, HAS_DOCUMENT_STARTS, TILES)
-    if run_tile:
-        x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
-        a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY, RUNS))
-        d0, d1, d2, d3, d4, d5, d6, d7 = split_run(
-            as_runs(tl.load(dout_rows + p, mask=p < length, other=0.0).to(tl.float32), RUNS))
-        e0, e1, e2, _, _, _, _, _ = split_run(  # the run after
-            as_runs(tl.load(dout_rows + p + RUN, mask=p + RUN < length, other=0.0).to(tl.float32), RUNS))
+    masked_tile = HAS_DOCUMENT_STARTS  # compile-time: False for rows of one sequence
+    if HAS_DOCUMENT_STARTS and SKIP_FAR_TILES:
+        masked_tile = document_starts_near(starts_row, p, length)
+    if masked_tile:
+        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
+        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
+        sa0, sa1, sa2, _, _, _, _, _ = split_run(start_runs(starts_row, rows, p + RUN, length, RUNS))
+        # g of the run after (its first three steps), then of this run, each with the masked inputs it read
+        ga0, _, _, _ = document_output_grad(e0, a0, x7, x6, x5, sa0, s7, s6, w_new, w_1, w_2, w_3, bias, SILU)
+        ga1, _, _, _ = document_output_grad(e1, a1, a0, x7, x6, sa1, sa0, s7, w_new, w_1, w_2, w_3, bias, SILU)
+        ga2, _, _, _ = document_output_grad(e2, a2, a1, a0, x7, sa2, sa1, sa0, w_new, w_1, w_2, w_3, bias, SILU)
+        g0, m1_0, m2_0, m3_0 = document_output_grad(d0, x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU)
+        g1, m1_1, m2_1, m3_1 = document_output_grad(d1, x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU)
+        g2, m1_2, m2_2, m3_2 = document_output_grad(d2, x2, x1, x0, b7, s2, s1, s0, w_new, w_1, w_2, w_3, bias, SILU)
+        g3, m1_3, m2_3, m3_3 = document_output_grad(d3, x3, x2, x1, x0, s3, s2, s1, w_new, w_1, w_2, w_3, bias, SILU)
+        g4, m1_4, m2_4, m3_4 = document_output_grad(d4, x4, x3, x2, x1, s4, s3, s2, w_new, w_1, w_2, w_3, bias, SILU)
+        g5, m1_5, m2_5, m3_5 = document_output_grad(d5, x5, x4, x3, x2, s5, s4, s3, w_new, w_1, w_2, w_3, bias, SILU)
+        g6, m1_6, m2_6, m3_6 = document_output_grad(d6, x6, x5, x4, x3, s6, s5, s4, w_new, w_1, w_2, w_3, bias, SILU)
+        g7, m1_7, m2_7, m3_7 = document_output_grad(d7, x7, x6, x5, x4, s7, s6, s5, w_new, w_1, w_2, w_3, bias, SILU)
+        dx = join_run(
+            document_input_grad(g0, g1, g2, g3, s1, s2, s3, w_new, w_1, w_2, w_3),
+            document_input_grad(g1, g2, g3, g4, s2, s3, s4, w_new, w_1, w_2, w_3),
+            document_input_grad(g2, g3, g4, g5, s3, s4, s5, w_new, w_1, w_2, w_3),
+            document_input_grad(g3, g4, g5, g6, s4, s5, s6, w_new, w_1, w_2, w_3),
+            document_input_grad(g4, g5, g6, g7, s5, s6, s7, w_new, w_1, w_2, w_3),
+            document_input_grad(g5, g6, g7, ga0, s6, s7, sa0, w_new, w_1, w_2, w_3),
+            document_input_grad(g6, g7, ga0, ga1, s7, sa0, sa1, w_new, w_1, w_2, w_3),
+            document_input_grad(g7, ga0, ga1, ga2, sa0, sa1, sa2, w_new, w_1, w_2, w_3),
+        )
+        window_1 = join_run(m1_0, m1_1, m1_2, m1_3, m1_4, m1_5, m1_6, m1_7)
+        window_2 = join_run(m2_0, m2_1, m2_2, m2_3, m2_4, m2_5, m2_6, m2_7)
+        window_3 = join_run(m3_0, m3_1, m3_2, m3_3, m3_4, m3_5, m3_6, m3_7)
+    else:
+        # g of the run after (its first three steps), then of this run; x_k columns as in the forward
+        ga0 = output_grad(e0, a0, x7, x6, x5, w_new, w_1, w_2, w_3, bias, SILU)
+        ga1 = output_grad(e1, a1, a0, x7, x6, w_new, w_1, w_2, w_3, bias, SILU)
+        ga2 = output_grad(e2, a2, a1, a0, x7, w_new, w_1, w_2, w_3, bias, SILU)
+        g0 = output_grad(d0, x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU)
+        g1 = output_grad(d1, x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU)
+        g2 = output_grad(d2, x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU)
+        g3 = output_grad(d3, x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU)
+        g4 = output_grad(d4, x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU)
+        g5 = output_grad(d5, x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU)
+        g6 = output_grad(d6, x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU)
+        g7 = output_grad(d7, x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU)
+        dx = join_run(
+            input_grad(g0, g1, g2, g3, w_new, w_1, w_2, w_3),
+            input_grad(g1, g2, g3, g4, w_new, w_1, w_2, w_3),
+            input_grad(g2, g3, g4, g5, w_new, w_1, w_2, w_3),
+            input_grad(g3, g4, g5, g6, w_new, w_1, w_2, w_3),
+            input_grad(g4, g5, g6, g7, w_new, w_1, w_2, w_3),
+            input_grad(g5, g6, g7, ga0, w_new, w_1, w_2, w_3),
+            input_grad(g6, g7, ga0, ga1, w_new, w_1, w_2, w_3),
+            input_grad(g7, ga0, ga1, ga2, w_new, w_1, w_2, w_3),
+        )
+        window_1 = join_run(b7, x0, x1, x2, x3, x4, x5, x6)
+        window_2 = join_run(b6, b7, x0, x1, x2, x3, x4, x5)
+        window_3 = join_run(b5, b6, b7, x0, x1, x2, x3, x4)
+    dx_rows = dx_ptr + batch * dim * length + rows.to(tl.int64) * length
+    tl.store(dx_rows + p, tl.reshape(dx, (BLOCK_D, RUNS * RUN)).to(dx_ptr.dtype.element_ty),
+             mask=in_dim[:, None] & (p < length))
 
-        if masked_tile:
-            s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
-            _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
-            sa0, sa1, sa2, _, _, _, _, _ = split_run(start_runs(starts_row, rows, p + RUN, length, RUNS))
-            # g of the run after (its first three steps), then of this run, each with the masked inputs it read
-            ga0, _, _, _ = document_output_grad(e0, a0, x7, x6, x5, sa0, s7, s6, w_new, w_1, w_2, w_3, bias, SILU)
-            ga1, _, _, _ = document_output_grad(e1, a1, a0, x7, x6, sa1, sa0, s7, w_new, w_1, w_2, w_3, bias, SILU)
-            ga2, _, _, _ = document_output_grad(e2, a2, a1, a0, x7, sa2, sa1, sa0, w_new, w_1, w_2, w_3, bias, SILU)
-            g0, m1_0, m2_0, m3_0 = document_output_grad(d0, x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU)
-            g1, m1_1, m2_1, m3_1 = document_output_grad(d1, x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU)
-            g2, m1_2, m2_2, m3_2 = document_output_grad(d2, x2, x1, x0, b7, s2, s1, s0, w_new, w_1, w_2, w_3, bias, SILU)
-            g3, m1_3, m2_3, m3_3 = document_output_grad(d3, x3, x2, x1, x0, s3, s2, s1, w_new, w_1, w_2, w_3, bias, SILU)
-            g4, m1_4, m2_4, m3_4 = document_output_grad(d4, x4, x3, x2, x1, s4, s3, s2, w_new, w_1, w_2, w_3, bias, SILU)
-            g5, m1_5, m2_5, m3_5 = document_output_grad(d5, x5, x4, x3, x2, s5, s4, s3, w_new, w_1, w_2, w_3, bias, SILU)
-            g6, m1_6, m2_6, m3_6 = document_output_grad(d6, x6, x5, x4, x3, s6, s5, s4, w_new, w_1, w_2, w_3, bias, SILU)
-            g7, m1_7, m2_7, m3_7 = document_output_grad(d7, x7, x6, x5, x4, s7, s6, s5, w_new, w_1, w_2, w_3, bias, SILU)
-            dx = join_run(
-                document_input_grad(g0, g1, g2, g3, s1, s2, s3, w_new, w_1, w_2, w_3),
-                document_input_grad(g1, g2, g3, g4, s2, s3, s4, w_new, w_1, w_2, w_3),
-                document_input_grad(g2, g3, g4, g5, s3, s4, s5, w_new, w_1, w_2, w_3),
-                document_input_grad(g3, g4, g5, g6, s4, s5, s6, w_new, w_1, w_2, w_3),
-                document_input_grad(g4, g5, g6, g7, s5, s6, s7, w_new, w_1, w_2, w_3),
-                document_input_grad(g5, g6, g7, ga0, s6, s7, sa0, w_new, w_1, w_2, w_3),
-                document_input_grad(g6, g7, ga0, ga1, s7, sa0, sa1, w_new, w_1, w_2, w_3),
-                document_input_grad(g7, ga0, ga1, ga2, sa0, sa1, sa2, w_new, w_1, w_2, w_3),
-            )
-            window_1 = join_run(m1_0, m1_1, m1_2, m1_3, m1_4, m1_5, m1_6, m1_7)
-            window_2 = join_run(m2_0, m2_1, m2_2, m2_3, m2_4, m2_5, m2_6, m2_7)
-            window_3 = join_run(m3_0, m3_1, m3_2, m3_3, m3_4, m3_5, m3_6, m3_7)
-        else:
-            # g of the run after (its first three steps), then of this run; x_k columns as in the forward
-            ga0 = output_grad(e0, a0, x7, x6, x5, w_new, w_1, w_2, w_3, bias, SILU)
-            ga1 = output_grad(e1, a1, a0, x7, x6, w_new, w_1, w_2, w_3, bias, SILU)
-            ga2 = output_grad(e2, a2, a1, a0, x7, w_new, w_1, w_2, w_3, bias, SILU)
-            g0 = output_grad(d0, x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU)
-            g1 = output_grad(d1, x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU)
-            g2 = output_grad(d2, x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU)
-            g3 = output_grad(d3, x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU)
-            g4 = output_grad(d4, x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU)
-            g5 = output_grad(d5, x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU)
-            g6 = output_grad(d6, x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU)
-            g7 = output_grad(d7, x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU)
-            dx = join_run(
-                input_grad(g0, g1, g2, g3, w_new, w_1, w_2, w_3),
-                input_grad(g1, g2, g3, g4, w_new, w_1, w_2, w_3),
-                input_grad(g2, g3, g4, g5, w_new, w_1, w_2, w_3),
-                input_grad(g3, g4, g5, g6, w_new, w_1, w_2, w_3),
-                input_grad(g4, g5, g6, g7, w_new, w_1, w_2, w_3),
-                input_grad(g5, g6, g7, ga0, w_new, w_1, w_2, w_3),
-                input_grad(g6, g7, ga0, ga1, w_new, w_1, w_2, w_3),
-                input_grad(g7, ga0, ga1, ga2, w_new, w_1, w_2, w_3),
-            )
-            window_1 = join_run(b7, x0, x1, x2, x3, x4, x5, x6)
-            window_2 = join_run(b6, b7, x0, x1, x2, x3, x4, x5)
-            window_3 = join_run(b5, b6, b7, x0, x1, x2, x3, x4)
-        dx_rows = dx_ptr + batch * dim * length + rows.to(tl.int64) * length
-        tl.store(dx_rows + p, tl.reshape(dx, (BLOCK_D, RUNS * RUN)).to(dx_ptr.dtype.element_ty),
-                 mask=in_dim[:, None] & (p < length))
-
-        # dw_k pairs each g[q] with the input k steps back; g is 0 past the sequence end (dout loads as 0 there)
-        g = join_run(g0, g1, g2, g3, g4, g5, g6, g7)
-        accumulate_filter_grads(dweight_ptr, dbias_ptr, channels, in_dim, g, window_1, window_2, window_3,
-                                join_run(x0, x1, x2, x3, x4, x5, x6, x7), WIDTH, HAS_BIAS)
+    # dw_k pairs each g[q] with the input k steps back; g is 0 past the sequence end (dout loads as 0 there)
+    g = join_run(g0, g1, g2, g3, g4, g5, g6, g7)
+    accumulate_filter_grads(dweight_ptr, dbias_ptr, channels, in_dim, g, window_1, window_2, window_3,
+                            join_run(x0, x1, x2, x3, x4, x5, x6, x7), WIDTH, HAS_BIAS)
 
 
 def causal_conv1d_backward(
     dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
-    packed_tiles: str = PACKED_TILES_BACKWARD,
+    skip_far_tiles: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward convolution; returns dx (x's dtype), dweight (dim, W) and dbias (dim,) in fp32.
-    ``document_starts`` as in ``causal_conv1d_forward``; ``packed_tiles`` how packed rows are run, one of
-    ``conv_runs.PACKED_TILE_LAUNCHES`` (the default is the fastest measured, benchmarks/RESULTS.md)."""
+    ``document_starts`` as in ``causal_conv1d_forward``. ``skip_far_tiles``: tiles with no document start near
+    them take the plain path (``document_starts_near``); False masks every tile, as the forward does (kept for
+    timing the two: on an H200 the packed backward took 1.15-1.17x the unpacked one with it, 1.31-1.37x
+    without; the forward gained nothing from the same branch, benchmarks/RESULTS.md)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
@@ -190,16 +190,15 @@ def causal_conv1d_backward(
     dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32) if bias is not None else None
     history_arg = history if history is not None else x
     grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
-    for tiles in PACKED_TILE_LAUNCHES[packed_tiles] if document_starts is not None else (0,):
-        _causal_conv1d_bwd_kernel[grid](
-            x, weight, bias if bias is not None else weight, history_arg,
-            document_starts if document_starts is not None else x, dout, dx, dweight,
-            dbias if dbias is not None else dweight,
-            dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
-            dout.stride(0), dout.stride(1),
-            WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
-            HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-            HAS_DOCUMENT_STARTS=document_starts is not None, TILES=tiles,
-            num_warps=CONV_NUM_WARPS,
-        )
+    _causal_conv1d_bwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, history_arg,
+        document_starts if document_starts is not None else x, dout, dx, dweight,
+        dbias if dbias is not None else dweight,
+        dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
+        dout.stride(0), dout.stride(1),
+        WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
+        HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
+        HAS_DOCUMENT_STARTS=document_starts is not None, SKIP_FAR_TILES=skip_far_tiles,
+        num_warps=CONV_NUM_WARPS,
+    )
     return dx, dweight, dbias

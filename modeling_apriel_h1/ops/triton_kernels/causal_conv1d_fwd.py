@@ -12,23 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_runs import (
-    PACKED_TILE_LAUNCHES,
-    RUN,
-    document_window,
-    filter_taps,
-    input_runs,
-    join_run,
-    packed_tile_selection,
-    split_run,
-    start_runs,
-)
+from .conv_runs import RUN, document_window, filter_taps, input_runs, join_run, split_run, start_runs
 from .device_functions import silu
 
 CONV_BLOCK_D = 16  # channels per program
 CONV_RUNS = 16  # runs of 8 steps per program: 128 steps
 CONV_NUM_WARPS = 4
-PACKED_TILES_FORWARD = "masked"
 
 
 @triton.jit
@@ -63,7 +52,6 @@ def _causal_conv1d_fwd_kernel(
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
-    TILES: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
     (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous;
@@ -73,63 +61,57 @@ def _causal_conv1d_fwd_kernel(
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
     w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
-    starts_row = starts_ptr + batch * length
-    run_tile, masked_tile = packed_tile_selection(starts_row, p, length, HAS_DOCUMENT_STARTS, TILES)
-    if run_tile:
-        x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
-        if masked_tile:
-            s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
-            _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
-            out = join_run(
-                document_conv_output(x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x2, x1, x0, b7, s2, s1, s0, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x3, x2, x1, x0, s3, s2, s1, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x4, x3, x2, x1, s4, s3, s2, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x5, x4, x3, x2, s5, s4, s3, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x6, x5, x4, x3, s6, s5, s4, w_new, w_1, w_2, w_3, bias, SILU),
-                document_conv_output(x7, x6, x5, x4, s7, s6, s5, w_new, w_1, w_2, w_3, bias, SILU),
-            )
-        else:
-            out = join_run(
-                conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU),
-                conv_output(x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU),
-            )
-        out_rows = out_ptr + batch * dim * length + rows.to(tl.int64) * length
-        tl.store(out_rows + p, tl.reshape(out, (BLOCK_D, RUNS * RUN)).to(out_ptr.dtype.element_ty),
-                 mask=in_dim[:, None] & (p < length))
+    x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
+    if HAS_DOCUMENT_STARTS:
+        starts_row = starts_ptr + batch * length
+        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
+        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
+        out = join_run(
+            document_conv_output(x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x2, x1, x0, b7, s2, s1, s0, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x3, x2, x1, x0, s3, s2, s1, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x4, x3, x2, x1, s4, s3, s2, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x5, x4, x3, x2, s5, s4, s3, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x6, x5, x4, x3, s6, s5, s4, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x7, x6, x5, x4, s7, s6, s5, w_new, w_1, w_2, w_3, bias, SILU),
+        )
+    else:
+        out = join_run(
+            conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU),
+            conv_output(x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU),
+        )
+    out_rows = out_ptr + batch * dim * length + rows.to(tl.int64) * length
+    tl.store(out_rows + p, tl.reshape(out, (BLOCK_D, RUNS * RUN)).to(out_ptr.dtype.element_ty),
+             mask=in_dim[:, None] & (p < length))
 
 
 def causal_conv1d_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
     history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
     block_d: int = CONV_BLOCK_D, runs: int = CONV_RUNS, num_warps: int = CONV_NUM_WARPS,
-    packed_tiles: str = PACKED_TILES_FORWARD,
 ) -> torch.Tensor:
     """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_starts``:
-    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence; ``packed_tiles`` how packed rows
-    are run, one of ``conv_runs.PACKED_TILE_LAUNCHES`` (the default is the fastest measured,
-    benchmarks/RESULTS.md). ``block_d``, ``runs`` and ``num_warps`` are for sweeps
-    (``kernel_speed.py --resets --sweep-tiles``)."""
+    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence. ``block_d``, ``runs`` and
+    ``num_warps`` are for sweeps (``kernel_speed.py --resets --sweep-tiles``)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
     history_arg = history if history is not None else x
     grid = (batch, triton.cdiv(dim, block_d), triton.cdiv(length, runs * RUN))
-    for tiles in PACKED_TILE_LAUNCHES[packed_tiles] if document_starts is not None else (0,):
-        _causal_conv1d_fwd_kernel[grid](
-            x, weight, bias if bias is not None else weight, history_arg,
-            document_starts if document_starts is not None else x, out,
-            dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
-            WIDTH=width, BLOCK_D=block_d, RUNS=runs,
-            HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-            HAS_DOCUMENT_STARTS=document_starts is not None, TILES=tiles,
-            num_warps=num_warps,
-        )
+    _causal_conv1d_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, history_arg,
+        document_starts if document_starts is not None else x, out,
+        dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
+        WIDTH=width, BLOCK_D=block_d, RUNS=runs,
+        HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
+        HAS_DOCUMENT_STARTS=document_starts is not None,
+        num_warps=num_warps,
+    )
     return out

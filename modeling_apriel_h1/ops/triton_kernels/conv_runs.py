@@ -15,16 +15,6 @@ import triton
 import triton.language as tl
 
 RUN: tl.constexpr = tl.constexpr(8)  # steps per thread per load: 16 bytes of bf16
-
-# How one launch over packed rows treats its tiles (the conv kernels' TILES), a tile being "near" when a document
-# starts within one run of it (``document_starts_near``):
-EVERY_TILE_MASKED: tl.constexpr = tl.constexpr(0)  # every tile takes the masked path
-BRANCH_PER_TILE: tl.constexpr = tl.constexpr(1)  # near tiles the masked path, the others the plain one
-FAR_TILES_ONLY: tl.constexpr = tl.constexpr(2)  # only far tiles, plain path; near ones are left alone
-NEAR_TILES_ONLY: tl.constexpr = tl.constexpr(3)  # only near tiles, masked path
-# the launches each way of running packed rows makes, in order: "two-pass" keeps the masked path's registers
-# out of the launch that computes most tiles
-PACKED_TILE_LAUNCHES = {"masked": (0,), "branch": (1,), "two-pass": (2, 3)}
 MAX_CONV_WIDTH = 4  # a run's outputs reach back at most 3 steps into the run before it, as in causal-conv1d
 
 
@@ -118,32 +108,14 @@ def start_runs(starts_row, rows, p, length, RUNS: tl.constexpr):
 @triton.jit
 def document_starts_near(starts_row, p, length):
     """Whether a document starts within one run (8 steps) before or after this tile's steps ``p`` (1, RUNS * 8):
-    only then can one of its outputs (forward) or inputs (backward) be cut off from a neighbour. Documents of
-    reasoning traces are hundreds to thousands of steps long, so most tiles of a packed row have no start near
-    them and can run the plain code: three (RUNS * 8) loads and a max per tile instead of the masks' arithmetic
-    on every element (and, in a launch of their own, without the masked path's registers: the masked backward
-    needs 128 against 70)."""
+    only then can one of its inputs be cut off from a later output, and the backward's tile takes the masked
+    path. Documents of reasoning traces are hundreds to thousands of steps long, so most tiles of a packed row
+    have no start near them and run the plain code: three (RUNS * 8) loads and a max per tile instead of the
+    masks' arithmetic on every element (and its registers: the masked backward needs 128 against 70)."""
     near = tl.load(starts_row + p, mask=p < length, other=0)
     near = tl.maximum(near, tl.load(starts_row + p - RUN, mask=(p >= RUN) & (p - RUN < length), other=0))
     near = tl.maximum(near, tl.load(starts_row + p + RUN, mask=p + RUN < length, other=0))
     return tl.max(tl.max(near, axis=1), axis=0) != 0
-
-
-@triton.jit
-def packed_tile_selection(starts_row, p, length, HAS_DOCUMENT_STARTS: tl.constexpr, TILES: tl.constexpr):
-    """Whether this launch computes this tile, and whether through the masked path: both compile-time constants
-    except where ``TILES`` asks for a choice per tile (``document_starts_near``)."""
-    run_tile = True
-    masked_tile = HAS_DOCUMENT_STARTS
-    if HAS_DOCUMENT_STARTS:
-        if TILES == BRANCH_PER_TILE:
-            masked_tile = document_starts_near(starts_row, p, length)
-        if TILES == FAR_TILES_ONLY:
-            run_tile = document_starts_near(starts_row, p, length) == 0
-            masked_tile = False
-        if TILES == NEAR_TILES_ONLY:
-            run_tile = document_starts_near(starts_row, p, length)
-    return run_tile, masked_tile
 
 
 @triton.jit
