@@ -17,6 +17,7 @@ reported as achieved bytes/s against a measured device-to-device copy.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,14 +110,22 @@ class Row:
     note: str = ""
 
 
+def scan_call(scan: Callable, inputs: dict[str, torch.Tensor], dy: torch.Tensor | None) -> Callable[[], object]:
+    """One call of ``scan`` on ``inputs``: a forward under no_grad when ``dy`` is None, else forward + backward."""
+    if dy is None:
+        def forward_only():
+            with torch.no_grad():
+                return scan(**inputs, delta_softplus=True)
+
+        return forward_only
+    return lambda: scan(**inputs, delta_softplus=True).backward(dy)
+
+
 def time_scan(scan: Callable, batch: int, length: int, backward: bool) -> float:
     """Median ms of one forward (under no_grad) or of forward + backward through all inputs."""
     inputs = scan_inputs(batch, length, requires_grad=backward)
-    if not backward:
-        with torch.no_grad():
-            return median_ms(lambda: scan(**inputs, delta_softplus=True))
-    dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
-    return median_ms(lambda: scan(**inputs, delta_softplus=True).backward(dy), grad_to_none=list(inputs.values()))
+    dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE) if backward else None
+    return median_ms(scan_call(scan, inputs, dy), grad_to_none=list(inputs.values()) if backward else None)
 
 
 def scan_rows(mamba_scan: Callable | None, mamba_note: str) -> list[Row]:
@@ -182,20 +191,6 @@ def paired_ms(plain: Callable[[], object], packed: Callable[[], object], grad_to
     return min(plain_ms), min(packed_ms)
 
 
-def scan_call(inputs: dict[str, torch.Tensor], dy: torch.Tensor | None, starts: torch.Tensor | None) -> Callable:
-    """One scan forward (under no_grad when ``dy`` is None) or forward + backward, with or without starts."""
-    def forward():
-        return tri.selective_scan(**inputs, delta_softplus=True, document_starts=starts)
-
-    if dy is None:
-        def forward_only():
-            with torch.no_grad():
-                return forward()
-
-        return forward_only
-    return lambda: forward().backward(dy)
-
-
 def reset_rows() -> list[Row]:
     """Our Triton scan and conv on packed rows (document starts given) against the same rows without starts:
     what the reset costs (goal: within 5%).
@@ -214,7 +209,9 @@ def reset_rows() -> list[Row]:
             inputs = scan_inputs(batch, length, requires_grad=backward)
             dy = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE) if backward else None
             grads = list(inputs.values()) if backward else None
-            plain, packed = paired_ms(scan_call(inputs, dy, None), scan_call(inputs, dy, starts), grads)
+            packed_scan = functools.partial(tri.selective_scan, document_starts=starts)
+            plain, packed = paired_ms(scan_call(tri.selective_scan, inputs, dy), scan_call(packed_scan, inputs, dy),
+                                      grads)
             rows.append(Row(op, "triton", batch, length, plain))
             rows.append(Row(op, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
             del inputs, dy, grads
