@@ -9,7 +9,7 @@ overflow the L2 cache):
   separate kernels it replaced (a widening copy of x, ``causal_conv1d_update``, ``selective_state_update``).
 - ``attention-splits``: split-K decode attention for split counts at (rows, context) pairs, beside the count
   ``split_count`` picks.
-- ``projections``: each of a decode step's weight GEMMs at its 15B shape, as ``F.linear`` (what the engine runs)
+- ``projections``: each of a decode step's weight GEMMs at the model's shape (Apriel-15B's by default), as ``F.linear`` (what the engine runs)
   beside two other ways of asking cuBLAS for the same product: the weight as the left operand (``W @ x^T``, the
   output then transposed back) and the rows padded to a multiple of 16; GB/s of the weight read.
 
@@ -26,15 +26,12 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from benchmarks.decode_throughput import add_model_dims
 from benchmarks.kernel_speed import graph_ms_per_call, sets_to_overflow_l2
 from modeling_apriel_h1.ops import triton_backend
 from modeling_apriel_h1.ops.triton_kernels.decode_attention import decode_attention, split_count
 from modeling_apriel_h1.ops.triton_kernels.mamba_decode_step import mamba_decode_step
 
-PROJECTIONS = {  # name: (out_features, in_features) at Apriel-15B widths (the packed groups as the engine runs them)
-    "q/k/v": (6144, 5120), "o_proj = out_proj": (5120, 4096), "gate/up": (28672, 5120), "down": (5120, 14336),
-    "in_proj+dt_in_proj": (10560, 5120), "dt_proj": (4096, 320),
-}
 ATTENTION_CASES = [(1, 2048), (15, 16384), (37, 16384), (73, 16384), (64, 8192), (16, 2048)]  # (rows, live keys)
 
 
@@ -105,8 +102,25 @@ def attention_splits_part(args: argparse.Namespace) -> None:
         del input_sets
 
 
+def projection_shapes(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    """Name -> (out_features, in_features) of every weight GEMM of a decode step, the packed groups as the engine
+    runs them; projections of one shape are timed once, under their names joined."""
+    hidden, attention_width, kv_width = args.hidden, args.heads * args.head_dim, args.kv_heads * args.head_dim
+    dt_rank = -(-hidden // 16)  # mamba_dt_rank="auto", as decode_throughput builds its hybrids
+    named = [
+        ("q/k/v", (attention_width + 2 * kv_width, hidden)), ("o_proj", (hidden, attention_width)),
+        ("gate/up", (2 * args.intermediate, hidden)), ("down", (hidden, args.intermediate)),
+        ("in_proj+dt_in_proj", (2 * args.d_inner + 2 * args.d_xb + dt_rank, hidden)),
+        ("out_proj", (hidden, args.d_inner)), ("dt_proj", (args.d_inner, dt_rank)),
+    ]
+    names_by_shape: dict[tuple[int, int], list[str]] = {}
+    for name, shape in named:
+        names_by_shape.setdefault(shape, []).append(name)
+    return {" = ".join(names): shape for shape, names in names_by_shape.items()}
+
+
 def projections_part(args: argparse.Namespace) -> None:
-    for (name, (out_features, in_features)), rows in itertools.product(PROJECTIONS.items(), args.batches):
+    for (name, (out_features, in_features)), rows in itertools.product(projection_shapes(args).items(), args.batches):
         weight_bytes = out_features * in_features * 2
         padded_rows = -(-rows // 16) * 16
         input_sets = [dict(x=torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16),
@@ -132,9 +146,7 @@ def main() -> None:
     parser.add_argument("--d-inner", type=int, default=4096)
     parser.add_argument("--d-xb", type=int, default=1024)
     parser.add_argument("--d-state", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
+    add_model_dims(parser, layer_widths_only=True)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA device")

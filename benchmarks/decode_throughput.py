@@ -58,15 +58,18 @@ def dims(args: argparse.Namespace) -> dict:
     )
 
 
-def add_model_dims(parser: argparse.ArgumentParser) -> None:
-    """The model-shape options (Apriel-15B's by default), shared with ``decode_profile.py``."""
-    parser.add_argument("--layers", type=int, default=50)
+def add_model_dims(parser: argparse.ArgumentParser, layer_widths_only: bool = False) -> None:
+    """The model-shape options (Apriel-15B's by default), shared with ``decode_profile.py`` and, the widths inside
+    a layer only (no layer count or vocabulary), ``decode_kernel_tiles.py``."""
+    if not layer_widths_only:
+        parser.add_argument("--layers", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=5120)
     parser.add_argument("--intermediate", type=int, default=14336)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=131072)
+    if not layer_widths_only:
+        parser.add_argument("--vocab", type=int, default=131072)
 
 
 def build(kind: str, args: argparse.Namespace, stock_mistral: bool = False) -> torch.nn.Module:
