@@ -44,17 +44,19 @@ SASS_PATTERNS = {
 
 
 def compile_for_sm90(
-    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int
+    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, starts_type: str = "*bf16"
 ) -> triton.compiler.CompiledKernel:
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
-    integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths)."""
+    integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths).
+    ``starts_type``: the document starts as the launcher passes them (``triton_backend._starts_for_kernels``:
+    uint8 for the scan, the activations' dtype for the conv)."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {}
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name == "starts_ptr":  # document starts of packed rows: the conv reads them in the activations' dtype
-            signature[name] = "*u8" if "scan" in kernel.fn.__name__ else "*bf16"
+        elif name == "starts_ptr":
+            signature[name] = starts_type
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:
@@ -93,19 +95,20 @@ def main() -> None:
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
-                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps),
+                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps, "*u8"),
         "scan backward": (selective_scan_bwd._selective_scan_bwd_kernel,
                      dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
-                     SCAN_TILES.backward_num_warps),
-        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS),
+                     SCAN_TILES.backward_num_warps, "*u8"),
+        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, "*bf16"),
         "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, dict(conv, SKIP_FAR_TILES=True),
-                          causal_conv1d_fwd.CONV_NUM_WARPS),
+                          causal_conv1d_fwd.CONV_NUM_WARPS, "*bf16"),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
     variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])
-    for name, (kernel, constants, num_warps) in kernels.items():
+    for name, (kernel, constants, num_warps, starts_type) in kernels.items():
         for suffix, packed in variants:
-            stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps))
+            stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps,
+                                                starts_type))
             print(f"{name + suffix:>21} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
                   + ", ".join(f"{key} {value}" for key, value in stats.items()))
 
