@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .device_functions import silu, softplus, state_step
 
+
 def step_block_d(batch: int) -> int:
     """Channels per program, from a sweep at Apriel-H1-15B's widths on an H200 (benchmarks/decode_kernel_tiles.py):
     64 at serving batches (73 rows: 12.9 us against 15.5 with 16), 16 for a few rows (enough programs)."""
