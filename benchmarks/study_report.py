@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -32,6 +33,13 @@ python benchmarks/method_study.py --part ablations-b   # LOO-only ranking + rand
 python benchmarks/method_study.py --part ablations-c   # answers-only data + Mamba-only training, 2 seeds each
 python benchmarks/method_study.py --part report        # this page and its plot, from the JSON files
 ```"""
+SPEED_NOTE = (
+    "Decode tokens/s: the package's decode engine (CUDA graphs) on the GPU named in the plot, at the batch, prompt "
+    "length and new tokens of the study's size (`SIZES` in `benchmarks/method_study.py`), prefill included, median "
+    "of 3 after a warm-up; one figure per layout (the median of "
+    "the models that share it: a stage, its SFT and its merge differ only by measurement noise). Models this small "
+    "are bound by the latency of each layer's kernels rather than by memory traffic, so these ratios are not the "
+    "15B ones: those are in `benchmarks/RESULTS.md` (decode engine).")
 TEACHER_GOAL = 0.70
 KEPT_GOAL = 0.90
 # (arm, what the recipe does, what the alternative does) for every ablation the study runs.
@@ -70,6 +78,13 @@ def load_results(output: Path) -> dict:
     return {"teacher": read(output / "teacher.json"), "recipe": read(output / "recipe.json"), "ablations": ablations}
 
 
+def result_files(output: Path) -> list[Path]:
+    """The files the report reads, relative to ``output``: the teacher's and the recipe's records and one file per
+    ablation arm and seed (the models and checkpoints beside them are not needed)."""
+    files = [Path(name) for name in ("teacher.json", "recipe.json") if (output / name).is_file()]
+    return files + sorted(path.relative_to(output) for path in (output / "ablations").glob("*/seed-*.json"))
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} (range {min(values):.3f}-{max(values):.3f}, {len(values)} seeds)"
 
@@ -88,9 +103,12 @@ def claims_rows(results: dict) -> list[tuple[str, str, str]]:
         final = [row for row in half if row["step"] == "merged"] or [row for row in half if row["step"] == "distilled"]
         if final:
             kept = final[0]["exact_match"] / teacher_em if teacher_em else 0.0
+            others = "".join(f"; {row['model']} {row['exact_match']:.3f} ({row['exact_match'] / teacher_em:.0%})"
+                             for row in half if row is not final[0] and teacher_em)
             rows.append((f"at 50% Mamba the final model keeps >= {KEPT_GOAL:.0%} of the teacher's exact match",
                          "confirmed" if kept >= KEPT_GOAL else "not confirmed",
-                         f"{final[0]['model']}: {final[0]['exact_match']:.3f} vs teacher {teacher_em:.3f} ({kept:.0%})"))
+                         f"{final[0]['model']}: {final[0]['exact_match']:.3f} vs teacher {teacher_em:.3f} ({kept:.0%})"
+                         f"{others}"))
     baseline = results["ablations"].get("recipe", [])
     for arm, ours, theirs in CLAIMS:
         runs = results["ablations"].get(arm, [])
@@ -103,22 +121,39 @@ def claims_rows(results: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def layout_speeds(results: dict) -> dict[int, float]:
+    """Decode tokens/s per layout (number of Mamba layers) of the teacher and the recipe's models: the median of
+    the models measured with that layout. Models that share a layout (a stage, its SFT and its merge) run the
+    same kernels on the same shapes, so their speeds differ only by measurement noise (several percent between
+    runs at this size); one figure per layout keeps that noise out of the table and the plot."""
+    measured: dict[int, list[float]] = {}
+    for score in _teacher_and_recipe_scores(results):
+        if score.get("decode_tokens_per_s"):
+            measured.setdefault(score["mamba_layers"], []).append(score["decode_tokens_per_s"])
+    return {mamba: statistics.median(values) for mamba, values in measured.items()}
+
+
+def _teacher_and_recipe_scores(results: dict) -> list[dict]:
+    scores = [results["teacher"]["score"]] if results["teacher"] else []
+    return scores + list((results["recipe"] or {}).get("rows", []))
+
+
 def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
     """Exact match against decode throughput (CUDA) for the teacher and every recipe model (paper Fig. 4)."""
-    points = []
-    if results["teacher"]:
-        points.append(("teacher", results["teacher"]["score"]))
-    points += [(row["model"], row) for row in (results["recipe"] or {}).get("rows", [])]
-    points = [(name, score) for name, score in points if score.get("decode_tokens_per_s")]
+    speeds = layout_speeds(results)
+    named = ([("teacher", results["teacher"]["score"])] if results["teacher"] else [])
+    named += [(row["model"], row) for row in (results["recipe"] or {}).get("rows", [])]
+    points = [(name, score) for name, score in named if score["mamba_layers"] in speeds]
     if not points:
         return None  # no CUDA throughput measured: nothing honest to plot
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name, score in points:
-        axes.scatter(score["decode_tokens_per_s"], score["exact_match"], color="tab:red" if name == "teacher" else "tab:blue")
-        axes.annotate(f"{name} ({score['mamba_layers']}/{score['num_layers']})", (score["decode_tokens_per_s"], score["exact_match"]),
+        speed = speeds[score["mamba_layers"]]
+        axes.scatter(speed, score["exact_match"], color="tab:red" if name == "teacher" else "tab:blue")
+        axes.annotate(f"{name} ({score['mamba_layers']}/{score['num_layers']})", (speed, score["exact_match"]),
                       fontsize=7, xytext=(3, 3), textcoords="offset points")
     device = points[0][1]["device"]
-    axes.set(xlabel=f"decode tokens/s (decode engine, {device})", ylabel="exact match (held-out)",
+    axes.set(xlabel=f"decode tokens/s of the layout (decode engine, {device})", ylabel="exact match (held-out)",
              title="Quality vs decode throughput (Mamba layers / layers)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -126,11 +161,20 @@ def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
     return path
 
 
-def _score_cells(row: dict, teacher_em: float | None) -> str:
+def _score_cells(row: dict, teacher_em: float | None, speeds: dict[int, float]) -> str:
     kept = f"{row['exact_match'] / teacher_em:.0%}" if teacher_em else "-"
-    speed = f"{row['decode_tokens_per_s']:,.0f}" if row.get("decode_tokens_per_s") else "-"
+    speed = f"{speeds[row['mamba_layers']]:,.0f}" if row["mamba_layers"] in speeds else "-"
     return (f"{row['exact_match']:.3f} | {kept} | {row['token_accuracy']:.3f} | {row['cross_entropy']:.3f} | "
             f"{row['decode_cache_bytes'] / 1024:,.0f} | {speed}")
+
+
+def cumulative_tokens(recipe: dict) -> dict[str, int]:
+    """Distillation tokens each recipe stage's model has been trained on, its own and every earlier stage's."""
+    total, so_far = 0, {}
+    for stage in recipe["stages"]:
+        total += stage["tokens"]
+        so_far[stage["name"]] = total
+    return so_far
 
 
 def render(results: dict, plot: Path | None, doc: Path) -> str:
@@ -147,18 +191,23 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
     lines += ["## Teacher", "", f"Command: `{teacher['command']}` (seed {teacher['spec']['seed']}), trained "
               f"{teacher['train_wall_time_s']:.0f} s on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`.", "",
               f"Exact match {teacher_em:.3f} on {score['num_problems']} held-out problems.", ""]
-    header = ("| model | Mamba layers | distillation tokens | exact match | kept | token acc | CE | "
-              f"decode cache KiB at {score['cache_context']} tokens | decode tokens/s |")
+    header = ("| model | Mamba layers | distillation tokens so far | exact match | kept | token acc | CE | "
+              f"decode cache KiB at {score['cache_context']} tokens | decode tokens/s of the layout |")
     recipe = results["recipe"]
+    speeds = layout_speeds(results)
     if recipe:
+        so_far = cumulative_tokens(recipe)
         lines += ["## The recipe, every stage", "", header, "|" + " --- |" * 9,
-                  f"| teacher | 0/{score['num_layers']} | - | {_score_cells(score, teacher_em)} |"]
+                  f"| teacher | 0/{score['num_layers']} | - | {_score_cells(score, teacher_em, speeds)} |"]
         for row in recipe["rows"]:
-            lines.append(f"| {row['model']} | {row['mamba']}/{row['num_layers']} | {row['tokens']:,} | "
-                         f"{_score_cells(row, teacher_em)} |")
+            stage = row["model"].removesuffix(f"-{row['step']}")
+            lines.append(f"| {row['model']} | {row['mamba']}/{row['num_layers']} | {so_far.get(stage, row['tokens']):,} | "
+                         f"{_score_cells(row, teacher_em, speeds)} |")
         lines += ["", "Stages: " + "; ".join(f"{s['name']} added {s['layers_added']} ({s['importance_method']}), "
                                               f"KD {s['initial_kd_loss']:.3f} -> {s['final_kd_loss']:.3f}"
                                               for s in recipe["stages"]), ""]
+    if speeds:
+        lines += [SPEED_NOTE, ""]
     if plot:
         lines += [f"![quality vs speed]({plot.relative_to(doc.parent) if plot.is_relative_to(doc.parent) else plot})", ""]
     if results["ablations"]:
@@ -176,8 +225,15 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
 
 
 def write_report(output: Path, doc: Path) -> Path:
+    """The page, its plot, and a copy of the result files it was computed from beside it (``<doc>_results/``:
+    the page can be regenerated from them with ``--output``, without the models and checkpoints)."""
     results = load_results(output)
     doc.parent.mkdir(parents=True, exist_ok=True)
+    kept = doc.with_name(doc.stem + "_results")
+    if kept.resolve() != output.resolve():
+        for relative in result_files(output):
+            (kept / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(output / relative, kept / relative)
     plot = plot_quality_vs_speed(results, doc.with_name(doc.stem + "_quality_vs_speed.png"))
     doc.write_text(render(results, plot, doc))
     return doc

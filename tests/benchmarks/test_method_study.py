@@ -48,6 +48,37 @@ def test_claims_table_is_computed_from_the_result_files(tmp_path):
     assert verdicts["MIL initialisation of the Mamba layers beats random initialisation (same token budget)"] == "not run"
 
 
+def test_one_speed_per_layout_tokens_summed_over_stages_and_results_kept_beside_the_page(tmp_path):
+    def measured(exact_match: float, mamba: int, tokens_per_s: float) -> dict:
+        return {**_score(exact_match), "mamba_layers": mamba, "decode_tokens_per_s": tokens_per_s, "device": "GPU"}
+
+    output = tmp_path / "study"
+    output.mkdir()
+    (output / "teacher.json").write_text(json.dumps({"command": "c", "spec": {"seed": 0}, "train_wall_time_s": 1.0,
+                                                     "score": measured(0.8, 0, 100.0)}))
+    rows = [{"model": name, "step": step, "tokens": tokens, "mamba": mamba, **measured(0.7, mamba, speed)}
+            for name, step, tokens, mamba, speed in (("stage-1", "distilled", 10, 4, 190.0),
+                                                     ("stage-1-sft", "sft", 10, 4, 200.0),
+                                                     ("stage-1-merged", "merged", 10, 4, 230.0),
+                                                     ("stage-2", "distilled", 20, 6, 300.0))]
+    stages = [{"name": name, "tokens": tokens, "layers_added": [0], "importance_method": "loo",
+               "initial_kd_loss": 1.0, "final_kd_loss": 0.5} for name, tokens in (("stage-1", 10), ("stage-2", 20))]
+    (output / "recipe.json").write_text(json.dumps({"rows": rows, "stages": stages}))
+    results = study_report.load_results(output)
+    assert study_report.layout_speeds(results) == {0: 100.0, 4: 200.0, 6: 300.0}  # medians, not each model's noise
+
+    doc = tmp_path / "docs" / "study.md"
+    study_report.write_report(output, doc)
+    page = doc.read_text()
+    assert "| stage-1-merged | 4/8 | 10 | 0.700 | 87% | 0.900 | 0.300 | 4 | 200 |" in page
+    assert "| stage-2 | 6/8 | 30 |" in page  # its own 20 tokens after stage-1's 10
+    assert (tmp_path / "docs" / "study_quality_vs_speed.png").stat().st_size > 0
+    kept = tmp_path / "docs" / "study_results"
+    assert json.loads((kept / "recipe.json").read_text())["rows"] == rows
+    study_report.write_report(kept, doc)  # the page regenerates from the kept copy alone
+    assert doc.read_text() == page
+
+
 def test_each_arm_changes_only_its_own_setting_at_the_same_token_budget(tmp_path):
     from recipes.tiny_teacher import ensure_tiny_teacher
 
