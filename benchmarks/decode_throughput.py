@@ -16,7 +16,9 @@ Parts (each fits one 10-minute device command at 15B dims):
   ``cache_implementation="static"`` (generate compiles the step itself) for ``--static`` models.
 
 Every row has its roofline: the bytes a step must move (weights read once, live KV read, Mamba state read and
-written) over the device-to-device copy bandwidth measured in the same run.
+written) over the device-to-device copy bandwidth measured in the same run. ``--ssm-state-dtypes float32 bfloat16``
+runs the hybrids' engine rows once per Mamba state dtype (``DecodeEngine(ssm_state_dtype=...)``; the teacher has
+no Mamba state and runs once).
 
     python benchmarks/decode_throughput.py --part engine --json $OUT/engine.json
     python benchmarks/decode_throughput.py --part stock --json $OUT/stock.json
@@ -39,6 +41,7 @@ from modeling_apriel_h1.sampling import SamplingParams
 
 GIB = 2**30
 MODELS = {"teacher": 0, "H1-30": 30, "H1-40": 40}  # Mamba layers of 50 (scaled to --layers)
+SSM_STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def evenly_spread(count: int, layers: int) -> list[int]:
@@ -112,9 +115,9 @@ def copy_bandwidth() -> float:
     return 2 * 2 * GIB / sorted(times[2:])[len(times[2:]) // 2]
 
 
-def step_bytes(model: torch.nn.Module, rows: int, context: int) -> float:
+def step_bytes(model: torch.nn.Module, rows: int, context: int, ssm_dtype: torch.dtype = torch.float32) -> float:
     """Bytes one decode step must move: every weight but the embedding table read once, each row's live KV read,
-    the Mamba conv window and fp32 state read and written."""
+    the Mamba conv window and state (``ssm_dtype``) read and written."""
     config = model.config
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     kv_per_token = 2 * config.num_key_value_heads * config.head_dim * 2  # K and V, bf16
@@ -122,7 +125,7 @@ def step_bytes(model: torch.nn.Module, rows: int, context: int) -> float:
     for layer in model.model.layers:
         if getattr(layer, "is_mamba", False):
             mixer = layer.mixer
-            moved += rows * mixer.d_inner * (mixer.d_state * 4 + mixer.d_conv * 2) * 2
+            moved += rows * mixer.d_inner * (mixer.d_state * ssm_dtype.itemsize + mixer.d_conv * 2) * 2
         else:
             moved += rows * context * kv_per_token
     return weights + moved
@@ -171,38 +174,52 @@ def engine_part(args: argparse.Namespace, bandwidth: float) -> list[dict]:
     rows_out = []
     for kind in args.models:
         model = build(kind, args)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        engine = DecodeEngine(model, max_batch_size=max(args.batches), max_seq_len=max(args.contexts) + 64)
-        first_call = time.perf_counter() - started
-        randomise_state(engine)
-        for rows in args.batches:
-            for context in args.contexts:
-                seconds = time_steps(engine, rows, context)
-                roofline = step_bytes(model, rows, context) / bandwidth
-                rows_out.append(dict(part="equal", model=kind, batch=rows, context=context, ms_per_step=seconds * 1e3,
-                                     tokens_per_s=rows / seconds, roofline_ms=roofline * 1e3,
-                                     of_roofline=roofline / seconds))
-                print(_line(rows_out[-1]), flush=True)
-        rows_out.append(dict(part="first_call", model=kind, seconds=first_call, buckets=engine.buckets,
-                             attention=engine.attention_name))
-        print(f"{kind}: engine build + capture of {len(engine.buckets)} buckets: {first_call:.1f} s "
-              f"(attention: {engine.attention_name})", flush=True)
-        del engine
-        release()
-        rows_out.append(serving(model, kind, args, bandwidth))
+        state_dtypes = args.ssm_state_dtypes if MODELS[kind] else args.ssm_state_dtypes[:1]  # teacher: no Mamba state
+        for state_name in state_dtypes:
+            rows_out += engine_rows(model, kind, args, bandwidth, state_name)
         del model
         release()
     return rows_out
 
 
-def serving(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwidth: float) -> dict:
+def engine_rows(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwidth: float,
+                state_name: str) -> list[dict]:
+    """Equal-batch rows, the first call and the serving row of one model with its Mamba state in ``state_name``."""
+    ssm_dtype = SSM_STATE_DTYPES[state_name]
+    label = dict(model=kind, ssm_state=state_name if MODELS[kind] else "-")
+    rows_out = []
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    engine = DecodeEngine(model, max_batch_size=max(args.batches), max_seq_len=max(args.contexts) + 64,
+                          ssm_state_dtype=ssm_dtype)
+    first_call = time.perf_counter() - started
+    randomise_state(engine)
+    for rows in args.batches:
+        for context in args.contexts:
+            seconds = time_steps(engine, rows, context)
+            roofline = step_bytes(model, rows, context, ssm_dtype) / bandwidth
+            rows_out.append(dict(part="equal", **label, batch=rows, context=context, ms_per_step=seconds * 1e3,
+                                 tokens_per_s=rows / seconds, roofline_ms=roofline * 1e3,
+                                 of_roofline=roofline / seconds))
+            print(_line(rows_out[-1]), flush=True)
+    rows_out.append(dict(part="first_call", **label, seconds=first_call, buckets=engine.buckets,
+                         attention=engine.attention_name))
+    print(f"{kind}: engine build + capture of {len(engine.buckets)} buckets: {first_call:.1f} s "
+          f"(attention: {engine.attention_name})", flush=True)
+    del engine
+    release()
+    rows_out.append(serving(model, label, args, bandwidth, ssm_dtype))
+    return rows_out
+
+
+def serving(model: torch.nn.Module, label: dict, args: argparse.Namespace, bandwidth: float,
+            ssm_dtype: torch.dtype) -> dict:
     """Largest batch that fits the budget, step time integrated over a whole long generation."""
     length = args.serve_prompt + args.serve_new
-    per_sequence = bytes_per_sequence(model, length)
+    per_sequence = bytes_per_sequence(model, length, ssm_dtype)
     free = args.budget_gib * GIB - weight_bytes(model) - args.reserve_gib * GIB
     batch = int(free // per_sequence)
-    engine = DecodeEngine(model, max_batch_size=batch, max_seq_len=length)
+    engine = DecodeEngine(model, max_batch_size=batch, max_seq_len=length, ssm_state_dtype=ssm_dtype)
     randomise_state(engine)
     allocated = torch.cuda.memory_allocated() / GIB
     points = sorted({args.serve_prompt, *[int(f * length) for f in (0.25, 0.5, 0.75)], length - 32})
@@ -215,8 +232,8 @@ def serving(model: torch.nn.Module, kind: str, args: argparse.Namespace, bandwid
         previous = context
     total *= args.serve_new / (points[-1] - points[0])
     mean_context = args.serve_prompt + args.serve_new / 2
-    roofline = step_bytes(model, batch, int(mean_context)) / bandwidth
-    row = dict(part="serving", model=kind, batch=batch, budget_gib=args.budget_gib, allocated_gib=allocated,
+    roofline = step_bytes(model, batch, int(mean_context), ssm_dtype) / bandwidth
+    row = dict(part="serving", **label, batch=batch, budget_gib=args.budget_gib, allocated_gib=allocated,
                tokens_per_s=batch * args.serve_new / total, ms_per_step_mean=total / args.serve_new * 1e3,
                step_ms_at={str(c): s * 1e3 for c, s in step_at.items()}, roofline_ms_mean_context=roofline * 1e3,
                of_roofline=roofline / (total / args.serve_new))
@@ -301,6 +318,8 @@ def main() -> None:
     parser.add_argument("--static", nargs="*", default=["teacher"], choices=list(MODELS),
                         help="stock generate() with cache_implementation='static' (compiled) for these models")
     parser.add_argument("--static-batch", type=int, default=64)
+    parser.add_argument("--ssm-state-dtypes", nargs="+", default=["float32"], choices=list(SSM_STATE_DTYPES),
+                        help="engine part: run the hybrids once per Mamba state dtype (DecodeEngine(ssm_state_dtype))")
     add_model_dims(parser)
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()

@@ -39,6 +39,7 @@ from .packed_linears import LinearGroup
 from .sampling import SamplingParams, choose_tokens
 
 SYNC_EVERY = 8  # steps between looks from the host (finished rows, stop strings, refills)
+SSM_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _batch_buckets(slots: int) -> list[int]:
@@ -59,6 +60,10 @@ class DecodeEngine:
         attention: force a decode-attention implementation (``"reference"``, ``"triton"``, ``"flash_attn"``).
         fused: fuse the step's element-wise work into Triton kernels (default: on CUDA with triton installed and
             a SiLU-gated MLP); off, every layer runs through the model's own modules.
+        ssm_state_dtype: dtype of the Mamba layers' recurrent state in the slots. fp32 (default) keeps the state
+            as ``generate()``'s cache does; ``torch.bfloat16`` is what mamba_ssm, vLLM and transformers' Mamba
+            caches hold for a bf16 model, and halves the bytes a Mamba layer's step moves (the state is read and
+            written every step). Either way the update is computed in fp32 and the output read before rounding.
         pack_projections: with the fused step, run the projections that share an input as one GEMM each. This
             makes the model's q/k/v, gate/up and Mamba input-projection weights views of packed matrices (same
             values, no extra memory, new Parameter objects: build the engine before any optimizer of the model,
@@ -75,9 +80,12 @@ class DecodeEngine:
         attention: str | None = None,
         fused: bool | None = None,
         pack_projections: bool = True,
+        ssm_state_dtype: torch.dtype = torch.float32,
     ):
         if max_batch_size < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch_size ({max_batch_size}) must be >= 1 and max_seq_len ({max_seq_len}) >= 2")
+        if ssm_state_dtype not in SSM_STATE_DTYPES:
+            raise ValueError(f"ssm_state_dtype is {ssm_state_dtype}; use one of {', '.join(map(str, SSM_STATE_DTYPES))}")
         _check_supported(model)
         self.model = model.eval()
         self.device = next(model.parameters()).device
@@ -87,7 +95,7 @@ class DecodeEngine:
         self.prefill_tokens = prefill_tokens
         # transformers 5.24 renamed the forward's cache argument from past_key_values to cache
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.state = DecodeState(model, max_batch_size, max_seq_len)
+        self.state = DecodeState(model, max_batch_size, max_seq_len, ssm_state_dtype)
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
         self.fused = _can_fuse(model, self.device) if fused is None else fused
         self._projections = _packed_projections(model, pack_projections) if self.fused else []

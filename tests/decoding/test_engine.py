@@ -159,3 +159,30 @@ def test_bytes_per_sequence_is_what_the_state_allocates_per_slot():
 
     model = AprielH1ForCausalLM(tiny_config()).eval()
     assert DecodeState(model, slots=3, max_len=40).cache_bytes() == 3 * bytes_per_sequence(model, 40)
+
+
+def test_a_bf16_mamba_state_tracks_the_fp32_state_and_halves_its_bytes():
+    """``ssm_state_dtype=torch.bfloat16`` (mamba_ssm's and vLLM's choice for a bf16 model) against the default fp32
+    state: the same greedy tokens here, and after the run the slots' states agree to bf16 precision."""
+    from modeling_apriel_h1.decode_state import bytes_per_sequence
+
+    torch.manual_seed(0)
+    model = AprielH1ForCausalLM(tiny_config()).eval()
+    prompts = prompts_of_lengths(9, 14)
+    engines = {dtype: DecodeEngine(model, max_batch_size=2, max_seq_len=64, ssm_state_dtype=dtype)
+               for dtype in (torch.float32, torch.bfloat16)}
+    tokens = {dtype: engine.generate_batch(prompts, max_new_tokens=NEW_TOKENS) for dtype, engine in engines.items()}
+    assert tokens[torch.bfloat16] == tokens[torch.float32]
+    reference, rounded = engines[torch.float32].state.ssm, engines[torch.bfloat16].state.ssm
+    assert reference and all(rounded[index].dtype == torch.bfloat16 for index in reference)
+    for index in reference:
+        torch.testing.assert_close(rounded[index].float(), reference[index], rtol=2e-2, atol=1e-3)
+    state_bytes = {dtype: sum(t.numel() * t.element_size() for t in engine.state.ssm.values())
+                   for dtype, engine in engines.items()}
+    assert state_bytes[torch.bfloat16] * 2 == state_bytes[torch.float32]
+    assert bytes_per_sequence(model, 64, torch.bfloat16) < bytes_per_sequence(model, 64)
+
+
+def test_an_unsupported_state_dtype_is_refused_by_name():
+    with pytest.raises(ValueError, match="ssm_state_dtype"):
+        DecodeEngine(AprielH1ForCausalLM(tiny_config()).eval(), ssm_state_dtype=torch.int8)
