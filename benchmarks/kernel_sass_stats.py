@@ -27,6 +27,7 @@ from triton.compiler import ASTSource
 from modeling_apriel_h1.ops.triton_kernels import (
     causal_conv1d_bwd,
     causal_conv1d_fwd,
+    conv_document_since,
     selective_scan_bwd,
     selective_scan_fwd,
 )
@@ -35,6 +36,7 @@ from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr",
                  "x_ptr", "weight_ptr", "bias_ptr", "history_ptr", "out_ptr", "dout_ptr", "dx_ptr"}
 SASS_PATTERNS = {
+    "global loads": r"\bLDG\b",
     "shuffles": r"\bSHFL\b",
     "exp2": r"MUFU\.EX2",
     "local ld/st": r"\b(?:LDL|STL)\b",
@@ -44,19 +46,20 @@ SASS_PATTERNS = {
 
 
 def compile_for_sm90(
-    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, starts_type: str = "*bf16"
+    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, document_pointers: dict[str, str]
 ) -> triton.compiler.CompiledKernel:
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
     integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths).
-    ``starts_type``: the document starts as the launcher passes them (``triton_backend._starts_for_kernels``:
-    uint8 for the scan, the activations' dtype for the conv)."""
+    ``document_pointers``: the types of the kernel's packed-row pointers as the launcher passes them (the scan's
+    starts as uint8, ``triton_backend._starts_for_scan``; the conv's ``since`` in the activations' dtype,
+    ``conv_document_since``)."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {}
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name == "starts_ptr":
-            signature[name] = starts_type
+        elif name in document_pointers:
+            signature[name] = document_pointers[name]
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:
@@ -88,29 +91,53 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
     parser.add_argument("--n-states", type=int, default=16)
     parser.add_argument("--document-starts", action="store_true",
-                        help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both")
+                        help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both, then "
+                             "the packed conv backward with every tile masked and the conv's since launch")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
                 HAS_HISTORY=False, SILU=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
+    scan_starts = {"starts_ptr": "*u8"}
+    conv_since = {"since_ptr": "*bf16"}
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
-                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps, "*u8"),
+                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps,
+                    scan_starts),
         "scan backward": (selective_scan_bwd._selective_scan_bwd_kernel,
                      dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
-                     SCAN_TILES.backward_num_warps, "*u8"),
-        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, "*bf16"),
+                     SCAN_TILES.backward_num_warps, scan_starts),
+        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS,
+                         conv_since),
         "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, dict(conv, SKIP_FAR_TILES=True),
-                          causal_conv1d_fwd.CONV_NUM_WARPS, "*bf16"),
+                          causal_conv1d_fwd.CONV_NUM_WARPS, conv_since),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
     variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])
-    for name, (kernel, constants, num_warps, starts_type) in kernels.items():
+    for name, (kernel, constants, num_warps, document_pointers) in kernels.items():
         for suffix, packed in variants:
             stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps,
-                                                starts_type))
-            print(f"{name + suffix:>21} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
-                  + ", ".join(f"{key} {value}" for key, value in stats.items()))
+                                                document_pointers))
+            print_stats(name + suffix, num_warps, stats)
+    if args.document_starts:
+        print_packed_conv_extras(conv, conv_since)
+
+
+def print_packed_conv_extras(conv: dict[str, object], conv_since: dict[str, str]) -> None:
+    """The packed conv's other costs: its backward when every tile takes the masked path (``skip_far_tiles=False``,
+    the path tiles near a document start take), and its one extra launch per call (``conv_document_since``)."""
+    print_stats("conv backward, packed, every tile masked", causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(
+        compile_for_sm90(causal_conv1d_bwd._causal_conv1d_bwd_kernel,
+                         dict(conv, SKIP_FAR_TILES=False, HAS_DOCUMENT_STARTS=True), causal_conv1d_fwd.CONV_NUM_WARPS,
+                         conv_since)))
+    print_stats("conv since", conv_document_since.SINCE_NUM_WARPS, sass_stats(compile_for_sm90(
+        conv_document_since._conv_document_since_kernel, dict(WIDTH=4, BLOCK=conv_document_since.SINCE_BLOCK),
+        conv_document_since.SINCE_NUM_WARPS, {"starts_ptr": "*u8", **conv_since})))
+
+
+def print_stats(name: str, num_warps: int, stats: dict[str, int]) -> None:
+    """One kernel's figures on one line, its name right-aligned so that the lines read as columns."""
+    print(f"{name:>40} ({num_warps} warp{'s' if num_warps > 1 else ''}): "
+          + ", ".join(f"{key} {value}" for key, value in stats.items()))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
+from .triton_kernels.conv_document_since import conv_document_since
 from .triton_kernels.conv_runs import MAX_CONV_WIDTH
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
 from .triton_kernels.selective_scan_fwd import selective_scan_forward
@@ -33,16 +34,15 @@ def _check_state_size(n_states: int) -> None:
         raise ValueError(f"triton backend: state size N={n_states} must be a power of two (Mamba uses 16)")
 
 
-def _starts_for_kernels(document_starts: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, L) document starts, contiguous, 1 at a document's first step, in the dtype a kernel reads: uint8
-    for the scan; the activations' dtype for the conv, which loads them at the inputs' tile shape and element
-    size so that they arrive in the inputs' register layout."""
+def _starts_for_scan(document_starts: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, L) document starts as the scan kernels read them: contiguous uint8, 1 at a document's first step.
+    (The conv kernels read each step's distance back to its document's start instead, ``conv_document_since``.)"""
     if document_starts is None:
         return None
     starts = document_starts.contiguous()
-    if starts.dtype == torch.bool and dtype == torch.uint8:
+    if starts.dtype == torch.bool:
         return starts.view(torch.uint8)  # same bytes: no kernel launch per layer
-    return starts.to(dtype)
+    return starts.to(torch.uint8)
 
 
 def _silu_or_none(activation: str | None, op: str) -> bool:
@@ -111,7 +111,7 @@ def selective_scan(
         None if delta_bias is None else delta_bias.float().contiguous(),
         delta_softplus,
         None if initial_state is None else initial_state.float().contiguous(),
-        _starts_for_kernels(document_starts, torch.uint8),
+        _starts_for_scan(document_starts),
     )
     return (y, last_state) if return_last_state else y
 
@@ -136,20 +136,23 @@ def selective_state_update(
 
 
 class _CausalConv1d(torch.autograd.Function):
-    """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops."""
+    """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops.
+    The (batch, L) bool ``document_starts`` become what the kernels read (``conv_document_since``) once per call,
+    in the forward; the backward reuses it."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, silu_activation: bool, history, document_starts):
-        out = causal_conv1d_forward(x, weight, bias, silu_activation, history, document_starts)
-        ctx.save_for_backward(x, weight, bias, history, document_starts)
+        since = None if document_starts is None else conv_document_since(document_starts, weight.shape[1], x.dtype)
+        out = causal_conv1d_forward(x, weight, bias, silu_activation, history, since)
+        ctx.save_for_backward(x, weight, bias, history, document_starts, since)
         ctx.silu_activation = silu_activation
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, bias, history, document_starts = ctx.saved_tensors
+        x, weight, bias, history, document_starts, since = ctx.saved_tensors
         dx, dweight, dbias = causal_conv1d_backward(
-            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history, document_starts
+            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history, since
         )
         d_history = None
         if history is not None and ctx.needs_input_grad[4]:
@@ -190,7 +193,7 @@ def causal_conv1d(
                          "causal-conv1d; the reference backend takes any width")
     history = None if initial_state is None else _unit_time_stride(initial_state.to(x.dtype))
     out = _CausalConv1d.apply(_unit_time_stride(x), weight.contiguous(), bias, silu_activation, history,
-                              _starts_for_kernels(document_starts, x.dtype))
+                              document_starts)
     if not return_final_states:
         return out, None
     if x.shape[-1] >= width:

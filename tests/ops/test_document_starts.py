@@ -178,14 +178,15 @@ def test_conv_backward_tiles_far_from_starts_equal_their_masked_path():
     """The conv backward's plain path for tiles with no document start near them computes what masking every
     tile computes (its masks are all ones there)."""
     from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
+    from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
 
     layout = LAYOUTS["long documents"]
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 24, sum(layout[0]), generator=g).to(DEVICE)
     weight, bias = torch.randn(24, 4, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
     dout = torch.randn(x.shape, generator=g).to(DEVICE)
-    starts = document_starts(layout).to(x.dtype)
-    skipped, masked = (causal_conv1d_backward(dout, x, weight, bias, True, None, starts, skip_far_tiles=skip)
+    since = conv_document_since(document_starts(layout), 4, x.dtype)
+    skipped, masked = (causal_conv1d_backward(dout, x, weight, bias, True, None, since, skip_far_tiles=skip)
                        for skip in (True, False))
     torch.testing.assert_close(skipped[0], masked[0], rtol=0, atol=0)  # dx: no atomics, the same products
     for name, got, expected in zip(("dweight", "dbias"), skipped[1:], masked[1:]):

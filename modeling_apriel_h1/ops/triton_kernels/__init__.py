@@ -4,6 +4,7 @@ One module per job, each with its ``@triton.jit`` kernel and the Python launcher
 
 - ``selective_scan_fwd`` / ``selective_scan_bwd``: the chunked selective scan and its gradients
 - ``causal_conv1d_fwd`` / ``causal_conv1d_bwd``: the depthwise causal convolution and its gradients
+- ``conv_document_since``: what those read of a packed row's document starts
 - ``causal_conv1d_update``: one decoding step of the convolution
 - ``selective_state_update``: one decoding step of the scan
 - ``device_functions``: the small device functions (softplus, silu, the linear-recurrence combine) they share

@@ -3,7 +3,9 @@
 Inputs before the sequence start come from the conv state (the last W inputs of the previous call), so a
 continued prefill sees the same context as one long call. Tiles are (channels, runs, 8 steps) (``conv_runs``):
 every input is loaded once with an aligned wide load, plus the run before each run for its first W-1 outputs.
-In a packed row (``document_starts``) an output reads no input before its document's first step.
+In a packed row (``document_starts``) an output reads no input before its document's first step: each output
+loads its clamped distance back to that step (``conv_document_since``), at its own step, and masks its window
+with it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_runs import RUN, document_window, filter_taps, input_runs, join_run, split_run, start_runs
+from .conv_runs import RUN, document_window, filter_taps, input_runs, join_run, since_runs, split_run
 from .device_functions import silu
 
 CONV_BLOCK_D = 16  # channels per program
@@ -30,9 +32,10 @@ def conv_output(x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr
 
 
 @triton.jit
-def document_conv_output(x, x_1, x_2, x_3, s, s_1, s_2, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
-    """``conv_output`` in a packed row: ``s``, ``s_1``, ``s_2`` are the document-start flags at t, t-1, t-2."""
-    x_1, x_2, x_3 = document_window(x_1, x_2, x_3, s, s_1, s_2)
+def document_conv_output(x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
+    """``conv_output`` in a packed row: ``since`` is t's clamped distance back to its document's first step
+    (``conv_document_since``)."""
+    x_1, x_2, x_3 = document_window(x_1, x_2, x_3, since)
     return conv_output(x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU)
 
 
@@ -48,14 +51,14 @@ def conv_tile(dim, BLOCK_D: tl.constexpr, RUNS: tl.constexpr):
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
-    x_ptr, weight_ptr, bias_ptr, history_ptr, starts_ptr, out_ptr,
+    x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, out_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
     (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous;
-    starts (batch, L) in x's dtype, 1 at a document's first step (read only with HAS_DOCUMENT_STARTS)."""
+    since (batch, L) in x's dtype, ``conv_document_since`` for this WIDTH (read only with HAS_DOCUMENT_STARTS)."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
@@ -63,18 +66,17 @@ def _causal_conv1d_fwd_kernel(
     w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
     x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
     if HAS_DOCUMENT_STARTS:
-        starts_row = starts_ptr + batch * length
-        s0, s1, s2, s3, s4, s5, s6, s7 = split_run(start_runs(starts_row, rows, p, length, RUNS))
-        _, _, _, _, _, _, sb6, sb7 = split_run(start_runs(starts_row, rows, p - RUN, length, RUNS))
+        since_row = since_ptr + batch * length
+        n0, n1, n2, n3, n4, n5, n6, n7 = split_run(since_runs(since_row, rows, p, length, WIDTH, RUNS))
         out = join_run(
-            document_conv_output(x0, b7, b6, b5, s0, sb7, sb6, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x1, x0, b7, b6, s1, s0, sb7, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x2, x1, x0, b7, s2, s1, s0, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x3, x2, x1, x0, s3, s2, s1, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x4, x3, x2, x1, s4, s3, s2, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x5, x4, x3, x2, s5, s4, s3, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x6, x5, x4, x3, s6, s5, s4, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x7, x6, x5, x4, s7, s6, s5, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x0, b7, b6, b5, n0, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x1, x0, b7, b6, n1, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x2, x1, x0, b7, n2, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x3, x2, x1, x0, n3, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x4, x3, x2, x1, n4, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x5, x4, x3, x2, n5, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x6, x5, x4, x3, n6, w_new, w_1, w_2, w_3, bias, SILU),
+            document_conv_output(x7, x6, x5, x4, n7, w_new, w_1, w_2, w_3, bias, SILU),
         )
     else:
         out = join_run(
@@ -94,12 +96,13 @@ def _causal_conv1d_fwd_kernel(
 
 def causal_conv1d_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
-    history: torch.Tensor | None, document_starts: torch.Tensor | None = None,
+    history: torch.Tensor | None, document_since: torch.Tensor | None = None,
     block_d: int = CONV_BLOCK_D, runs: int = CONV_RUNS, num_warps: int = CONV_NUM_WARPS,
 ) -> torch.Tensor:
-    """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_starts``:
-    (batch, L) contiguous in x's dtype, or None for rows that hold one sequence. ``block_d``, ``runs`` and
-    ``num_warps`` are for sweeps (``kernel_speed.py --resets --sweep-tiles``)."""
+    """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_since``: a
+    packed row's ``conv_document_since`` for this width, (batch, L) contiguous in x's dtype, or None for rows that
+    hold one sequence. ``block_d``, ``runs`` and ``num_warps`` are for sweeps (``kernel_speed.py --resets
+    --sweep-tiles``)."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
@@ -107,11 +110,11 @@ def causal_conv1d_forward(
     grid = (batch, triton.cdiv(dim, block_d), triton.cdiv(length, runs * RUN))
     _causal_conv1d_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg,
-        document_starts if document_starts is not None else x, out,
+        document_since if document_since is not None else x, out,
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
         WIDTH=width, BLOCK_D=block_d, RUNS=runs,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        HAS_DOCUMENT_STARTS=document_starts is not None,
+        HAS_DOCUMENT_STARTS=document_since is not None,
         num_warps=num_warps,
     )
     return out
