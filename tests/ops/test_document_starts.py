@@ -4,8 +4,10 @@ Every backend that accepts ``document_starts`` is checked the same way: a row pa
 with different layouts) is run once with the starts marked, each document is run alone through the reference
 without them, and the outputs, the input gradients (per document) and the parameter gradients (summed over the
 documents) must agree. The layouts put starts at a conv run's first step, mid-run, at a scan chunk boundary and
-on documents of one and two tokens. The reference runs here on the CPU; the Triton kernels run under the
-``gpu`` marker on CUDA, or on the CPU with ``TRITON_INTERPRET=1``.
+on documents of one and two tokens. The Triton conv is also compared with the reference given the same starts,
+on rows with a start at every step of a run, at tiles' first and last steps and between documents shorter than
+the conv. The reference runs here on the CPU; the Triton kernels run under the ``gpu`` marker on CUDA, or on the
+CPU with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ LAYOUTS = {
     # conv tiles of 128 steps with no start within 8 steps of them take the plain path, the others the masked one
     "long documents": [[300, 41], [5, 336]],
 }
+# conv rows given as start positions (L 300): a start at every step of a run (0..7), at a tile's first step (128,
+# 256) and at its last (127, 255), documents shorter than the conv (1, 2 and 3 steps), one across a run boundary
+# (6..7), and a second row whose first document continues the conv state (no start at 0) and whose last is one step
+CONV_EDGE_STARTS = [
+    [0, 9, 18, 27, 36, 45, 54, 63, 128, 129, 131, 134, 200, 255, 256, 257, 259, 262],
+    [5, 6, 8, 11, 15, 100, 123, 126, 127, 128, 130, 133, 250, 251, 253, 256, 290, 299],
+]
+CONV_EDGE_LENGTH = 300
+TRITON_ONLY = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)"),
+]
 BACKENDS = [
     pytest.param("reference", id="reference"),
     pytest.param("triton", id="triton", marks=[
@@ -59,6 +73,14 @@ def document_starts(layout: list[list[int]]) -> torch.Tensor:
         starts[torch.tensor([0, *lengths[:-1]]).cumsum(0)] = True
         rows.append(starts)
     return torch.stack(rows).to(DEVICE)
+
+
+def conv_edge_starts() -> torch.Tensor:
+    """(2, CONV_EDGE_LENGTH) bool starts at ``CONV_EDGE_STARTS``."""
+    starts = torch.zeros(len(CONV_EDGE_STARTS), CONV_EDGE_LENGTH, dtype=torch.bool)
+    for row, positions in enumerate(CONV_EDGE_STARTS):
+        starts[row, positions] = True
+    return starts.to(DEVICE)
 
 
 def documents(layout: list[list[int]]):
@@ -172,20 +194,71 @@ def test_states_after_a_packed_row_are_its_last_documents(backend, last_length):
     torch.testing.assert_close(conv_state, conv_state_alone, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("width", [2, 3, 4])
+@pytest.mark.parametrize("with_initial_state", [False, True])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
+def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, with_initial_state):
+    """The Triton conv against the reference, both given the starts, at every place a start can fall relative to
+    the kernels' runs and tiles (``CONV_EDGE_STARTS``): outputs and the gradients of x, the filter, the bias and
+    the conv state, fp32 and (on CUDA) bf16 against the fp32 reference on the same rounded inputs."""
+    starts = conv_edge_starts()
+    for dtype in DTYPES[backend]:
+        g = torch.Generator().manual_seed(width)
+        inputs = {
+            "x": torch.randn(2, 24, CONV_EDGE_LENGTH, generator=g).to(DEVICE, dtype),
+            "weight": torch.randn(24, width, generator=g).to(DEVICE, dtype),
+            "bias": torch.randn(24, generator=g).to(DEVICE, dtype),
+        }
+        if with_initial_state:
+            inputs["initial_state"] = torch.randn(2, 24, width, generator=g).to(DEVICE, dtype)
+        ours = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        ref = {k: v.float().requires_grad_(True) for k, v in inputs.items()}
+        out, _ = _ops(backend).causal_conv1d(**ours, document_starts=starts, return_final_states=False)
+        out_ref, _ = reference.causal_conv1d(**ref, document_starts=starts, return_final_states=False)
+        assert relative_error(out, out_ref) < TOLERANCE[dtype], dtype
+        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+        out.backward(dout)
+        out_ref.backward(dout.float())
+        for name in inputs:
+            error = relative_error(ours[name].grad, ref[name].grad)
+            assert error < TOLERANCE[dtype], f"{dtype} d{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
+def test_conv_since_counts_back_to_each_documents_first_step(backend, width):
+    """What the conv kernels read of a packed row: each step's distance back to the last start at or before it,
+    clamped to W-1 (W-1 before the row's first start, whose outputs read the conv state)."""
+    from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
+
+    starts = conv_edge_starts()
+    expected = torch.full(starts.shape, float(width - 1))
+    for row, positions in enumerate(CONV_EDGE_STARTS):
+        for start, end in zip(positions, [*positions[1:], CONV_EDGE_LENGTH]):
+            expected[row, start:end] = torch.arange(end - start).clamp(max=width - 1).float()
+    for dtype in DTYPES[backend]:
+        since = conv_document_since(starts, width, dtype)
+        assert since.dtype == dtype
+        torch.testing.assert_close(since.float().cpu(), expected, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)")
-def test_conv_backward_tiles_far_from_starts_equal_their_masked_path():
+@pytest.mark.parametrize("layout", [LAYOUTS["long documents"], [[256, 256], [384, 128]]],
+                         ids=["long documents", "starts at tiles' first steps"])
+def test_conv_backward_tiles_far_from_starts_equal_their_masked_path(layout):
     """The conv backward's plain path for tiles with no document start near them computes what masking every
-    tile computes (its masks are all ones there)."""
+    tile computes (its masks are all ones there). A start at a tile's first step (128-step tiles) is near the
+    tile before it too: the gradients of that tile's last inputs from the outputs after it are cut there."""
     from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
     from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
 
-    layout = LAYOUTS["long documents"]
+    starts = document_starts(layout)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 24, sum(layout[0]), generator=g).to(DEVICE)
+    x = torch.randn(2, 24, starts.shape[1], generator=g).to(DEVICE)
     weight, bias = torch.randn(24, 4, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
     dout = torch.randn(x.shape, generator=g).to(DEVICE)
-    since = conv_document_since(document_starts(layout), 4, x.dtype)
+    since = conv_document_since(starts, 4, x.dtype)
     skipped, masked = (causal_conv1d_backward(dout, x, weight, bias, True, None, since, skip_far_tiles=skip)
                        for skip in (True, False))
     torch.testing.assert_close(skipped[0], masked[0], rtol=0, atol=0)  # dx: no atomics, the same products
