@@ -14,6 +14,11 @@ file that a rerun skips; results are small JSON files):
 * ``report``: ``docs/study.md`` (tables and the claims table, whose verdicts are computed from the numbers by
   ``benchmarks/study_report.py``) and the quality-vs-speed plot.
 
+Ablation arms are independent of each other once the teacher exists: ``--arms`` and ``--seeds`` pick some, so
+several processes can share one GPU (the models are small and a step waits on the host more than on the GPU),
+one per arm and seed. Arms are scored on quality only; decode throughput is measured for the teacher and the
+recipe's models, which run alone.
+
     python benchmarks/method_study.py --size gpu --part teacher          # then recipe, ablations-a, ...
     python benchmarks/method_study.py --size smoke --part all --output /tmp/study   # CPU, seconds: the pipeline
 
@@ -200,8 +205,9 @@ def decode_tokens_per_s(model, size: StudySize) -> float | None:
     return sum(len(tokens) for tokens in outputs) / statistics.median(times)
 
 
-def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
-    """Exact match, teacher-forced scores, decode cache bytes and (CUDA) decode throughput of one model."""
+def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize, measure_speed: bool = True) -> dict:
+    """Exact match, teacher-forced scores, decode cache bytes and (CUDA, ``measure_speed``) decode throughput of
+    one model; throughput not measured is null."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
@@ -218,16 +224,16 @@ def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
         "num_layers": model.config.num_hidden_layers,
         "decode_cache_bytes": decode_cache_bytes(model, size.cache_context),
         "cache_context": size.cache_context,
-        "decode_tokens_per_s": decode_tokens_per_s(model, size),
+        "decode_tokens_per_s": decode_tokens_per_s(model, size) if measure_speed else None,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
 
 
-def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize) -> dict:
+def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize, measure_speed: bool = True) -> dict:
     """The score of ``model_dir``, computed once and kept in ``record_path``."""
     if record_path.is_file():
         return json.loads(record_path.read_text())
-    score = score_model(model_dir, teacher_dir(output), size)
+    score = score_model(model_dir, teacher_dir(output), size, measure_speed)
     write_json_atomically(record_path, score)
     return score
 
@@ -285,7 +291,9 @@ def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, see
         "arm": arm, "seed": seed, "changes": changes,
         "tokens": sum(stage["tokens"] for stage in manifest["stages"]),
         "steps": sum(stage["steps"] for stage in manifest["stages"]),
-        **scored(run_dir / "score.json", final, output, size),
+        # arms are compared on quality; their speed is that of the recipe's final layout, and arms may run side
+        # by side on one GPU (--arms, --seeds), where a timing would measure the neighbours too
+        **scored(run_dir / "score.json", final, output, size, measure_speed=False),
     }
     write_json_atomically(result_path, result)
     return result

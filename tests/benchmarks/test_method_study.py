@@ -123,3 +123,13 @@ def test_the_study_runs_end_to_end_at_micro_scale_and_resumes(tmp_path):
 
 def size_final_mamba() -> int:
     return method_study.SIZES["smoke"].ablation_targets[-1]
+
+
+def test_speed_is_measured_only_where_asked(tmp_path, monkeypatch):
+    from recipes.tiny_teacher import ensure_tiny_teacher
+
+    size = method_study.SIZES["smoke"]
+    teacher = ensure_tiny_teacher(method_study.teacher_dir(tmp_path), size.teacher)
+    monkeypatch.setattr(method_study, "decode_tokens_per_s", lambda model, size: 123.0)  # stands in for a GPU timing
+    assert method_study.score_model(teacher, teacher, size)["decode_tokens_per_s"] == 123.0
+    assert method_study.score_model(teacher, teacher, size, measure_speed=False)["decode_tokens_per_s"] is None
