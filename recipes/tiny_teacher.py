@@ -6,7 +6,8 @@ synthetic traces' alphabet) with chat special tokens and a Jinja chat template; 
 GQA ``MistralForCausalLM``, the architecture family of Apriel's teachers. Random init is enough for
 tests; a few dozen training steps on the synthetic traces give the demo a teacher that knows something.
 
-Command line: ``python -m recipes.tiny_teacher --output DIR [--train-steps N] [--time-budget SECONDS]``.
+Command line: ``python -m recipes.tiny_teacher --output DIR [--train-steps N] [--time-budget SECONDS]
+[--batch-size ROWS] [--num-examples N]``.
 """
 
 from __future__ import annotations
@@ -166,36 +167,53 @@ def _stamp(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@command_line
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="directory to write the teacher (model + tokenizer) to")
     parser.add_argument("--train-steps", type=int, default=0, help="training steps on synthetic traces (0: random)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    parser.add_argument("--batch-size", type=int, default=TinyTeacherSpec.batch_size, help="rows per training step")
+    parser.add_argument("--num-examples", type=int, default=0,
+                        help="distinct training problems, cycled over (0: a fresh problem for every row)")
     parser.add_argument("--hidden-size", type=int, default=TinyTeacherSpec.hidden_size)
     parser.add_argument("--num-layers", type=int, default=TinyTeacherSpec.num_hidden_layers)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    if output.exists() and _stamp(output) is None:  # never replace what this command did not build
-        raise UsageError(
-            f"{output} already exists and is not a tiny teacher built by this command; give a new directory"
-        )
+    return parser
+
+
+def spec_from_arguments(args: argparse.Namespace) -> TinyTeacherSpec:
+    """The teacher a command line asks for (a shipped teacher's stamp must equal its recorded command's spec)."""
     heads = TinyTeacherSpec.num_attention_heads
     if args.hidden_size <= 0 or args.hidden_size % (2 * heads):
         raise UsageError(
             f"--hidden-size is {args.hidden_size}; give a positive multiple of {2 * heads} ({heads} heads of even width)"
         )
+    if args.batch_size < 1 or args.num_examples < 0:
+        raise UsageError(f"--batch-size is {args.batch_size} and --num-examples {args.num_examples}; give a batch of at "
+                         "least 1 and a non-negative number of examples")
     if args.num_layers < 2:
         raise UsageError(f"--num-layers is {args.num_layers}; a hybrid needs at least 2 layers (one stays attention)")
-    spec = TinyTeacherSpec(
+    return TinyTeacherSpec(
         hidden_size=args.hidden_size,
         intermediate_size=3 * args.hidden_size,
         num_hidden_layers=args.num_layers,
         train_steps=args.train_steps,
         time_budget_s=args.time_budget,
+        batch_size=args.batch_size,
         seed=args.seed,
+        num_examples=args.num_examples,
     )
+
+
+@command_line
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and _stamp(output) is None:  # never replace what this command did not build
+        raise UsageError(
+            f"{output} already exists and is not a tiny teacher built by this command; give a new directory"
+        )
+    spec = spec_from_arguments(args)
     print(f"Tiny teacher ready at {ensure_tiny_teacher(args.output, spec)}")
 
 

@@ -181,6 +181,7 @@ CASES = {
     # recipes.tiny_teacher, recipes.demo
     "tiny_teacher: output holds the user's files": Case(recipes.tiny_teacher.main, lambda w: ["--output", w.user_dir("teacher")], ("already exists", "not a tiny teacher")),
     "tiny_teacher: hidden size the heads cannot split": Case(recipes.tiny_teacher.main, lambda w: ["--output", w.root / "teacher", "--hidden-size", "30"], ("--hidden-size is 30",)),
+    "tiny_teacher: empty training batch": Case(recipes.tiny_teacher.main, lambda w: ["--output", w.root / "teacher", "--batch-size", "0"], ("--batch-size is 0",)),
     "demo: zero problems": Case(recipes.demo.main, lambda w: ["--output", w.root / "demo", "--problems", "0"], ("--problems",)),
     # model_cards
     "card: model dir does not exist": Case(model_cards.card.main, lambda w: ["--model", w.missing], ("does not exist",)),
