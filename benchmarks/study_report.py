@@ -189,7 +189,9 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
     score = teacher["score"]
     teacher_em = score["exact_match"]
     lines += ["## Teacher", "", f"Command: `{teacher['command']}` (seed {teacher['spec']['seed']}), trained "
-              f"{teacher['train_wall_time_s']:.0f} s on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`.", "",
+              f"{teacher['train_wall_time_s']:.0f} s on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`"
+              + (" (training ends after `train_steps` steps or `time_budget_s` seconds, whichever comes first)."
+                 if teacher["spec"].get("time_budget_s") else "."), "",
               f"Exact match {teacher_em:.3f} on {score['num_problems']} held-out problems.", ""]
     header = ("| model | Mamba layers | distillation tokens so far | exact match | kept | token acc | CE | "
               f"decode cache KiB at {score['cache_context']} tokens | decode tokens/s of the layout |")
