@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         row = rows[-1]
         print(f"{model_dir} ({row['mamba_layers']}/{row['num_layers']} Mamba, {args.dtype} weights): exact match "
               f"fp32 state {row['exact_match']['float32']:.3f}, bf16 state {row['exact_match']['bfloat16']:.3f}; "
-              f"identical generations {row['identical_generations']:.3f} of {row['num_problems']}", flush=True)
+              f"identical generations on {round(row['identical_generations'] * row['num_problems'])} of {row['num_problems']} "
+              "problems", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
