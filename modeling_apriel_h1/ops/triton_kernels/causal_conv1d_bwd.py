@@ -51,6 +51,26 @@ def input_grad(g, g_1, g_2, g_3, w_new, w_1, w_2, w_3):
 
 
 @triton.jit
+def run_input_grads(g0, g1, g2, g3, g4, g5, g6, g7,
+                    r1_1, r1_2, r1_3, r1_4, r1_5, r1_6, r1_7, r1_8,
+                    r2_2, r2_3, r2_4, r2_5, r2_6, r2_7, r2_8, r2_9,
+                    r3_3, r3_4, r3_5, r3_6, r3_7, r3_8, r3_9, r3_10, w_new, w_1, w_2, w_3):
+    """dx of a run's 8 steps, (rows, runs, 8): step i gets its own g and the gradients of the outputs 1, 2 and 3
+    steps later as they reach it (``rk_j``: output j's gradient as it reaches the input k steps back; j = 8, 9,
+    10 are the next run's first outputs). In a packed row those are masked where a document starts between."""
+    return join_run(
+        input_grad(g0, r1_1, r2_2, r3_3, w_new, w_1, w_2, w_3),
+        input_grad(g1, r1_2, r2_3, r3_4, w_new, w_1, w_2, w_3),
+        input_grad(g2, r1_3, r2_4, r3_5, w_new, w_1, w_2, w_3),
+        input_grad(g3, r1_4, r2_5, r3_6, w_new, w_1, w_2, w_3),
+        input_grad(g4, r1_5, r2_6, r3_7, w_new, w_1, w_2, w_3),
+        input_grad(g5, r1_6, r2_7, r3_8, w_new, w_1, w_2, w_3),
+        input_grad(g6, r1_7, r2_8, r3_9, w_new, w_1, w_2, w_3),
+        input_grad(g7, r1_8, r2_9, r3_10, w_new, w_1, w_2, w_3),
+    )
+
+
+@triton.jit
 def document_output_grad(dout, x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
     """``output_grad`` in a packed row (``since``: t's clamped distance back to its document's first step), then
     g as it reaches the inputs 1, 2 and 3 steps back: zero where the output read them as zero (before its
@@ -124,16 +144,10 @@ def _causal_conv1d_bwd_kernel(
         g5, h1_5, h2_5, h3_5 = document_output_grad(d5, x5, x4, x3, x2, n5, w_new, w_1, w_2, w_3, bias, SILU)
         g6, h1_6, h2_6, h3_6 = document_output_grad(d6, x6, x5, x4, x3, n6, w_new, w_1, w_2, w_3, bias, SILU)
         g7, h1_7, h2_7, h3_7 = document_output_grad(d7, x7, x6, x5, x4, n7, w_new, w_1, w_2, w_3, bias, SILU)
-        dx = join_run(
-            input_grad(g0, h1_1, h2_2, h3_3, w_new, w_1, w_2, w_3),
-            input_grad(g1, h1_2, h2_3, h3_4, w_new, w_1, w_2, w_3),
-            input_grad(g2, h1_3, h2_4, h3_5, w_new, w_1, w_2, w_3),
-            input_grad(g3, h1_4, h2_5, h3_6, w_new, w_1, w_2, w_3),
-            input_grad(g4, h1_5, h2_6, h3_7, w_new, w_1, w_2, w_3),
-            input_grad(g5, h1_6, h2_7, h3_a0, w_new, w_1, w_2, w_3),
-            input_grad(g6, h1_7, h2_a0, h3_a1, w_new, w_1, w_2, w_3),
-            input_grad(g7, h1_a0, h2_a1, h3_a2, w_new, w_1, w_2, w_3),
-        )
+        dx = run_input_grads(g0, g1, g2, g3, g4, g5, g6, g7,
+                             h1_1, h1_2, h1_3, h1_4, h1_5, h1_6, h1_7, h1_a0,
+                             h2_2, h2_3, h2_4, h2_5, h2_6, h2_7, h2_a0, h2_a1,
+                             h3_3, h3_4, h3_5, h3_6, h3_7, h3_a0, h3_a1, h3_a2, w_new, w_1, w_2, w_3)
         g = join_run(g0, g1, g2, g3, g4, g5, g6, g7)
         reach_1 = join_run(h1_0, h1_1, h1_2, h1_3, h1_4, h1_5, h1_6, h1_7)
         reach_2 = join_run(h2_0, h2_1, h2_2, h2_3, h2_4, h2_5, h2_6, h2_7)
@@ -151,16 +165,11 @@ def _causal_conv1d_bwd_kernel(
         g5 = output_grad(d5, x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU)
         g6 = output_grad(d6, x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU)
         g7 = output_grad(d7, x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU)
-        dx = join_run(
-            input_grad(g0, g1, g2, g3, w_new, w_1, w_2, w_3),
-            input_grad(g1, g2, g3, g4, w_new, w_1, w_2, w_3),
-            input_grad(g2, g3, g4, g5, w_new, w_1, w_2, w_3),
-            input_grad(g3, g4, g5, g6, w_new, w_1, w_2, w_3),
-            input_grad(g4, g5, g6, g7, w_new, w_1, w_2, w_3),
-            input_grad(g5, g6, g7, ga0, w_new, w_1, w_2, w_3),
-            input_grad(g6, g7, ga0, ga1, w_new, w_1, w_2, w_3),
-            input_grad(g7, ga0, ga1, ga2, w_new, w_1, w_2, w_3),
-        )
+        # every later gradient reaches its inputs unmasked
+        dx = run_input_grads(g0, g1, g2, g3, g4, g5, g6, g7,
+                             g1, g2, g3, g4, g5, g6, g7, ga0,
+                             g2, g3, g4, g5, g6, g7, ga0, ga1,
+                             g3, g4, g5, g6, g7, ga0, ga1, ga2, w_new, w_1, w_2, w_3)
         g = join_run(g0, g1, g2, g3, g4, g5, g6, g7)
         reach_1, reach_2, reach_3 = g, g, g
     dx_rows = dx_ptr + batch * dim * length + rows.to(tl.int64) * length
