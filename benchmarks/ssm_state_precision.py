@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from conversion.cli import UsageError, command_line, existing_path  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
-from recipes.held_out import HELD_OUT_SEED  # noqa: E402
+from recipes.held_out import HELD_OUT_SEED, question_prompt  # noqa: E402
 from recipes.synthetic import Problem, generate_problems, is_correct  # noqa: E402
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -35,9 +35,7 @@ STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def greedy_answers(model, tokenizer, problems: list[Problem], max_new_tokens: int, batch: int,
                    state_dtype: torch.dtype) -> list[list[int]]:
     """Each problem's generated tokens, greedy, through the decode engine with the Mamba state in ``state_dtype``."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False,
-                                           add_generation_prompt=True) for p in problems]  # as score_on_problems
-    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    prompts = [tokenizer(question_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in problems]
     longest = max(len(prompt) for prompt in prompts)
     engine = DecodeEngine(model, max_batch_size=min(batch, len(prompts)), max_seq_len=longest + max_new_tokens + 1,
                           ssm_state_dtype=state_dtype)

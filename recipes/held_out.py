@@ -60,6 +60,13 @@ def teacher_forced_scores(
     return TeacherForcedScore(cross_entropy=total_loss / count, token_accuracy=correct / count, num_tokens=count)
 
 
+def question_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> str:
+    """The text a model answers ``problem`` from: the question as the user's turn, then the assistant's header."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
+    )
+
+
 @dataclass
 class GenerationScore:
     accuracy: float
@@ -88,10 +95,7 @@ def score_on_problems(
     elapsed = 0.0
     for start in tqdm(range(0, len(problems), batch_size), desc=description, unit="batch", disable=not progress):
         batch = problems[start : start + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False, add_generation_prompt=True)
-            for p in batch
-        ]
+        prompts = [question_prompt(tokenizer, p) for p in batch]
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         began = time.perf_counter()
         output = model.generate(
