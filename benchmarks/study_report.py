@@ -127,23 +127,22 @@ def layout_speeds(results: dict) -> dict[int, float]:
     same kernels on the same shapes, so their speeds differ only by measurement noise (several percent between
     runs at this size); one figure per layout keeps that noise out of the table and the plot."""
     measured: dict[int, list[float]] = {}
-    for score in _teacher_and_recipe_scores(results):
+    for _, score in _teacher_and_recipe_scores(results):
         if score.get("decode_tokens_per_s"):
             measured.setdefault(score["mamba_layers"], []).append(score["decode_tokens_per_s"])
     return {mamba: statistics.median(values) for mamba, values in measured.items()}
 
 
-def _teacher_and_recipe_scores(results: dict) -> list[dict]:
-    scores = [results["teacher"]["score"]] if results["teacher"] else []
-    return scores + list((results["recipe"] or {}).get("rows", []))
+def _teacher_and_recipe_scores(results: dict) -> list[tuple[str, dict]]:
+    """(name, score) of the teacher and of every recipe model, in the table's order."""
+    scores = [("teacher", results["teacher"]["score"])] if results["teacher"] else []
+    return scores + [(row["model"], row) for row in (results["recipe"] or {}).get("rows", [])]
 
 
 def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
     """Exact match against decode throughput (CUDA) for the teacher and every recipe model (paper Fig. 4)."""
     speeds = layout_speeds(results)
-    named = ([("teacher", results["teacher"]["score"])] if results["teacher"] else [])
-    named += [(row["model"], row) for row in (results["recipe"] or {}).get("rows", [])]
-    points = [(name, score) for name, score in named if score["mamba_layers"] in speeds]
+    points = [(name, score) for name, score in _teacher_and_recipe_scores(results) if score["mamba_layers"] in speeds]
     if not points:
         return None  # no CUDA throughput measured: nothing honest to plot
     figure, axes = plt.subplots(figsize=(7, 4.5))
