@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-steps", type=int, default=0, help="training steps on synthetic traces (0: random)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
     parser.add_argument("--batch-size", type=int, default=TinyTeacherSpec.batch_size, help="rows per training step")
-    parser.add_argument("--num-examples", type=int, default=0,
+    parser.add_argument("--num-examples", type=int, default=TinyTeacherSpec.num_examples,
                         help="distinct training problems, cycled over (0: a fresh problem for every row)")
     parser.add_argument("--hidden-size", type=int, default=TinyTeacherSpec.hidden_size)
     parser.add_argument("--num-layers", type=int, default=TinyTeacherSpec.num_hidden_layers)
