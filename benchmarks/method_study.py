@@ -11,13 +11,15 @@ file that a rerun skips; results are small JSON files):
 * ``ablations-a`` / ``-b`` / ``-c``: each alternative against the recipe at the same token budget, two seeds
   each, on a shorter staged schedule (25 -> 50 -> 75%): forward vs reverse KL, one-shot vs staged, LOO vs MMR,
   random vs MIL init, answers-only vs reasoning-trace data, Mamba-only vs all parameters trained.
+* ``speed``: decode throughput of the teacher and of each layout the recipe reached, measured alone on the GPU
+  once the training parts are done (so that parts may share the GPU while they train).
 * ``report``: ``docs/study.md`` (tables and the claims table, whose verdicts are computed from the numbers by
   ``benchmarks/study_report.py``) and the quality-vs-speed plot.
 
-Ablation arms are independent of each other once the teacher exists: ``--arms`` and ``--seeds`` pick some, so
-several processes can share one GPU (the models are small and a step waits on the host more than on the GPU),
-one per arm and seed. Arms are scored on quality only; decode throughput is measured for the teacher and the
-recipe's models, which run alone.
+The recipe and the ablation arms are independent of each other once the teacher exists: ``--arms`` and
+``--seeds`` pick some arms, so several processes can share one GPU (the models are small and a step waits on the
+host more than on the GPU), one per arm and seed, beside one running the recipe. Nothing they do is timed; the
+teacher trains alone, as its time budget is wall-clock.
 
     python benchmarks/method_study.py --size gpu --part teacher          # then recipe, ablations-a, ...
     python benchmarks/method_study.py --size smoke --part all --output /tmp/study   # CPU, seconds: the pipeline
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import write_json_atomically  # noqa: E402
+from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
+from conversion.cli import UsageError, command_line  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
 from recipes.data import tokenize_conversation  # noqa: E402
 from recipes.decode_cache import decode_cache_bytes  # noqa: E402
@@ -51,10 +56,10 @@ from recipes.merge import merge_checkpoints  # noqa: E402
 from recipes.schedule import ScheduleConfig, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft  # noqa: E402
 from recipes.synthetic import ANSWER_PREFIX, generate_problems  # noqa: E402
-from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher  # noqa: E402
+from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher, training_record  # noqa: E402
 
 DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"
-PARTS = ("teacher", "recipe", "ablations-a", "ablations-b", "ablations-c", "report")
+PARTS = ("teacher", "recipe", "ablations-a", "ablations-b", "ablations-c", "speed", "report")
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def teacher_dir(output: Path) -> Path:
 
 def run_part_teacher(output: Path, size: StudySize) -> dict:
     """Train (or reuse) the teacher and score it; the command and seed are part of the record."""
-    record_path = output / "teacher.json"
+    record_path = output / TEACHER_FILE
     if record_path.is_file():
         return json.loads(record_path.read_text())
     began = time.perf_counter()
@@ -127,6 +132,7 @@ def run_part_teacher(output: Path, size: StudySize) -> dict:
         "command": " ".join(["python", "benchmarks/method_study.py", *sys.argv[1:]]),
         "spec": asdict(size.teacher),
         "train_wall_time_s": time.perf_counter() - began,
+        "training": training_record(teacher),  # the steps and epochs it ran before its budget ended it
         "score": score_model(teacher, teacher, size),
     }
     write_json_atomically(record_path, record)
@@ -205,9 +211,9 @@ def decode_tokens_per_s(model, size: StudySize) -> float | None:
     return sum(len(tokens) for tokens in outputs) / statistics.median(times)
 
 
-def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize, measure_speed: bool = True) -> dict:
-    """Exact match, teacher-forced scores, decode cache bytes and (CUDA, ``measure_speed``) decode throughput of
-    one model; throughput not measured is null."""
+def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
+    """Exact match, teacher-forced scores and decode cache bytes of one model (its speed is the ``speed``
+    part's)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
@@ -224,16 +230,15 @@ def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize, measure_s
         "num_layers": model.config.num_hidden_layers,
         "decode_cache_bytes": decode_cache_bytes(model, size.cache_context),
         "cache_context": size.cache_context,
-        "decode_tokens_per_s": decode_tokens_per_s(model, size) if measure_speed else None,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
 
 
-def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize, measure_speed: bool = True) -> dict:
+def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize) -> dict:
     """The score of ``model_dir``, computed once and kept in ``record_path``."""
     if record_path.is_file():
         return json.loads(record_path.read_text())
-    score = score_model(model_dir, teacher_dir(output), size, measure_speed)
+    score = score_model(model_dir, teacher_dir(output), size)
     write_json_atomically(record_path, score)
     return score
 
@@ -272,10 +277,12 @@ def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
                 rows.append({"model": f"{stage['name']}-{step}", "step": step, "tokens": stage["tokens"],
                              "mamba": mamba, **scored(scores / f"{stage['name']}-{step}.json", path, output, size)})
     result = {"seed": seed, "targets": list(size.recipe_targets), "rows": rows,
-              "stages": [{key: stage[key] for key in ("name", "layers_added", "mamba_layers", "importance_method",
-                                                       "steps", "tokens", "initial_kd_loss", "final_kd_loss",
-                                                       "wall_time_s")} for stage in manifest["stages"]]}
-    write_json_atomically(output / "recipe.json", result)
+              "stages": [{**{key: stage[key] for key in ("name", "layers_added", "mamba_layers", "importance_method",
+                                                         "steps", "tokens", "initial_kd_loss", "final_kd_loss",
+                                                         "wall_time_s")},
+                          "checkpoint": os.path.relpath(stage["checkpoint"], output)}
+                         for stage in manifest["stages"]]}
+    write_json_atomically(output / RECIPE_FILE, result)
     return result
 
 
@@ -291,9 +298,8 @@ def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, see
         "arm": arm, "seed": seed, "changes": changes,
         "tokens": sum(stage["tokens"] for stage in manifest["stages"]),
         "steps": sum(stage["steps"] for stage in manifest["stages"]),
-        # arms are compared on quality; their speed is that of the recipe's final layout, and arms may run side
-        # by side on one GPU (--arms, --seeds), where a timing would measure the neighbours too
-        **scored(run_dir / "score.json", final, output, size, measure_speed=False),
+        # arms are compared on quality; their speed is that of the recipe's final layout (the speed part)
+        **scored(run_dir / "score.json", final, output, size),
     }
     write_json_atomically(result_path, result)
     return result
@@ -302,6 +308,31 @@ def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, see
 def run_part_ablations(output: Path, size: StudySize, part: str, only: set[str] | None) -> list[dict]:
     arms = {arm: changes for arm, changes in {BASELINE: {}, **ABLATIONS[part]}.items() if only is None or arm in only}
     return [run_ablation_arm(output, size, arm, changes, seed) for arm, changes in arms.items() for seed in size.seeds]
+
+
+def run_part_speed(output: Path, size: StudySize) -> dict:
+    """Decode throughput of the teacher and of each stage the recipe distilled: one model per layout (a stage's
+    SFT and merge run the same kernels on the same shapes), each measured alone, after the training parts."""
+    teacher, recipe = (output / TEACHER_FILE), (output / RECIPE_FILE)
+    if not (teacher.is_file() and recipe.is_file()):
+        raise UsageError(f"the speed part times the teacher and the recipe's stages: run --part teacher and "
+                                f"--part recipe into {output} first")
+    models = [("teacher", teacher_dir(output))] + [
+        (stage["name"], output / stage["checkpoint"]) for stage in json.loads(recipe.read_text())["stages"]]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layouts = []
+    for name, path in models:
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        layouts.append({"model": name, "mamba_layers": len(getattr(model.config, "mamba_layer_indices", ())),
+                        "num_layers": model.config.num_hidden_layers,
+                        "decode_tokens_per_s": decode_tokens_per_s(model, size)})
+        speed = layouts[-1]["decode_tokens_per_s"]
+        print(f"{name}: " + (f"{speed:,.0f} decode tokens/s" if speed else "not timed (no CUDA device)"), flush=True)
+        del model
+    record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "batch": size.throughput_batch,
+              "prompt_tokens": size.throughput_prompt, "new_tokens": size.throughput_new_tokens, "layouts": layouts}
+    write_json_atomically(output / SPEEDS_FILE, record)
+    return record
 
 
 def run_part_report(output: Path, doc: Path) -> Path:
@@ -318,7 +349,7 @@ def run(part: str, output: Path, size_name: str, doc: Path, arms: set[str] | Non
     for name in parts:
         began = time.perf_counter()
         print(f"== part {name} ({size_name}) ==", flush=True)
-        if name != "teacher" and name != "report" and not (output / "teacher.json").is_file():
+        if name not in ("teacher", "speed", "report") and not (output / TEACHER_FILE).is_file():
             run_part_teacher(output, size)
         if name == "teacher":
             record = run_part_teacher(output, size)
@@ -327,11 +358,14 @@ def run(part: str, output: Path, size_name: str, doc: Path, arms: set[str] | Non
             run_part_recipe(output, size)
         elif name.startswith("ablations"):
             run_part_ablations(output, size, name, arms)
+        elif name == "speed":
+            run_part_speed(output, size)
         else:
             print(f"wrote {run_part_report(output, doc)}")
         print(f"== part {name} done in {time.perf_counter() - began:.0f} s ==", flush=True)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", default="all", choices=(*PARTS, "all"))
@@ -342,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
     args = parser.parse_args(argv)
     if args.size == "gpu" and not torch.cuda.is_available() and args.part not in ("report",):
-        print("error: --size gpu needs a CUDA device; use --size smoke to run the pipeline on a CPU", file=sys.stderr)
-        return 2
+        raise UsageError("--size gpu needs a CUDA device; use --size smoke to run the pipeline on a CPU")
     arms = set(args.arms.split(",")) if args.arms else None
     seeds = tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else None
     run(args.part, args.output, args.size, args.doc, arms, seeds)

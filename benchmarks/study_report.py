@@ -24,22 +24,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
+
 COMMANDS = """```bash
 # one H200; each part resumes from what the earlier ones wrote under outputs/study (rerun a part to continue it)
-python benchmarks/method_study.py --part teacher       # train + score the teacher
+python benchmarks/method_study.py --part teacher       # train + score the teacher (alone: its budget is wall-clock)
 python benchmarks/method_study.py --part recipe        # LOO/MMR, MIL, staged reverse KL 25->75%, SFT, merge
 python benchmarks/method_study.py --part ablations-a   # recipe arm + forward KL + one-shot, 2 seeds each
 python benchmarks/method_study.py --part ablations-b   # LOO-only ranking + random init, 2 seeds each
 python benchmarks/method_study.py --part ablations-c   # answers-only data + Mamba-only training, 2 seeds each
+python benchmarks/method_study.py --part speed         # decode throughput per layout, alone on the GPU
 python benchmarks/method_study.py --part report        # this page and its plot, from the JSON files
+# the recipe and the ablation parts may run side by side (one process per arm and seed: --arms A --seeds N)
 ```"""
 SPEED_NOTE = (
-    "Decode tokens/s: the package's decode engine (CUDA graphs) on the GPU named in the plot, at the batch, prompt "
-    "length and new tokens of the study's size (`SIZES` in `benchmarks/method_study.py`), prefill included, median "
-    "of 3 after a warm-up; one figure per layout (the median of "
-    "the models that share it: a stage, its SFT and its merge differ only by measurement noise). Models this small "
-    "are bound by the latency of each layer's kernels rather than by memory traffic, so these ratios are not the "
-    "15B ones: those are in `benchmarks/RESULTS.md` (decode engine).")
+    "Decode tokens/s (`--part speed`, alone on the GPU after the training parts): the package's decode engine (CUDA "
+    "graphs) on {device}, batch {batch}, {prompt_tokens}-token prompts, {new_tokens} new tokens, prefill included, "
+    "median of 3 after a warm-up; one model per layout (the teacher and each distilled stage: a stage's SFT and "
+    "merge run the same kernels on the same shapes). Models this small are bound by the latency of each layer's "
+    "kernels rather than by memory traffic, so these ratios are not the 15B ones: those are in "
+    "`benchmarks/RESULTS.md` (decode engine).")
 TEACHER_GOAL = 0.70
 KEPT_GOAL = 0.90
 # (arm, what the recipe does, what the alternative does) for every ablation the study runs.
@@ -75,13 +79,14 @@ def load_results(output: Path) -> dict:
     for path in sorted((output / "ablations").glob("*/seed-*.json")):
         result = json.loads(path.read_text())
         ablations.setdefault(result["arm"], []).append(result)
-    return {"teacher": read(output / "teacher.json"), "recipe": read(output / "recipe.json"), "ablations": ablations}
+    return {"teacher": read(output / TEACHER_FILE), "recipe": read(output / RECIPE_FILE), "ablations": ablations,
+            "speeds": read(output / SPEEDS_FILE)}
 
 
 def result_files(output: Path) -> list[Path]:
     """The files the report reads, relative to ``output``: the teacher's and the recipe's records and one file per
     ablation arm and seed (the models and checkpoints beside them are not needed)."""
-    files = [Path(name) for name in ("teacher.json", "recipe.json") if (output / name).is_file()]
+    files = [Path(name) for name in (TEACHER_FILE, RECIPE_FILE, SPEEDS_FILE) if (output / name).is_file()]
     return files + sorted(path.relative_to(output) for path in (output / "ablations").glob("*/seed-*.json"))
 
 
@@ -122,15 +127,10 @@ def claims_rows(results: dict) -> list[tuple[str, str, str]]:
 
 
 def layout_speeds(results: dict) -> dict[int, float]:
-    """Decode tokens/s per layout (number of Mamba layers) of the teacher and the recipe's models: the median of
-    the models measured with that layout. Models that share a layout (a stage, its SFT and its merge) run the
-    same kernels on the same shapes, so their speeds differ only by measurement noise (several percent between
-    runs at this size); one figure per layout keeps that noise out of the table and the plot."""
-    measured: dict[int, list[float]] = {}
-    for _, score in _teacher_and_recipe_scores(results):
-        if score.get("decode_tokens_per_s"):
-            measured.setdefault(score["mamba_layers"], []).append(score["decode_tokens_per_s"])
-    return {mamba: statistics.median(values) for mamba, values in measured.items()}
+    """Decode tokens/s per layout (number of Mamba layers), from the speed part's measurements; layouts it timed
+    on a CPU (null) are left out, never shown as a speed."""
+    layouts = (results.get("speeds") or {}).get("layouts", [])
+    return {row["mamba_layers"]: row["decode_tokens_per_s"] for row in layouts if row["decode_tokens_per_s"]}
 
 
 def _teacher_and_recipe_scores(results: dict) -> list[tuple[str, dict]]:
@@ -151,7 +151,7 @@ def plot_quality_vs_speed(results: dict, path: Path) -> Path | None:
         axes.scatter(speed, score["exact_match"], color="tab:red" if name == "teacher" else "tab:blue")
         axes.annotate(f"{name} ({score['mamba_layers']}/{score['num_layers']})", (speed, score["exact_match"]),
                       fontsize=7, xytext=(3, 3), textcoords="offset points")
-    device = points[0][1]["device"]
+    device = results["speeds"]["device"]
     axes.set(xlabel=f"decode tokens/s of the layout (decode engine, {device})", ylabel="exact match (held-out)",
              title="Quality vs decode throughput (Mamba layers / layers)")
     figure.tight_layout()
@@ -187,8 +187,10 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
         return "\n".join(lines)
     score = teacher["score"]
     teacher_em = score["exact_match"]
+    training = teacher.get("training")
+    ran = f"{training['steps']:,} steps ({training['epochs']:.2f} epochs) in " if training else ""
     lines += ["## Teacher", "", f"Command: `{teacher['command']}` (seed {teacher['spec']['seed']}), trained "
-              f"{teacher['train_wall_time_s']:.0f} s on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`"
+              f"{ran}{teacher['train_wall_time_s']:.0f} s with its data preparation on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`"
               + (" (training ends after `train_steps` steps or `time_budget_s` seconds, whichever comes first)."
                  if teacher["spec"].get("time_budget_s") else "."), "",
               f"Exact match {teacher_em:.3f} on {score['num_problems']} held-out problems.", ""]
@@ -208,7 +210,7 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
                                               f"KD {s['initial_kd_loss']:.3f} -> {s['final_kd_loss']:.3f}"
                                               for s in recipe["stages"]), ""]
     if speeds:
-        lines += [SPEED_NOTE, ""]
+        lines += [SPEED_NOTE.format(**results["speeds"]), ""]
     if plot:
         lines += [f"![quality vs speed]({plot.relative_to(doc.parent) if plot.is_relative_to(doc.parent) else plot})", ""]
     if results["ablations"]:

@@ -44,6 +44,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 STAMP_FILE = "tiny_teacher.json"
+# what training actually did (steps, epochs): a time budget can end it before ``train_steps``
+TRAINING_FILE = "tiny_teacher_training.json"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ class _StopAfter(TrainerCallback):
 
 def train_on_synthetic(
     model: MistralForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinyTeacherSpec, work_dir: Path
-) -> list[float]:
-    """Supervised training on synthetic traces (CE on assistant tokens); returns the logged losses."""
+) -> dict:
+    """Supervised training on synthetic traces (CE on assistant tokens); returns the steps and epochs it ran
+    (fewer than ``train_steps`` when the time budget ended it) and the logged losses."""
     num_examples = spec.num_examples or spec.train_steps * spec.batch_size
     rows = load_conversations(SYNTHETIC_SOURCE, synthetic_examples=num_examples, seed=spec.seed)
     dataset = build_dataset(rows, tokenizer, spec.max_seq_length, packing=False)
@@ -137,7 +140,8 @@ def train_on_synthetic(
         callbacks=callbacks,
     )
     trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
+            "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]}
 
 
 def ensure_tiny_teacher(directory: str | Path, spec: TinyTeacherSpec = TinyTeacherSpec()) -> Path:
@@ -153,13 +157,20 @@ def ensure_tiny_teacher(directory: str | Path, spec: TinyTeacherSpec = TinyTeach
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, spec)
         if spec.train_steps > 0:
-            train_on_synthetic(model, tokenizer, spec, staging / "trainer")
+            training = train_on_synthetic(model, tokenizer, spec, staging / "trainer")
             shutil.rmtree(staging / "trainer")
+            (staging / TRAINING_FILE).write_text(json.dumps(training, indent=2))
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / STAMP_FILE).write_text(json.dumps(asdict(spec), indent=2))
     return directory
+
+
+def training_record(directory: str | Path) -> dict | None:
+    """What training did for the teacher in ``directory`` (steps, epochs, losses); None for an untrained one."""
+    path = Path(directory) / TRAINING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _stamp(directory: Path) -> dict | None:

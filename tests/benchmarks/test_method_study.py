@@ -26,8 +26,7 @@ def test_verdicts_follow_the_numbers():
 
 def _score(exact_match: float) -> dict:  # synthetic result rows, shaped as score_model writes them
     return {"exact_match": exact_match, "token_accuracy": 0.9, "cross_entropy": 0.3, "num_problems": 256,
-            "mamba_layers": 4, "num_layers": 8, "decode_cache_bytes": 4096, "cache_context": 4096,
-            "decode_tokens_per_s": None, "device": "cpu"}
+            "mamba_layers": 4, "num_layers": 8, "decode_cache_bytes": 4096, "cache_context": 4096, "device": "cpu"}
 
 
 def test_claims_table_is_computed_from_the_result_files(tmp_path):
@@ -49,32 +48,34 @@ def test_claims_table_is_computed_from_the_result_files(tmp_path):
 
 
 def test_one_speed_per_layout_tokens_summed_over_stages_and_results_kept_beside_the_page(tmp_path):
-    def measured(exact_match: float, mamba: int, tokens_per_s: float) -> dict:
-        return {**_score(exact_match), "mamba_layers": mamba, "decode_tokens_per_s": tokens_per_s, "device": "GPU"}
-
     output = tmp_path / "study"
     output.mkdir()
     (output / "teacher.json").write_text(json.dumps({"command": "c", "spec": {"seed": 0}, "train_wall_time_s": 1.0,
-                                                     "score": measured(0.8, 0, 100.0)}))
-    rows = [{"model": name, "step": step, "tokens": tokens, "mamba": mamba, **measured(0.7, mamba, speed)}
-            for name, step, tokens, mamba, speed in (("stage-1", "distilled", 10, 4, 190.0),
-                                                     ("stage-1-sft", "sft", 10, 4, 200.0),
-                                                     ("stage-1-merged", "merged", 10, 4, 230.0),
-                                                     ("stage-2", "distilled", 20, 6, 300.0))]
+                                                     "training": {"steps": 1234, "epochs": 2.5},
+                                                     "score": {**_score(0.8), "mamba_layers": 0}}))
+    rows = [{"model": name, "step": step, "tokens": tokens, "mamba": mamba, **_score(0.7), "mamba_layers": mamba}
+            for name, step, tokens, mamba in (("stage-1", "distilled", 10, 4), ("stage-1-sft", "sft", 10, 4),
+                                              ("stage-1-merged", "merged", 10, 4), ("stage-2", "distilled", 20, 6))]
     stages = [{"name": name, "tokens": tokens, "layers_added": [0], "importance_method": "loo",
                "initial_kd_loss": 1.0, "final_kd_loss": 0.5} for name, tokens in (("stage-1", 10), ("stage-2", 20))]
     (output / "recipe.json").write_text(json.dumps({"rows": rows, "stages": stages}))
+    layouts = [{"model": name, "mamba_layers": mamba, "num_layers": 8, "decode_tokens_per_s": speed}
+               for name, mamba, speed in (("teacher", 0, 100.0), ("stage-1", 4, 200.0), ("stage-2", 6, 300.0))]
+    (output / "speeds.json").write_text(json.dumps({"device": "GPU", "batch": 2, "prompt_tokens": 16,
+                                                    "new_tokens": 4, "layouts": layouts}))
     results = study_report.load_results(output)
-    assert study_report.layout_speeds(results) == {0: 100.0, 4: 200.0, 6: 300.0}  # medians, not each model's noise
+    assert study_report.layout_speeds(results) == {0: 100.0, 4: 200.0, 6: 300.0}
 
     doc = tmp_path / "docs" / "study.md"
     study_report.write_report(output, doc)
     page = doc.read_text()
-    assert "| stage-1-merged | 4/8 | 10 | 0.700 | 87% | 0.900 | 0.300 | 4 | 200 |" in page
+    assert "| stage-1-merged | 4/8 | 10 | 0.700 | 87% | 0.900 | 0.300 | 4 | 200 |" in page  # its layout's speed
     assert "| stage-2 | 6/8 | 30 |" in page  # its own 20 tokens after stage-1's 10
+    assert "trained 1,234 steps (2.50 epochs)" in page and "batch 2, 16-token prompts, 4 new tokens" in page
     assert (tmp_path / "docs" / "study_quality_vs_speed.png").stat().st_size > 0
     kept = tmp_path / "docs" / "study_results"
     assert json.loads((kept / "recipe.json").read_text())["rows"] == rows
+    assert json.loads((kept / "speeds.json").read_text())["layouts"] == layouts
     study_report.write_report(kept, doc)  # the page regenerates from the kept copy alone
     assert doc.read_text() == page
 
@@ -107,10 +108,16 @@ def test_the_study_runs_end_to_end_at_micro_scale_and_resumes(tmp_path):
     for part in ("teacher", "recipe"):
         method_study.run(part, output, "smoke", doc)
     method_study.run("ablations-b", output, "smoke", doc, arms={"recipe", "random_init"}, seeds=(0,))
+    method_study.run("speed", output, "smoke", doc)
     method_study.run("report", output, "smoke", doc)
     recipe = json.loads((output / "recipe.json").read_text())
     assert [row["model"] for row in recipe["rows"]] == ["stage-1", "stage-2", "stage-2-sft", "stage-2-merged"]
-    assert all(row["decode_tokens_per_s"] is None for row in recipe["rows"])  # no CPU timing is kept as a speed
+    speeds = json.loads((output / "speeds.json").read_text())
+    assert [(row["model"], row["mamba_layers"]) for row in speeds["layouts"]] == [("teacher", 0), ("stage-1", 1),
+                                                                                  ("stage-2", 2)]
+    assert all(row["decode_tokens_per_s"] is None for row in speeds["layouts"])  # no CPU timing is kept as a speed
+    teacher = json.loads((output / "teacher.json").read_text())
+    assert teacher["training"]["steps"] == method_study.SIZES["smoke"].teacher.train_steps
     random_init = json.loads((output / "ablations" / "random_init" / "seed-0.json").read_text())
     assert random_init["tokens"] > 0 and random_init["mamba_layers"] == size_final_mamba()
     page = doc.read_text()
@@ -125,11 +132,8 @@ def size_final_mamba() -> int:
     return method_study.SIZES["smoke"].ablation_targets[-1]
 
 
-def test_speed_is_measured_only_where_asked(tmp_path, monkeypatch):
-    from recipes.tiny_teacher import ensure_tiny_teacher
-
-    size = method_study.SIZES["smoke"]
-    teacher = ensure_tiny_teacher(method_study.teacher_dir(tmp_path), size.teacher)
-    monkeypatch.setattr(method_study, "decode_tokens_per_s", lambda model, size: 123.0)  # stands in for a GPU timing
-    assert method_study.score_model(teacher, teacher, size)["decode_tokens_per_s"] == 123.0
-    assert method_study.score_model(teacher, teacher, size, measure_speed=False)["decode_tokens_per_s"] is None
+def test_the_speed_part_before_the_training_parts_is_one_clear_error(tmp_path, capsys):
+    assert method_study.main(["--part", "speed", "--size", "smoke", "--output", str(tmp_path / "study")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the speed part times the teacher") and "--part recipe" in error
+    assert not (tmp_path / "study").exists()
