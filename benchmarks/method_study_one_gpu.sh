@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole method study on one GPU: the teacher alone (its training budget is wall-clock), then the recipe and
+# every ablation arm at every seed side by side, one process each (small models leave a GPU mostly idle; under
+# CUDA MPS, when the machine allows it, their kernels overlap), then the decode speed part alone, then the report.
+# Every part resumes: rerun this script after an interruption. On an H200 the teacher took 7 minutes and the 15
+# processes side by side ran at about 2.2 distillation steps/s each, so the whole study should take about 23
+# minutes (a projection: benchmarks/RESULTS.md, the method study).
+#
+#   bash benchmarks/method_study_one_gpu.sh [OUTPUT_DIR]      # default outputs/study; logs in OUTPUT_DIR/logs
+#   STUDY_SIZE=smoke bash benchmarks/method_study_one_gpu.sh /tmp/study   # the pipeline on a CPU, small
+set -uo pipefail
+cd "$(dirname "$0")/.."
+output=${1:-outputs/study}
+logs=$output/logs
+mkdir -p "$logs"
+study() { python3 benchmarks/method_study.py --size "${STUDY_SIZE:-gpu}" --output "$output" "$@"; }
+
+study --part teacher > "$logs/teacher.log" 2>&1 || { echo "error: the teacher part failed; see $logs/teacher.log" >&2; exit 1; }
+grep "exact match" "$logs/teacher.log"
+
+mps_pipe=$(mktemp -d)
+if command -v nvidia-cuda-mps-control > /dev/null &&
+   CUDA_MPS_PIPE_DIRECTORY=$mps_pipe CUDA_MPS_LOG_DIRECTORY=$mps_pipe nvidia-cuda-mps-control -d 2>/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=$mps_pipe CUDA_MPS_LOG_DIRECTORY=$mps_pipe
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "CUDA MPS on: the processes' kernels may overlap"
+fi
+arms=(ablations-a:recipe ablations-a:forward_kl ablations-a:one_shot ablations-b:loo_only ablations-b:random_init
+      ablations-c:answers_only ablations-c:mamba_only)
+declare -A jobs
+OMP_NUM_THREADS=1 study --part recipe > "$logs/recipe.log" 2>&1 & jobs[recipe]=$!
+for spec in "${arms[@]}"; do
+    for seed in 0 1; do
+        OMP_NUM_THREADS=1 study --part "${spec%%:*}" --arms "${spec##*:}" --seeds $seed \
+            > "$logs/${spec##*:}-seed-$seed.log" 2>&1 &
+        jobs[${spec##*:}-seed-$seed]=$!
+    done
+done
+echo "${#jobs[@]} training processes side by side; progress: tail -f $logs/*.log"
+failed=0
+for name in "${!jobs[@]}"; do
+    wait "${jobs[$name]}" || { echo "error: $name failed; see $logs/$name.log" >&2; failed=1; }
+done
+[ $failed = 0 ] || exit 1
+if [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]; then
+    echo quit | nvidia-cuda-mps-control; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
+study --part speed > "$logs/speed.log" 2>&1 || { echo "error: the speed part failed; see $logs/speed.log" >&2; exit 1; }
+study --part report --doc "${STUDY_DOC:-docs/study.md}"
