@@ -210,7 +210,8 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
                                               f"KD {s['initial_kd_loss']:.3f} -> {s['final_kd_loss']:.3f}"
                                               for s in recipe["stages"]), ""]
     if speeds:
-        lines += [SPEED_NOTE.format(**results["speeds"]), ""]
+        note = results["speeds"].get("note")  # where a record was measured otherwise than by the speed part
+        lines += [SPEED_NOTE.format(**results["speeds"]) + (f" {note}" if note else ""), ""]
     if plot:
         lines += [f"![quality vs speed]({plot.relative_to(doc.parent) if plot.is_relative_to(doc.parent) else plot})", ""]
     if results["ablations"]:
