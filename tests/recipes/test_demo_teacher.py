@@ -25,9 +25,9 @@ def test_shipped_teacher_is_small_and_records_its_command():
 
 
 def test_shipped_teacher_solves_held_out_problems():
-    """It solved 31% of 128 held-out problems (28% of these 32) when shipped; the demo aims for at least 30%."""
+    """It solved 68% of these 128 held-out problems when shipped; the demo's goal is a teacher above 30%."""
     tokenizer = AutoTokenizer.from_pretrained(TEACHER_DIR)
     model = AutoModelForCausalLM.from_pretrained(TEACHER_DIR)
-    problems = generate_problems(32, HELD_OUT_SEED)  # the demo's own held-out problems
-    score = score_on_problems(model, tokenizer, problems, max_new_tokens=160, batch_size=32, progress=False)
-    assert score.accuracy >= 0.20, score
+    problems = generate_problems(128, HELD_OUT_SEED)  # the demo's own held-out problems
+    score = score_on_problems(model, tokenizer, problems, max_new_tokens=160, batch_size=64, progress=False)
+    assert score.accuracy >= 0.30, score
