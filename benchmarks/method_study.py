@@ -45,8 +45,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
-from conversion.atomic_io import write_json_atomically  # noqa: E402
 from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
+from conversion.atomic_io import write_json_atomically  # noqa: E402
 from conversion.cli import UsageError, command_line  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
 from recipes.data import tokenize_conversation  # noqa: E402
@@ -211,10 +211,17 @@ def decode_tokens_per_s(model, size: StudySize) -> float | None:
     return sum(len(tokens) for tokens in outputs) / statistics.median(times)
 
 
+def study_device() -> tuple[str, str]:
+    """The device the study runs on and its name as the records show it (the GPU's model, or "cpu")."""
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_name()
+    return "cpu", "cpu"
+
+
 def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
     """Exact match, teacher-forced scores and decode cache bytes of one model (its speed is the ``speed``
     part's)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, device_name = study_device()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     problems = generate_problems(size.eval_problems, HELD_OUT_SEED)
@@ -230,7 +237,7 @@ def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize) -> dict:
         "num_layers": model.config.num_hidden_layers,
         "decode_cache_bytes": decode_cache_bytes(model, size.cache_context),
         "cache_context": size.cache_context,
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device": device_name,
     }
 
 
@@ -305,6 +312,14 @@ def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, see
     return result
 
 
+def side_by_side_runs(size: StudySize) -> list[tuple[str, str, int]]:
+    """(part, arm, seed) of every ablation run, the recipe's own arm in the first part: the processes that may
+    share a GPU beside the recipe part (``--list-runs`` prints them for ``method_study_one_gpu.sh``)."""
+    first = next(iter(ABLATIONS))
+    arms = [(first, BASELINE)] + [(part, arm) for part, changes in ABLATIONS.items() for arm in changes]
+    return [(part, arm, seed) for part, arm in arms for seed in size.seeds]
+
+
 def run_part_ablations(output: Path, size: StudySize, part: str, only: set[str] | None) -> list[dict]:
     arms = {arm: changes for arm, changes in {BASELINE: {}, **ABLATIONS[part]}.items() if only is None or arm in only}
     return [run_ablation_arm(output, size, arm, changes, seed) for arm, changes in arms.items() for seed in size.seeds]
@@ -316,20 +331,19 @@ def run_part_speed(output: Path, size: StudySize) -> dict:
     teacher, recipe = (output / TEACHER_FILE), (output / RECIPE_FILE)
     if not (teacher.is_file() and recipe.is_file()):
         raise UsageError(f"the speed part times the teacher and the recipe's stages: run --part teacher and "
-                                f"--part recipe into {output} first")
+                         f"--part recipe into {output} first")
     models = [("teacher", teacher_dir(output))] + [
         (stage["name"], output / stage["checkpoint"]) for stage in json.loads(recipe.read_text())["stages"]]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, device_name = study_device()
     layouts = []
     for name, path in models:
         model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        speed = decode_tokens_per_s(model, size)
         layouts.append({"model": name, "mamba_layers": len(getattr(model.config, "mamba_layer_indices", ())),
-                        "num_layers": model.config.num_hidden_layers,
-                        "decode_tokens_per_s": decode_tokens_per_s(model, size)})
-        speed = layouts[-1]["decode_tokens_per_s"]
+                        "num_layers": model.config.num_hidden_layers, "decode_tokens_per_s": speed})
         print(f"{name}: " + (f"{speed:,.0f} decode tokens/s" if speed else "not timed (no CUDA device)"), flush=True)
         del model
-    record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "batch": size.throughput_batch,
+    record = {"device": device_name, "batch": size.throughput_batch,
               "prompt_tokens": size.throughput_prompt, "new_tokens": size.throughput_new_tokens, "layouts": layouts}
     write_json_atomically(output / SPEEDS_FILE, record)
     return record
@@ -374,7 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=Path("docs/study.md"), help="report page the report part writes")
     parser.add_argument("--arms", default=None, help="comma-separated ablation arms to run (default: the part's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
+    parser.add_argument("--list-runs", action="store_true",
+                        help="print 'part arm seed' for every ablation run of --size and exit (runs nothing)")
     args = parser.parse_args(argv)
+    if args.list_runs:
+        for part, arm, seed in side_by_side_runs(SIZES[args.size]):
+            print(part, arm, seed)
+        return 0
     if args.size == "gpu" and not torch.cuda.is_available() and args.part not in ("report",):
         raise UsageError("--size gpu needs a CUDA device; use --size smoke to run the pipeline on a CPU")
     arms = set(args.arms.split(",")) if args.arms else None

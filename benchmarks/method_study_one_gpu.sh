@@ -25,17 +25,13 @@ if command -v nvidia-cuda-mps-control > /dev/null &&
     trap 'echo quit | nvidia-cuda-mps-control' EXIT
     echo "CUDA MPS on: the processes' kernels may overlap"
 fi
-arms=(ablations-a:recipe ablations-a:forward_kl ablations-a:one_shot ablations-b:loo_only ablations-b:random_init
-      ablations-c:answers_only ablations-c:mamba_only)
+runs=$(study --list-runs) || { echo "error: could not list the ablation runs" >&2; exit 1; }
 declare -A jobs
 OMP_NUM_THREADS=1 study --part recipe > "$logs/recipe.log" 2>&1 & jobs[recipe]=$!
-for spec in "${arms[@]}"; do
-    for seed in 0 1; do
-        OMP_NUM_THREADS=1 study --part "${spec%%:*}" --arms "${spec##*:}" --seeds $seed \
-            > "$logs/${spec##*:}-seed-$seed.log" 2>&1 &
-        jobs[${spec##*:}-seed-$seed]=$!
-    done
-done
+while read -r part arm seed; do
+    OMP_NUM_THREADS=1 study --part "$part" --arms "$arm" --seeds "$seed" > "$logs/$arm-seed-$seed.log" 2>&1 &
+    jobs[$arm-seed-$seed]=$!
+done <<< "$runs"
 echo "${#jobs[@]} training processes side by side; progress: tail -f $logs/*.log"
 failed=0
 for name in "${!jobs[@]}"; do

@@ -190,7 +190,8 @@ def render(results: dict, plot: Path | None, doc: Path) -> str:
     training = teacher.get("training")
     ran = f"{training['steps']:,} steps ({training['epochs']:.2f} epochs) in " if training else ""
     lines += ["## Teacher", "", f"Command: `{teacher['command']}` (seed {teacher['spec']['seed']}), trained "
-              f"{ran}{teacher['train_wall_time_s']:.0f} s with its data preparation on {score['device']}. Spec: `{json.dumps(teacher['spec'])}`"
+              f"{ran}{teacher['train_wall_time_s']:.0f} s with its data preparation on {score['device']}. "
+              f"Spec: `{json.dumps(teacher['spec'])}`"
               + (" (training ends after `train_steps` steps or `time_budget_s` seconds, whichever comes first)."
                  if teacher["spec"].get("time_budget_s") else "."), "",
               f"Exact match {teacher_em:.3f} on {score['num_problems']} held-out problems.", ""]

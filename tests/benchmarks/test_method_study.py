@@ -137,3 +137,13 @@ def test_the_speed_part_before_the_training_parts_is_one_clear_error(tmp_path, c
     error = capsys.readouterr().err
     assert error.startswith("error: the speed part times the teacher") and "--part recipe" in error
     assert not (tmp_path / "study").exists()
+
+
+def test_the_side_by_side_runs_are_every_arm_at_every_seed_once(capsys):
+    size = method_study.SIZES["gpu"]
+    runs = method_study.side_by_side_runs(size)
+    arms = {method_study.BASELINE} | {arm for changes in method_study.ABLATIONS.values() for arm in changes}
+    assert sorted((arm, seed) for _, arm, seed in runs) == sorted((arm, seed) for arm in arms for seed in size.seeds)
+    assert all(arm == method_study.BASELINE or arm in method_study.ABLATIONS[part] for part, arm, _ in runs)
+    assert method_study.main(["--list-runs", "--size", "gpu"]) == 0  # no CUDA needed just to list them
+    assert capsys.readouterr().out.splitlines() == [f"{part} {arm} {seed}" for part, arm, seed in runs]
