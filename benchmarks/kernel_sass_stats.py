@@ -2,7 +2,7 @@
 
     python benchmarks/kernel_sass_stats.py                 # Apriel's shapes: N 16, chunk from scan_config
     python benchmarks/kernel_sass_stats.py --chunk 32      # another chunk length
-    python benchmarks/kernel_sass_stats.py --document-starts   # also the packed-row specialisations
+    python benchmarks/kernel_sass_stats.py --document-starts   # also the packed-row scans and conv launches
 
 Needs only ``triton`` (its wheel carries ptxas and cuobjdump). The scan kernels behave as bound by instruction
 issue, so registers, spills to local memory, and the count of machine instructions per kernel (shuffles and
@@ -27,7 +27,8 @@ from triton.compiler import ASTSource
 from modeling_apriel_h1.ops.triton_kernels import (
     causal_conv1d_bwd,
     causal_conv1d_fwd,
-    conv_document_since,
+    conv_document_fixup,
+    conv_document_starts,
     selective_scan_bwd,
     selective_scan_fwd,
 )
@@ -51,8 +52,7 @@ def compile_for_sm90(
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
     integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths).
     ``document_pointers``: the types of the kernel's packed-row pointers as the launcher passes them (the scan's
-    starts as uint8, ``triton_backend._starts_for_scan``; the conv's ``since`` in the activations' dtype,
-    ``conv_document_since``)."""
+    starts as uint8, ``triton_backend._starts_for_scan``; the conv fix-up's, ``conv_document_starts``)."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {}
     for name in names:
@@ -91,47 +91,49 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
     parser.add_argument("--n-states", type=int, default=16)
     parser.add_argument("--document-starts", action="store_true",
-                        help="also compile each kernel for packed rows (HAS_DOCUMENT_STARTS) and print both, then "
-                             "the packed conv backward with every tile masked and the conv's since launch")
+                        help="also compile each scan kernel for packed rows (HAS_DOCUMENT_STARTS) and print both, "
+                             "then the launches a packed conv adds (its starts and its fix-ups)")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
                 HAS_HISTORY=False, SILU=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
     scan_starts = {"starts_ptr": "*u8"}
-    conv_since = {"since_ptr": "*bf16"}
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
-                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps,
-                    scan_starts),
+                    dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps),
         "scan backward": (selective_scan_bwd._selective_scan_bwd_kernel,
                      dict(common, HAS_D_LAST_STATE=False, WANTS_D_INITIAL_STATE=False, EVEN_LENGTH=True),
-                     SCAN_TILES.backward_num_warps, scan_starts),
-        "conv forward": (causal_conv1d_fwd._causal_conv1d_fwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS,
-                         conv_since),
-        "conv backward": (causal_conv1d_bwd._causal_conv1d_bwd_kernel, dict(conv, SKIP_FAR_TILES=True),
-                          causal_conv1d_fwd.CONV_NUM_WARPS, conv_since),
+                     SCAN_TILES.backward_num_warps),
     }
     print(f"sm_90, N {args.n_states}, chunk {args.chunk}, triton {triton.__version__}")
     variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])
-    for name, (kernel, constants, num_warps, document_pointers) in kernels.items():
+    for name, (kernel, constants, num_warps) in kernels.items():
         for suffix, packed in variants:
             stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps,
-                                                document_pointers))
+                                                scan_starts))
             print_stats(name + suffix, num_warps, stats)
+    for name, kernel in (("conv forward", causal_conv1d_fwd._causal_conv1d_fwd_kernel),
+                         ("conv backward", causal_conv1d_bwd._causal_conv1d_bwd_kernel)):
+        print_stats(name, causal_conv1d_fwd.CONV_NUM_WARPS,
+                    sass_stats(compile_for_sm90(kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, {})))
     if args.document_starts:
-        print_packed_conv_extras(conv, conv_since)
+        print_packed_conv_launches()
 
 
-def print_packed_conv_extras(conv: dict[str, object], conv_since: dict[str, str]) -> None:
-    """The packed conv's other costs: its backward when every tile takes the masked path (``skip_far_tiles=False``,
-    the path tiles near a document start take), and its one extra launch per call (``conv_document_since``)."""
-    print_stats("conv backward, packed, every tile masked", causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(
-        compile_for_sm90(causal_conv1d_bwd._causal_conv1d_bwd_kernel,
-                         dict(conv, SKIP_FAR_TILES=False, HAS_DOCUMENT_STARTS=True), causal_conv1d_fwd.CONV_NUM_WARPS,
-                         conv_since)))
-    print_stats("conv since", conv_document_since.SINCE_NUM_WARPS, sass_stats(compile_for_sm90(
-        conv_document_since._conv_document_since_kernel, dict(WIDTH=4, BLOCK=conv_document_since.SINCE_BLOCK),
-        conv_document_since.SINCE_NUM_WARPS, {"starts_ptr": "*u8", **conv_since})))
+def print_packed_conv_launches() -> None:
+    """What a packed row adds to the conv: the launch that lists its starts (``conv_document_starts``) and the
+    fix-ups after each kernel (``conv_document_fixup``); the conv kernels themselves run unchanged."""
+    starts = {"starts_ptr": "*u8", "since_ptr": "*u8", "counts_ptr": "*i32", "positions_ptr": "*i32"}
+    print_stats("conv starts", conv_document_starts.STARTS_NUM_WARPS, sass_stats(compile_for_sm90(
+        conv_document_starts._conv_document_starts_kernel, dict(WIDTH=4, BLOCK=conv_document_starts.STARTS_BLOCK),
+        conv_document_starts.STARTS_NUM_WARPS, starts)))
+    fixup = dict(WIDTH=4, BLOCK_C=conv_document_fixup.FIXUP_BLOCK_C, SPAN=conv_document_fixup.FIXUP_SPAN,
+                 SLOTS=conv_document_fixup.FIXUP_SLOTS,
+                 HAS_BIAS=True, HAS_HISTORY=False, SILU=True)
+    for name, kernel in (("conv fix-up forward", conv_document_fixup._conv_document_fixup_fwd_kernel),
+                         ("conv fix-up backward", conv_document_fixup._conv_document_fixup_bwd_kernel)):
+        print_stats(name, conv_document_fixup.FIXUP_NUM_WARPS, sass_stats(compile_for_sm90(
+            kernel, fixup, conv_document_fixup.FIXUP_NUM_WARPS, starts)))
 
 
 def print_stats(name: str, num_warps: int, stats: dict[str, int]) -> None:

@@ -5,7 +5,6 @@ PyTorch reference (only where its Python loop over time is affordable).
     PYTHONPATH=. python benchmarks/kernel_speed.py --sweep-tiles           # time candidate tile sizes (scan, conv step)
     PYTHONPATH=. python benchmarks/kernel_speed.py --ops conv decode       # only some of the tables
     PYTHONPATH=. python benchmarks/kernel_speed.py --resets                # Triton scan and conv on packed rows vs not
-    PYTHONPATH=. python benchmarks/kernel_speed.py --resets --sweep-tiles  # the packed conv forward's tiles
 
 Shapes: dim 4096, N 16, 256 B/C groups (16 channels per group), conv width 4, bf16 activations, fp32 A/D/dt
 bias and state. Times are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``, which
@@ -31,7 +30,11 @@ from modeling_apriel_h1.ops import triton_backend as tri
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
+from modeling_apriel_h1.ops.triton_kernels.conv_document_fixup import (
+    conv_document_fixup_backward,
+    conv_document_fixup_forward,
+)
+from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_fwd import selective_scan_forward
@@ -197,10 +200,10 @@ def reset_rows() -> list[Row]:
     what the reset costs (goal: within 5%).
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
-    is timed twice: each kernel alone (forward, backward; given what they read of the starts, ``conv_document_since``,
-    computed beforehand; the packed backward also with every tile masked, ``skip_far_tiles=False``), with a row for
-    that small launch alone, and the op as a training forward calls it (no final conv state), which adds that
-    launch per call and the backward's zeroed gradient buffers."""
+    is timed twice: its kernels alone (forward, backward; on a packed row each followed by its fix-up launch,
+    ``conv_document_fixup``, given the starts as those read them, ``conv_document_starts``, computed beforehand),
+    with a row for that small launch alone, and the op as a training forward calls it (no final conv state), which
+    adds that launch per call and the backward's zeroed gradient buffers."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
@@ -226,13 +229,20 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
     weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
     bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
     dout = torch.randn_like(x)
-    kernel_since = conv_document_since(starts, CONV_WIDTH, ACTIVATION_DTYPE)
+    kernel_document = conv_document_starts(starts, CONV_WIDTH)
     leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
 
-    def kernels(since, backward, skip_far_tiles=True):
-        if not backward:
-            return lambda: causal_conv1d_forward(x, weight, bias, True, None, since)
-        return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, since, skip_far_tiles=skip_far_tiles)
+    def kernels(document, backward):
+        def forward():
+            out = causal_conv1d_forward(x, weight, bias, True, None)
+            if document is not None:
+                conv_document_fixup_forward(out, x, weight, bias, True, None, document)
+
+        def backward_kernels():
+            dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, True, None)
+            if document is not None:
+                conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, True, None, document)
+        return backward_kernels if backward else forward
 
     def op(document_starts, backward):
         if not backward:
@@ -245,21 +255,17 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
                                          return_final_states=False)[0].backward(dout)
 
     rows = []
-    for label, build, packed_row in (("kernel", kernels, kernel_since), ("op", op, starts)):
+    for label, build, packed_row in (("kernel", kernels, kernel_document), ("op", op, starts)):
         for backward in (False, True):
             name = f"conv {label} {('bwd' if label == 'kernel' else 'fwd+bwd') if backward else 'fwd'}"
             grads = leaves if backward else None
             plain, packed = paired_ms(build(None, backward), build(packed_row, backward), grads)
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
-            if label == "kernel" and backward:
-                every = median_ms(kernels(kernel_since, backward, skip_far_tiles=False))
-                rows.append(Row(name, "triton, packed, every tile masked", batch, length, every,
-                                f"{every / plain:.3f}x unpacked"))
-            elif label == "kernel":
-                since_ms = median_ms(lambda: conv_document_since(starts, CONV_WIDTH, ACTIVATION_DTYPE))
-                rows.append(Row("conv since", "triton, packed", batch, length, since_ms,
-                                f"{since_ms / plain:.3f}x the unpacked kernel fwd; once per packed conv call"))
+            if label == "kernel" and not backward:
+                starts_ms = median_ms(lambda: conv_document_starts(starts, CONV_WIDTH))
+                rows.append(Row("conv starts", "triton, packed", batch, length, starts_ms,
+                                f"{starts_ms / plain:.3f}x the unpacked kernel fwd; once per packed conv call"))
     return rows
 
 
@@ -398,24 +404,6 @@ def sweep_conv_update(copy_bytes_per_s: float) -> None:
                   f"{100 * total / (ms * 1e-3) / copy_bytes_per_s:>8.0f}% {100 * copy_ms / ms:>18.0f}%", flush=True)
 
 
-def sweep_packed_conv_tiles() -> None:
-    """The conv forward kernel on packed rows against unpacked ones for candidate (channels, runs of 8 steps, warps)
-    per program: the packed path holds ``since`` and its masks beside the inputs, and fewer elements per thread
-    hold fewer."""
-    print(f"{'batch':>5} {'L':>6} {'block_d':>7} {'runs':>4} {'warps':>5} {'plain ms':>9} {'packed ms':>9} {'packed / plain':>14}")
-    for batch, length in [(1, 16384), (8, 4096), (8, 16384)]:
-        x = torch.randn(batch, DIM, length, device="cuda", dtype=ACTIVATION_DTYPE)
-        weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
-        bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
-        since = conv_document_since(packed_document_starts(batch, length), CONV_WIDTH, ACTIVATION_DTYPE)
-        plain = median_ms(lambda: causal_conv1d_forward(x, weight, bias, True, None))
-        for block_d, runs, num_warps in [(16, 16, 4), (16, 16, 8), (8, 16, 4), (16, 8, 4), (32, 16, 8), (16, 32, 8)]:
-            packed = median_ms(lambda: causal_conv1d_forward(x, weight, bias, True, None, since, block_d=block_d,
-                                                             runs=runs, num_warps=num_warps))
-            print(f"{batch:>5} {length:>6} {block_d:>7} {runs:>4} {num_warps:>5} {plain:>9.4f} {packed:>9.4f} "
-                  f"{packed / plain:>13.3f}x", flush=True)
-
-
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| op | impl | batch | L | ms | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for row in rows:
@@ -436,9 +424,6 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_speed.py needs a CUDA device")
     torch.manual_seed(0)
-    if args.resets and args.sweep_tiles:
-        sweep_packed_conv_tiles()
-        return
     if args.sweep_tiles:
         sweep_tiles()
         sweep_conv_update(copy_bandwidth())

@@ -14,7 +14,8 @@ from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from .triton_kernels.conv_document_since import conv_document_since
+from .triton_kernels.conv_document_fixup import conv_document_fixup_backward, conv_document_fixup_forward
+from .triton_kernels.conv_document_starts import ConvDocumentStarts, conv_document_starts
 from .triton_kernels.conv_runs import MAX_CONV_WIDTH
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
 from .triton_kernels.selective_scan_fwd import selective_scan_forward
@@ -36,7 +37,7 @@ def _check_state_size(n_states: int) -> None:
 
 def _starts_for_scan(document_starts: torch.Tensor | None) -> torch.Tensor | None:
     """(batch, L) document starts as the scan kernels read them: contiguous uint8, 1 at a document's first step.
-    (The conv kernels read each step's distance back to its document's start instead, ``conv_document_since``.)"""
+    (The conv reads them as ``conv_document_starts``.)"""
     if document_starts is None:
         return None
     starts = document_starts.contiguous()
@@ -137,23 +138,29 @@ def selective_state_update(
 
 class _CausalConv1d(torch.autograd.Function):
     """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops.
-    The (batch, L) bool ``document_starts`` become what the kernels read (``conv_document_since``) once per call,
-    in the forward; the backward reuses it."""
+    A packed row runs the conv kernels as a row of one sequence, then the fix-up kernels correct what its
+    document starts change (``conv_document_fixup``); its (batch, L) bool ``document_starts`` become what those
+    read (``conv_document_starts``) once per call, in the forward, and the backward reuses it."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, silu_activation: bool, history, document_starts):
-        since = None if document_starts is None else conv_document_since(document_starts, weight.shape[1], x.dtype)
-        out = causal_conv1d_forward(x, weight, bias, silu_activation, history, since)
-        ctx.save_for_backward(x, weight, bias, history, document_starts, since)
+        out = causal_conv1d_forward(x, weight, bias, silu_activation, history)
+        document = None
+        if document_starts is not None:
+            document = conv_document_starts(document_starts, weight.shape[1])
+            conv_document_fixup_forward(out, x, weight, bias, silu_activation, history, document)
+        ctx.save_for_backward(x, weight, bias, history, document_starts, *(document or (None, None, None)))
         ctx.silu_activation = silu_activation
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, bias, history, document_starts, since = ctx.saved_tensors
-        dx, dweight, dbias = causal_conv1d_backward(
-            _unit_time_stride(dout), x, weight, bias, ctx.silu_activation, history, since
-        )
+        x, weight, bias, history, document_starts, *document = ctx.saved_tensors
+        dout = _unit_time_stride(dout)
+        dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, ctx.silu_activation, history)
+        if document_starts is not None:
+            conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, ctx.silu_activation, history,
+                                         ConvDocumentStarts(*document))
         d_history = None
         if history is not None and ctx.needs_input_grad[4]:
             d_history = _history_grad(dout, x, weight, bias, ctx.silu_activation, history, document_starts)

@@ -30,7 +30,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = {
     "run and chunk edges": [[8, 56, 64, 9], [64, 1, 2, 70]],
     "mid-run starts": [[13, 130, 60], [3, 200]],
-    # conv tiles of 128 steps with no start within 8 steps of them take the plain path, the others the masked one
+    # long stretches no start reaches: the conv fix-up leaves their outputs and gradients as the kernels wrote them
     "long documents": [[300, 41], [5, 336]],
 }
 # conv rows given as start positions (L 300): a start at every step of a run (0..7), at a tile's first step (128,
@@ -226,44 +226,19 @@ def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, w
 
 @pytest.mark.parametrize("width", [2, 3, 4])
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
-def test_conv_since_counts_back_to_each_documents_first_step(backend, width):
-    """What the conv kernels read of a packed row: each step's distance back to the last start at or before it,
-    clamped to W-1 (W-1 before the row's first start, whose outputs read the conv state)."""
-    from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
+def test_conv_document_starts_list_each_rows_starts_and_count_back_to_them(backend, width):
+    """What the conv fix-up reads of a packed row: each row's start steps (a compact list, in any order) and each
+    step's distance back to the last start at or before it, clamped to W-1 (W-1 before the row's first start,
+    whose outputs read the conv state)."""
+    from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 
     starts = conv_edge_starts()
-    expected = torch.full(starts.shape, float(width - 1))
+    expected = torch.full(starts.shape, width - 1, dtype=torch.uint8)
     for row, positions in enumerate(CONV_EDGE_STARTS):
         for start, end in zip(positions, [*positions[1:], CONV_EDGE_LENGTH]):
-            expected[row, start:end] = torch.arange(end - start).clamp(max=width - 1).float()
-    for dtype in DTYPES[backend]:
-        since = conv_document_since(starts, width, dtype)
-        assert since.dtype == dtype
-        torch.testing.assert_close(since.float().cpu(), expected, rtol=0, atol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("layout", [LAYOUTS["long documents"], [[256, 256], [384, 128]]],
-                         ids=["long documents", "starts at tiles' first steps"])
-def test_conv_backward_tiles_far_from_starts_equal_their_masked_path(layout):
-    """The conv backward's plain path for tiles with no document start near them computes what masking every
-    tile computes (its masks are all ones there). A start at a tile's first step (128-step tiles) is near the
-    tile before it too: the gradients of that tile's last inputs from the outputs after it are cut there."""
-    from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
-    from modeling_apriel_h1.ops.triton_kernels.conv_document_since import conv_document_since
-
-    starts = document_starts(layout)
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 24, starts.shape[1], generator=g).to(DEVICE)
-    weight, bias = torch.randn(24, 4, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
-    dout = torch.randn(x.shape, generator=g).to(DEVICE)
-    since = conv_document_since(starts, 4, x.dtype)
-    skipped, masked = (causal_conv1d_backward(dout, x, weight, bias, True, None, since, skip_far_tiles=skip)
-                       for skip in (True, False))
-    # dx: no atomics and the same products, but the two paths compile to different instruction sequences (the
-    # masked one multiplies by its masks), so where the compiler contracts into FMAs may differ: on sm_90 they
-    # differed by up to 2.4e-7 (one ulp of these values); a path that dropped or kept a wrong term is off by ~1
-    torch.testing.assert_close(skipped[0], masked[0], rtol=1e-6, atol=1e-6)
-    for name, got, expected in zip(("dweight", "dbias"), skipped[1:], masked[1:]):
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)  # atomic adds: order may differ
+            expected[row, start:end] = torch.arange(end - start).clamp(max=width - 1).to(torch.uint8)
+    document = conv_document_starts(starts, width)
+    torch.testing.assert_close(document.since.cpu(), expected, rtol=0, atol=0)
+    assert document.start_counts.tolist() == [len(positions) for positions in CONV_EDGE_STARTS]
+    for row, positions in enumerate(CONV_EDGE_STARTS):
+        assert sorted(document.start_positions[row, : len(positions)].tolist()) == positions

@@ -3,9 +3,6 @@
 Inputs before the sequence start come from the conv state (the last W inputs of the previous call), so a
 continued prefill sees the same context as one long call. Tiles are (channels, runs, 8 steps) (``conv_runs``):
 every input is loaded once with an aligned wide load, plus the run before each run for its first W-1 outputs.
-In a packed row (``document_starts``) an output reads no input before its document's first step: each output
-loads its clamped distance back to that step (``conv_document_since``), at its own step, and masks its window
-with it.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_runs import RUN, document_window, filter_taps, input_runs, join_run, since_runs, split_run
+from .conv_runs import RUN, filter_taps, input_runs, join_run
 from .device_functions import silu
 
 CONV_BLOCK_D = 16  # channels per program
@@ -32,14 +29,6 @@ def conv_output(x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr
 
 
 @triton.jit
-def document_conv_output(x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
-    """``conv_output`` in a packed row: ``since`` is t's clamped distance back to its document's first step
-    (``conv_document_since``)."""
-    x_1, x_2, x_3 = document_window(x_1, x_2, x_3, since)
-    return conv_output(x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU)
-
-
-@triton.jit
 def conv_tile(dim, BLOCK_D: tl.constexpr, RUNS: tl.constexpr):
     """This program's batch row, channels (BLOCK_D,) clamped onto real ones (the tail block's extra rows repeat
     the last channel; their stores are masked), the mask of real ones, and the (1, RUNS * 8) step positions."""
@@ -51,44 +40,29 @@ def conv_tile(dim, BLOCK_D: tl.constexpr, RUNS: tl.constexpr):
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
-    x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, out_ptr,
+    x_ptr, weight_ptr, bias_ptr, history_ptr, out_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, HAS_DOCUMENT_STARTS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). x (batch, dim, L) unit time stride; weight
-    (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous;
-    since (batch, L) in x's dtype, ``conv_document_since`` for this WIDTH (read only with HAS_DOCUMENT_STARTS)."""
+    (dim, WIDTH) contiguous; history (batch, dim, WIDTH) unit last stride; out (batch, dim, L) contiguous."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
     w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)
     x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, RUNS)
-    if HAS_DOCUMENT_STARTS:
-        since_row = since_ptr + batch * length
-        n0, n1, n2, n3, n4, n5, n6, n7 = split_run(since_runs(since_row, rows, p, length, WIDTH, RUNS))
-        out = join_run(
-            document_conv_output(x0, b7, b6, b5, n0, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x1, x0, b7, b6, n1, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x2, x1, x0, b7, n2, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x3, x2, x1, x0, n3, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x4, x3, x2, x1, n4, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x5, x4, x3, x2, n5, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x6, x5, x4, x3, n6, w_new, w_1, w_2, w_3, bias, SILU),
-            document_conv_output(x7, x6, x5, x4, n7, w_new, w_1, w_2, w_3, bias, SILU),
-        )
-    else:
-        out = join_run(
-            conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU),
-            conv_output(x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU),
-        )
+    out = join_run(
+        conv_output(x0, b7, b6, b5, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x1, x0, b7, b6, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x2, x1, x0, b7, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x3, x2, x1, x0, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x4, x3, x2, x1, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x5, x4, x3, x2, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x6, x5, x4, x3, w_new, w_1, w_2, w_3, bias, SILU),
+        conv_output(x7, x6, x5, x4, w_new, w_1, w_2, w_3, bias, SILU),
+    )
     out_rows = out_ptr + batch * dim * length + rows.to(tl.int64) * length
     tl.store(out_rows + p, tl.reshape(out, (BLOCK_D, RUNS * RUN)).to(out_ptr.dtype.element_ty),
              mask=in_dim[:, None] & (p < length))
@@ -96,25 +70,19 @@ def _causal_conv1d_fwd_kernel(
 
 def causal_conv1d_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
-    history: torch.Tensor | None, document_since: torch.Tensor | None = None,
-    block_d: int = CONV_BLOCK_D, runs: int = CONV_RUNS, num_warps: int = CONV_NUM_WARPS,
+    history: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype. ``document_since``: a
-    packed row's ``conv_document_since`` for this width, (batch, L) contiguous in x's dtype, or None for rows that
-    hold one sequence. ``block_d``, ``runs`` and ``num_warps`` are for sweeps (``kernel_speed.py --resets
-    --sweep-tiles``)."""
+    """Launch the forward convolution; returns the output (batch, dim, L) in x's dtype."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
     history_arg = history if history is not None else x
-    grid = (batch, triton.cdiv(dim, block_d), triton.cdiv(length, runs * RUN))
+    grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
     _causal_conv1d_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, history_arg,
-        document_since if document_since is not None else x, out,
+        x, weight, bias if bias is not None else weight, history_arg, out,
         dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
-        WIDTH=width, BLOCK_D=block_d, RUNS=runs,
+        WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        HAS_DOCUMENT_STARTS=document_since is not None,
-        num_warps=num_warps,
+        num_warps=CONV_NUM_WARPS,
     )
     return out

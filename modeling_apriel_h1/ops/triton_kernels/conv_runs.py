@@ -6,8 +6,7 @@ derivative per output. Here a tile is (channels, runs, 8): each thread loads who
 (16 bytes of bf16, lanes side by side along time, so loads stay coalesced), ``split_run`` turns the last axis
 into 8 per-step tensors held by the same thread, and a shift by one step is a choice of register. The W-1 steps
 before a run (and, in the backward, after it) come from a second aligned load of the neighbouring run, which
-the neighbouring lane has just loaded, so it is served by the L1 cache. In a packed row the masks read one value
-per output, at the output's own step (``conv_document_since``).
+the neighbouring lane has just loaded, so it is served by the L1 cache.
 """
 
 from __future__ import annotations
@@ -90,50 +89,3 @@ def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: t
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
     return w_new, w_1, w_2, w_3, bias
-
-
-@triton.jit
-def since_runs(since_row, rows, p, length, WIDTH: tl.constexpr, RUNS: tl.constexpr):
-    """A packed row's ``since`` (``since_row``: a (batch, L) row in the inputs' dtype, ``conv_document_since``) at
-    positions ``p`` (1, RUNS * 8) as (rows, RUNS, 8) fp32; positions past the row's end read W-1 (no start).
-    ``rows`` is the tile's (rows, 1) channel index, used only for its shape.
-
-    Loaded at the inputs' full (rows, RUNS * 8) shape and element size, every channel row reading the same bytes
-    (from L1), so the values arrive in the inputs' register layout. A (1, RUNS * 8) uint8 load of start flags
-    broadcast over the channels went through shared memory to change layout (sm_90 SASS: 55 registers against
-    32 unpacked, 3 shared loads/stores against 0; the full-shape load 47 and 0). Loading (rows / 2, RUNS * 8)
-    and repeating it over the thread's two rows computes each step's masks once instead of twice, but took 48
-    registers against 32 for the packed forward (benchmarks/kernel_sass_stats.py --document-starts)."""
-    since = tl.load(since_row + rows * 0 + p, mask=(rows >= 0) & (p < length), other=WIDTH - 1)
-    return as_runs(since.to(tl.float32), RUNS)
-
-
-@triton.jit
-def document_starts_near(since_row, p, length, WIDTH: tl.constexpr):
-    """Whether a document starts close enough to this tile's steps ``p`` (1, RUNS * 8) to mask something: some
-    output among the tile's and the W-1 after it (whose gradients reach the tile's last inputs) has ``since``
-    under W-1. Only then does the backward's tile take the masked path. Documents of reasoning traces are
-    hundreds to thousands of steps long, so most tiles of a packed row have no start near them and run the plain
-    code: two (RUNS * 8) loads and a min per tile instead of the masks' arithmetic on every element (and its
-    registers: the masked backward alone needs 102 against 70)."""
-    near = tl.load(since_row + p, mask=p < length, other=WIDTH - 1)
-    near = tl.minimum(near, tl.load(since_row + p + WIDTH - 1, mask=p + WIDTH - 1 < length, other=WIDTH - 1))
-    return tl.min(tl.min(near.to(tl.float32), axis=1), axis=0) < WIDTH - 1
-
-
-@triton.jit
-def window_keeps(since):
-    """Whether one output of a packed row reads the inputs 1, 2 and 3 steps back, as factors: 1.0 where no
-    document starts between the input and the output (``since`` >= k), else 0.0. Each is a saturating add (one
-    FADD.SAT in sm_90 SASS) that multiplies what it keeps; compares and selects held a predicate per mask and
-    element, and the packed forward took 48 registers that way against 32 with these factors (the unpacked
-    kernel's), benchmarks/kernel_sass_stats.py --document-starts."""
-    return tl.clamp(since, 0.0, 1.0), tl.clamp(since - 1.0, 0.0, 1.0), tl.clamp(since - 2.0, 0.0, 1.0)
-
-
-@triton.jit
-def document_window(x_1, x_2, x_3, since):
-    """The inputs 1, 2 and 3 steps back that one output of a packed row reads: zero where a document starts
-    between them and the output. ``since`` is the output's (``conv_document_since``)."""
-    keep_1, keep_2, keep_3 = window_keeps(since)
-    return x_1 * keep_1, x_2 * keep_2, x_3 * keep_3
