@@ -35,12 +35,22 @@ FIXUP_NUM_WARPS = 4
 
 
 @triton.jit
-def fixup_rows(dim, BLOCK_C: tl.constexpr):
-    """This program's batch row, its channels (BLOCK_C,) clamped onto real ones (the tail block's extra rows
-    repeat the last channel; their writes are masked) and the mask of real ones."""
+def fixup_program(x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, dim, length, stride_x_b, stride_x_d,
+                  stride_h_b, stride_h_d, BLOCK_C: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """What both fix-ups start from: this program's batch row; its channels (BLOCK_C,) clamped onto real ones
+    (the tail block's extra rows repeat the last channel; their writes are masked) and the mask of real ones;
+    the (BLOCK_C, 1) row pointers of x, the conv state and the filter; the bias as a (BLOCK_C, 1) fp32 column
+    (zeros without one); and the row's ``since``."""
     batch = tl.program_id(0).to(tl.int64)
     unclamped = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return batch, tl.minimum(unclamped, dim - 1), unclamped < dim
+    channels = tl.minimum(unclamped, dim - 1)
+    rows = channels[:, None]
+    bias = tl.zeros((BLOCK_C, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows).to(tl.float32)
+    return (batch, channels, unclamped < dim, x_ptr + batch * stride_x_b + rows * stride_x_d,
+            history_ptr + batch * stride_h_b + rows * stride_h_d, weight_ptr + rows * WIDTH, bias,
+            since_ptr + batch * length)
 
 
 @triton.jit
@@ -71,14 +81,6 @@ def preactivations(x_rows, history_rows, weight_rows, bias, since_row, t, length
 
 
 @triton.jit
-def filter_bias(bias_ptr, channels, BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The bias as a (BLOCK_C, 1) fp32 column (zeros without one)."""
-    if HAS_BIAS:
-        return tl.load(bias_ptr + channels[:, None]).to(tl.float32)
-    return tl.zeros((BLOCK_C, 1), tl.float32)
-
-
-@triton.jit
 def _conv_document_fixup_fwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, counts_ptr, positions_ptr, out_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d,
@@ -87,14 +89,10 @@ def _conv_document_fixup_fwd_kernel(
 ):
     """Grid (batch, channel blocks, SLOTS). Layouts as in ``_causal_conv1d_fwd_kernel``; since, counts and
     positions from ``conv_document_starts``. Rewrites out at the W-1 steps from each start on."""
-    batch, channels, in_dim = fixup_rows(dim, BLOCK_C)
-    rows = channels[:, None]
-    x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
-    history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
-    weight_rows = weight_ptr + rows * WIDTH
-    out_rows = out_ptr + batch * dim * length + rows.to(tl.int64) * length
-    bias = filter_bias(bias_ptr, channels, BLOCK_C, HAS_BIAS)
-    since_row = since_ptr + batch * length
+    batch, channels, in_dim, x_rows, history_rows, weight_rows, bias, since_row = fixup_program(
+        x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, dim, length, stride_x_b, stride_x_d, stride_h_b,
+        stride_h_d, BLOCK_C, WIDTH, HAS_BIAS)
+    out_rows = out_ptr + batch * dim * length + channels[:, None].to(tl.int64) * length
     j = tl.arange(0, SPAN)[None, :]
     for index in range(tl.program_id(2), tl.load(counts_ptr + batch), SLOTS):
         t = tl.load(positions_ptr + batch * length + index) + j
@@ -116,15 +114,11 @@ def _conv_document_fixup_bwd_kernel(
     """Grid (batch, channel blocks, SLOTS). Layouts as in ``_causal_conv1d_bwd_kernel``, after it: rewrites dx
     from W-1 steps before each start to W-2 after it and adds to dweight and dbias the difference between the
     masked and the uncut terms of the W-1 outputs from each start on."""
-    batch, channels, in_dim = fixup_rows(dim, BLOCK_C)
-    rows = channels[:, None]
-    x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
-    history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
-    dout_rows = dout_ptr + batch * stride_dout_b + rows * stride_dout_d
-    weight_rows = weight_ptr + rows * WIDTH
-    dx_rows = dx_ptr + batch * dim * length + rows.to(tl.int64) * length
-    bias = filter_bias(bias_ptr, channels, BLOCK_C, HAS_BIAS)
-    since_row = since_ptr + batch * length
+    batch, channels, in_dim, x_rows, history_rows, weight_rows, bias, since_row = fixup_program(
+        x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, dim, length, stride_x_b, stride_x_d, stride_h_b,
+        stride_h_d, BLOCK_C, WIDTH, HAS_BIAS)
+    dout_rows = dout_ptr + batch * stride_dout_b + channels[:, None] * stride_dout_d
+    dx_rows = dx_ptr + batch * dim * length + channels[:, None].to(tl.int64) * length
     j = tl.arange(0, SPAN)[None, :]
     for index in range(tl.program_id(2), tl.load(counts_ptr + batch), SLOTS):
         start = tl.load(positions_ptr + batch * length + index)
