@@ -19,10 +19,11 @@ study --part teacher > "$logs/teacher.log" 2>&1 || { echo "error: the teacher pa
 grep "exact match" "$logs/teacher.log"
 
 mps_pipe=$(mktemp -d)
+trap 'rm -rf "$mps_pipe"' EXIT
 if command -v nvidia-cuda-mps-control > /dev/null &&
    CUDA_MPS_PIPE_DIRECTORY=$mps_pipe CUDA_MPS_LOG_DIRECTORY=$mps_pipe nvidia-cuda-mps-control -d 2>/dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=$mps_pipe CUDA_MPS_LOG_DIRECTORY=$mps_pipe
-    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    trap 'echo quit | nvidia-cuda-mps-control; rm -rf "$mps_pipe"' EXIT
     echo "CUDA MPS on: the processes' kernels may overlap"
 fi
 runs=$(study --list-runs) || { echo "error: could not list the ablation runs" >&2; exit 1; }
@@ -39,7 +40,8 @@ for name in "${!jobs[@]}"; do
 done
 [ $failed = 0 ] || exit 1
 if [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]; then
-    echo quit | nvidia-cuda-mps-control; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 fi
+rm -rf "$mps_pipe"; trap - EXIT
 study --part speed > "$logs/speed.log" 2>&1 || { echo "error: the speed part failed; see $logs/speed.log" >&2; exit 1; }
 study --part report --doc "${STUDY_DOC:-docs/study.md}"
