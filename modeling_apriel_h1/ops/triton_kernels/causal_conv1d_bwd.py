@@ -7,6 +7,8 @@ With ``pre[q] = bias + sum_k w_k x[q - (W-1) + k]`` and ``g = dout * act'(pre)``
 Tiles are (channels, runs, 8 steps) (``conv_runs``). g is computed once per step, plus the first W-1 steps of the
 run after each run (which dx needs): 11 activation derivatives per 8 steps, where shifted windows would need 32.
 The gradient of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
+Packed rows run this kernel as rows of one sequence; ``conv_document_fixup`` then corrects what a document
+start changes.
 """
 
 from __future__ import annotations

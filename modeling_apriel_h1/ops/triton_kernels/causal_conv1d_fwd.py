@@ -3,6 +3,8 @@
 Inputs before the sequence start come from the conv state (the last W inputs of the previous call), so a
 continued prefill sees the same context as one long call. Tiles are (channels, runs, 8 steps) (``conv_runs``):
 every input is loaded once with an aligned wide load, plus the run before each run for its first W-1 outputs.
+Packed rows run this kernel as rows of one sequence; ``conv_document_fixup`` then rewrites the outputs whose
+window a document start cuts.
 """
 
 from __future__ import annotations
