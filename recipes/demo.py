@@ -48,6 +48,7 @@ from recipes.tiny_teacher import STAMP_FILE  # noqa: E402
 CACHE_CONTEXT = 1024
 SCHEDULE_CONFIG = Path(__file__).parent / "configs" / "schedule_demo.yaml"
 TEACHER_DIR = Path(__file__).parent / "demo_teacher"
+NUM_PROBLEMS = 128  # held-out problems per evaluated model
 TEACHER_COMMAND = "python -m recipes.tiny_teacher --output recipes/demo_teacher --num-layers 6 --train-steps 6000 --seed 0"
 
 def evaluate_models(models: dict[str, Path], tokenizer_dir: Path, num_problems: int) -> dict:
@@ -140,7 +141,7 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def run_demo(output: Path, num_problems: int = 128, sft_steps: int = 20) -> dict:
+def run_demo(output: Path, num_problems: int = NUM_PROBLEMS, sft_steps: int = 20) -> dict:
     began = time.perf_counter()
     quiet_libraries()
     teacher = TEACHER_DIR
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
-    parser.add_argument("--problems", type=int, default=128, help="held-out problems per evaluated model")
+    parser.add_argument("--problems", type=int, default=NUM_PROBLEMS, help="held-out problems per evaluated model")
     args = parser.parse_args(argv)
     if args.problems < 1:
         raise UsageError(f"--problems is {args.problems}; evaluate at least one problem")

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .conv_document_starts import ConvDocumentStarts
+from .conv_runs import load_inputs
 from .device_functions import silu, silu_grad
 
 FIXUP_BLOCK_C = 64  # channels per program
@@ -54,16 +55,6 @@ def fixup_program(x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, dim, leng
 
 
 @triton.jit
-def inputs_at(x_rows, history_rows, t, length, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr):
-    """x at steps ``t`` (1, SPAN) of each row (BLOCK_C, 1) as fp32: the tensor where 0 <= t < L, the conv
-    state's entry ``WIDTH + t`` where -WIDTH <= t < 0, else 0."""
-    value = tl.load(x_rows + t, mask=(t >= 0) & (t < length), other=0.0).to(tl.float32)
-    if HAS_HISTORY:
-        value += tl.load(history_rows + WIDTH + t, mask=(t < 0) & (t >= -WIDTH), other=0.0).to(tl.float32)
-    return value
-
-
-@triton.jit
 def preactivations(x_rows, history_rows, weight_rows, bias, since_row, t, length, WIDTH: tl.constexpr,
                    HAS_HISTORY: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr):
     """At steps ``t`` (1, SPAN): the pre-activations (BLOCK_C, SPAN) as the conv kernels computed them (every tap)
@@ -73,7 +64,7 @@ def preactivations(x_rows, history_rows, weight_rows, bias, since_row, t, length
     uncut = tl.zeros((BLOCK_C, SPAN), tl.float32) + bias
     cut = uncut
     for k in tl.static_range(WIDTH):  # the tap that reads the input k steps back
-        term = tl.load(weight_rows + WIDTH - 1 - k).to(tl.float32) * inputs_at(
+        term = tl.load(weight_rows + WIDTH - 1 - k).to(tl.float32) * load_inputs(
             x_rows, history_rows, t - k, length, WIDTH, HAS_HISTORY)
         uncut += term
         cut += tl.where(since >= k, term, 0.0)
@@ -147,7 +138,7 @@ def _conv_document_fixup_bwd_kernel(
         g_uncut = tl.where(follows_this_start, g_uncut, 0.0)
         g_cut = tl.where(follows_this_start, g_cut, 0.0)
         for k in tl.static_range(WIDTH):
-            difference = (tl.where(since >= k, g_cut, 0.0) - g_uncut) * inputs_at(
+            difference = (tl.where(since >= k, g_cut, 0.0) - g_uncut) * load_inputs(
                 x_rows, history_rows, t - k, length, WIDTH, HAS_HISTORY)
             tl.atomic_add(dweight_ptr + channels * WIDTH + WIDTH - 1 - k, tl.sum(difference, axis=1), mask=in_dim,
                           sem="relaxed")

@@ -51,15 +51,21 @@ def as_runs(tile, RUNS: tl.constexpr):
 
 
 @triton.jit
+def load_inputs(rows_ptr, history_rows, p, length, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr):
+    """Inputs at positions ``p`` (1, steps) of each row as (rows, steps) fp32: the tensor where 0 <= p < L, the
+    conv state's entry ``WIDTH + p`` where -WIDTH <= p < 0 (the state holds the last WIDTH inputs, oldest first),
+    else 0. ``rows_ptr``/``history_rows`` are (rows, 1) row pointers."""
+    inputs = tl.load(rows_ptr + p, mask=(p >= 0) & (p < length), other=0.0).to(tl.float32)
+    if HAS_HISTORY:
+        inputs += tl.load(history_rows + WIDTH + p, mask=(p < 0) & (p >= -WIDTH), other=0.0).to(tl.float32)
+    return inputs
+
+
+@triton.jit
 def load_runs(rows_ptr, history_rows, p, length, WIDTH: tl.constexpr, HAS_HISTORY: tl.constexpr,
               RUNS: tl.constexpr):
-    """Inputs at positions ``p`` (1, RUNS * 8) of each row as (rows, RUNS, 8) fp32: the tensor where
-    0 <= p < L, the conv state's entry ``WIDTH + p`` where -WIDTH <= p < 0 (the state holds the last WIDTH
-    inputs, oldest first), else 0. ``rows_ptr``/``history_rows`` are (rows, 1) row pointers."""
-    run = tl.load(rows_ptr + p, mask=(p >= 0) & (p < length), other=0.0).to(tl.float32)
-    if HAS_HISTORY:
-        run += tl.load(history_rows + WIDTH + p, mask=(p < 0) & (p >= -WIDTH), other=0.0).to(tl.float32)
-    return as_runs(run, RUNS)
+    """``load_inputs`` at positions ``p`` (1, RUNS * 8), as (rows, RUNS, 8)."""
+    return as_runs(load_inputs(rows_ptr, history_rows, p, length, WIDTH, HAS_HISTORY), RUNS)
 
 
 @triton.jit
