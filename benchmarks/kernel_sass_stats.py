@@ -47,12 +47,13 @@ SASS_PATTERNS = {
 
 
 def compile_for_sm90(
-    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, document_pointers: dict[str, str]
+    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, document_pointers: dict[str, str],
+    max_registers: int | None = None,
 ) -> triton.compiler.CompiledKernel:
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
     integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths).
     ``document_pointers``: the types of the kernel's packed-row pointers as the launcher passes them (the scan's
-    starts as uint8, ``triton_backend._starts_for_scan``; the conv fix-up's, ``conv_document_starts``)."""
+    starts as uint8, ``triton_backend._starts_for_scan``; the conv's, ``conv_document_starts``)."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {}
     for name in names:
@@ -67,7 +68,8 @@ def compile_for_sm90(
     divisible = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in constants}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=divisible)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "maxnreg": max_registers})
 
 
 def sass_stats(compiled: triton.compiler.CompiledKernel) -> dict[str, int]:
@@ -91,8 +93,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=SCAN_TILES.chunk)
     parser.add_argument("--n-states", type=int, default=16)
     parser.add_argument("--document-starts", action="store_true",
-                        help="also compile each scan kernel for packed rows (HAS_DOCUMENT_STARTS) and print both, "
-                             "then the launches a packed conv adds (its starts and its fix-ups)")
+                        help="also compile each scan kernel and the conv forward for packed rows (HAS_DOCUMENT_STARTS) "
+                             "and print both, then the launches a packed conv adds (its starts, its backward fix-up)")
     args = parser.parse_args()
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
                 HAS_HISTORY=False, SILU=True)
@@ -112,28 +114,27 @@ def main() -> None:
             stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps,
                                                 scan_starts))
             print_stats(name + suffix, num_warps, stats)
-    for name, kernel in (("conv forward", causal_conv1d_fwd._causal_conv1d_fwd_kernel),
-                         ("conv backward", causal_conv1d_bwd._causal_conv1d_bwd_kernel)):
-        print_stats(name, causal_conv1d_fwd.CONV_NUM_WARPS,
-                    sass_stats(compile_for_sm90(kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, {})))
+    conv_starts = {"since_ptr": "*u8", "tile_starts_ptr": "*i32", "positions_ptr": "*i32"}
+    for suffix, packed in variants:  # the packed forward capped at its launcher's registers
+        print_stats("conv forward" + suffix, causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
+            causal_conv1d_fwd._causal_conv1d_fwd_kernel, dict(conv, HAS_DOCUMENT_STARTS=packed),
+            causal_conv1d_fwd.CONV_NUM_WARPS, conv_starts,
+            causal_conv1d_fwd.PACKED_FORWARD_MAX_REGISTERS if packed else None)))
+    print_stats("conv backward", causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
+        causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, {})))
     if args.document_starts:
-        print_packed_conv_launches()
-
-
-def print_packed_conv_launches() -> None:
-    """What a packed row adds to the conv: the launch that lists its starts (``conv_document_starts``) and the
-    fix-ups after each kernel (``conv_document_fixup``); the conv kernels themselves run unchanged."""
-    starts = {"starts_ptr": "*u8", "since_ptr": "*u8", "counts_ptr": "*i32", "positions_ptr": "*i32"}
-    print_stats("conv starts", conv_document_starts.STARTS_NUM_WARPS, sass_stats(compile_for_sm90(
-        conv_document_starts._conv_document_starts_kernel, dict(WIDTH=4, BLOCK=conv_document_starts.STARTS_BLOCK),
-        conv_document_starts.STARTS_NUM_WARPS, starts)))
-    fixup = dict(WIDTH=4, BLOCK_C=conv_document_fixup.FIXUP_BLOCK_C, SPAN=conv_document_fixup.FIXUP_SPAN,
-                 SLOTS=conv_document_fixup.FIXUP_SLOTS,
-                 HAS_BIAS=True, HAS_HISTORY=False, SILU=True)
-    for name, kernel in (("conv fix-up forward", conv_document_fixup._conv_document_fixup_fwd_kernel),
-                         ("conv fix-up backward", conv_document_fixup._conv_document_fixup_bwd_kernel)):
-        print_stats(name, conv_document_fixup.FIXUP_NUM_WARPS, sass_stats(compile_for_sm90(
-            kernel, fixup, conv_document_fixup.FIXUP_NUM_WARPS, starts)))
+        print_stats("conv starts", conv_document_starts.STARTS_NUM_WARPS, sass_stats(compile_for_sm90(
+            conv_document_starts._conv_document_starts_kernel,
+            dict(CLAMP=conv_document_starts.SINCE_CLAMP, BLOCK=conv_document_starts.STARTS_BLOCK,
+                 TILE=conv_document_starts.TILE_STEPS),
+            conv_document_starts.STARTS_NUM_WARPS,
+            dict(since_ptr="*u8", starts_ptr="*u8", through_ptr="*i32", tiles_ptr="*i32", positions_ptr="*i32",
+                 counts_ptr="*i32"))))
+        print_stats("conv fix-up backward", conv_document_fixup.BACKWARD_NUM_WARPS, sass_stats(compile_for_sm90(
+            conv_document_fixup._conv_document_fixup_bwd_kernel,
+            dict(WIDTH=4, BLOCK_C=conv_document_fixup.BACKWARD_BLOCK_C, SLOTS=conv_document_fixup.BACKWARD_SLOTS,
+                 HAS_BIAS=True, HAS_HISTORY=False, SILU=True),
+            conv_document_fixup.BACKWARD_NUM_WARPS, dict(since_ptr="*u8", counts_ptr="*i32", positions_ptr="*i32"))))
 
 
 def print_stats(name: str, num_warps: int, stats: dict[str, int]) -> None:

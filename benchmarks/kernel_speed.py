@@ -30,10 +30,7 @@ from modeling_apriel_h1.ops import triton_backend as tri
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from modeling_apriel_h1.ops.triton_kernels.conv_document_fixup import (
-    conv_document_fixup_backward,
-    conv_document_fixup_forward,
-)
+from modeling_apriel_h1.ops.triton_kernels.conv_document_fixup import conv_document_fixup_backward
 from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -200,10 +197,11 @@ def reset_rows() -> list[Row]:
     what the reset costs (goal: within 5%).
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
-    is timed twice: its kernels alone (forward, backward; on a packed row each followed by its fix-up launch,
-    ``conv_document_fixup``, given the starts as those read them, ``conv_document_starts``, computed beforehand),
-    with a row for that small launch alone, and the op as a training forward calls it (no final conv state), which
-    adds that launch per call and the backward's zeroed gradient buffers."""
+    is timed twice: its kernels alone (forward; backward and its fix-up launch), given the starts as they read
+    them (``conv_document_starts``, computed beforehand), with a row for that preparation alone, which a model runs
+    once per forward for all its Mamba layers; and the op as a training forward calls it (no final conv state),
+    given the same starts tensor at every call as a model's layers are, so that the preparation runs at the
+    first call only (``triton_backend._conv_starts``), and with the backward's zeroed gradient buffers."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
@@ -229,20 +227,18 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
     weight = torch.randn(DIM, CONV_WIDTH, device="cuda", dtype=ACTIVATION_DTYPE) / 2
     bias = torch.randn(DIM, device="cuda", dtype=ACTIVATION_DTYPE)
     dout = torch.randn_like(x)
-    kernel_document = conv_document_starts(starts, CONV_WIDTH)
+    kernel_document = conv_document_starts(starts)
     leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
 
     def kernels(document, backward):
-        def forward():
-            out = causal_conv1d_forward(x, weight, bias, True, None)
-            if document is not None:
-                conv_document_fixup_forward(out, x, weight, bias, True, None, document)
+        if not backward:
+            return lambda: causal_conv1d_forward(x, weight, bias, True, None, document)
 
         def backward_kernels():
             dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, True, None)
             if document is not None:
                 conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, True, None, document)
-        return backward_kernels if backward else forward
+        return backward_kernels
 
     def op(document_starts, backward):
         if not backward:
@@ -263,9 +259,9 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
             if label == "kernel" and not backward:
-                starts_ms = median_ms(lambda: conv_document_starts(starts, CONV_WIDTH))
+                starts_ms = median_ms(lambda: conv_document_starts(starts))
                 rows.append(Row("conv starts", "triton, packed", batch, length, starts_ms,
-                                f"{starts_ms / plain:.3f}x the unpacked kernel fwd; once per packed conv call"))
+                                f"{starts_ms / plain:.3f}x the unpacked kernel fwd; once per forward of a model"))
     return rows
 
 

@@ -7,6 +7,8 @@ their cache in place and are inference-only, like mamba-ssm's.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton  # noqa: F401  (fail at import, not at first call, when triton is missing)
 
@@ -14,7 +16,7 @@ from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from .triton_kernels.conv_document_fixup import conv_document_fixup_backward, conv_document_fixup_forward
+from .triton_kernels.conv_document_fixup import conv_document_fixup_backward
 from .triton_kernels.conv_document_starts import ConvDocumentStarts, conv_document_starts
 from .triton_kernels.conv_runs import MAX_CONV_WIDTH
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -37,7 +39,7 @@ def _check_state_size(n_states: int) -> None:
 
 def _starts_for_scan(document_starts: torch.Tensor | None) -> torch.Tensor | None:
     """(batch, L) document starts as the scan kernels read them: contiguous uint8, 1 at a document's first step.
-    (The conv reads them as ``conv_document_starts``.)"""
+    (The conv reads them as ``conv_document_starts``: ``_conv_starts``.)"""
     if document_starts is None:
         return None
     starts = document_starts.contiguous()
@@ -136,20 +138,35 @@ def selective_state_update(
     )
 
 
+_last_conv_starts: tuple[weakref.ref, int, ConvDocumentStarts] | None = None
+
+
+def _conv_starts(document_starts: torch.Tensor) -> ConvDocumentStarts:
+    """``conv_document_starts`` of these starts, computed once for all the Mamba layers of a forward: the model
+    hands every layer the same tensor, so the last result is kept and reused while the argument is that very
+    tensor, unchanged in place (its version counter; inference tensors keep none, and no layer writes to them)."""
+    global _last_conv_starts
+    version = -1 if document_starts.is_inference() else document_starts._version
+    if _last_conv_starts is not None:
+        tensor, kept_version, document = _last_conv_starts
+        if tensor() is document_starts and kept_version == version:
+            return document
+    document = conv_document_starts(document_starts)
+    _last_conv_starts = (weakref.ref(document_starts), version, document)
+    return document
+
+
 class _CausalConv1d(torch.autograd.Function):
     """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops.
-    A packed row runs the conv kernels as a row of one sequence, then the fix-up kernels correct what its
-    document starts change (``conv_document_fixup``); its (batch, L) bool ``document_starts`` become what those
-    read (``conv_document_starts``) once per call, in the forward, and the backward reuses it."""
+    A packed row's (batch, L) bool ``document_starts`` reach the kernels as ``conv_document_starts`` gives them
+    (``_conv_starts``: once per forward of the model): the forward kernel corrects the outputs they cut itself,
+    the backward kernel is followed by its fix-up launch (``conv_document_fixup``)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, silu_activation: bool, history, document_starts):
-        out = causal_conv1d_forward(x, weight, bias, silu_activation, history)
-        document = None
-        if document_starts is not None:
-            document = conv_document_starts(document_starts, weight.shape[1])
-            conv_document_fixup_forward(out, x, weight, bias, silu_activation, history, document)
-        ctx.save_for_backward(x, weight, bias, history, document_starts, *(document or (None, None, None)))
+        document = None if document_starts is None else _conv_starts(document_starts)
+        out = causal_conv1d_forward(x, weight, bias, silu_activation, history, document)
+        ctx.save_for_backward(x, weight, bias, history, document_starts, *(document or (None,) * 4))
         ctx.silu_activation = silu_activation
         return out
 

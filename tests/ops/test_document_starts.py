@@ -125,6 +125,21 @@ def test_scan_of_a_packed_row_equals_its_documents_alone(backend, layout):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_that_never_decays_still_restarts_at_each_document(backend):
+    """A = 0 on some states (decay 1: the state sums its inputs) is the edge of the scan's contract (A <= 0);
+    packed, those states too start each document from zero."""
+    layout = LAYOUTS["mid-run starts"]
+    inputs = scan_inputs(2, SCAN_DIM, 2, 16, sum(layout[0]), torch.float32, softplus=True, seed=3)
+    inputs["A"][:, ::4] = 0.0
+    out, grads, out_alone, grads_alone = run_packed_and_alone(
+        _ops(backend).selective_scan, reference.selective_scan, inputs, layout, delta_softplus=True)
+    assert relative_error(out, out_alone) < TOLERANCE[torch.float32]
+    for name in inputs:
+        error = relative_error(grads[name], grads_alone[name])
+        assert error < TOLERANCE[torch.float32], f"d{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
 @pytest.mark.parametrize("width", [2, 4])
 def test_conv_of_a_packed_row_equals_its_documents_alone(backend, layout, width):
@@ -224,21 +239,55 @@ def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, w
             assert error < TOLERANCE[dtype], f"{dtype} d{name}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("width", [2, 3, 4])
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
-def test_conv_document_starts_list_each_rows_starts_and_count_back_to_them(backend, width):
-    """What the conv fix-up reads of a packed row: each row's start steps (a compact list, in any order) and each
-    step's distance back to the last start at or before it, clamped to W-1 (W-1 before the row's first start,
-    whose outputs read the conv state)."""
+def test_conv_document_starts_list_each_rows_starts_and_count_back_to_them(backend):
+    """What the conv kernels read of a packed row: each step's distance back to the last start at or before it,
+    clamped to 3 (3 before the row's first start, whose outputs read the conv state), each row's start steps in
+    increasing order and their count, and per 128-step tile the starts from 2 steps before it to its end (how
+    many, and the first's index)."""
     from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 
     starts = conv_edge_starts()
-    expected = torch.full(starts.shape, width - 1, dtype=torch.uint8)
+    expected = torch.full(starts.shape, 3, dtype=torch.uint8)
     for row, positions in enumerate(CONV_EDGE_STARTS):
         for start, end in zip(positions, [*positions[1:], CONV_EDGE_LENGTH]):
-            expected[row, start:end] = torch.arange(end - start).clamp(max=width - 1).to(torch.uint8)
-    document = conv_document_starts(starts, width)
+            expected[row, start:end] = torch.arange(end - start).clamp(max=3).to(torch.uint8)
+    document = conv_document_starts(starts)
     torch.testing.assert_close(document.since.cpu(), expected, rtol=0, atol=0)
     assert document.start_counts.tolist() == [len(positions) for positions in CONV_EDGE_STARTS]
     for row, positions in enumerate(CONV_EDGE_STARTS):
-        assert sorted(document.start_positions[row, : len(positions)].tolist()) == positions
+        assert document.start_positions[row, : len(positions)].tolist() == positions
+        tiles = []
+        for first_step in range(0, CONV_EDGE_LENGTH, 128):
+            reaching = [i for i, s in enumerate(positions) if first_step - 2 <= s < first_step + 128]
+            tiles.append([len(reaching), reaching[0] if reaching else 0])
+        counts_and_firsts = document.tile_starts[row].tolist()
+        assert [count for count, _ in counts_and_firsts] == [count for count, _ in tiles]
+        assert [first for (count, first) in counts_and_firsts if count] == [first for count, first in tiles if count]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
+def test_the_conv_prepares_a_batchs_starts_once_for_all_its_layers(backend, monkeypatch):
+    """Every Mamba layer of a forward gets the same starts tensor: the conv prepares it for its kernels on the
+    first layer only, and again when the tensor is another one or was changed in place."""
+    from modeling_apriel_h1.ops import triton_backend
+    from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
+
+    prepared = []
+    monkeypatch.setattr(triton_backend, "conv_document_starts",
+                        lambda starts: prepared.append(starts) or conv_document_starts(starts))
+    starts = conv_edge_starts()
+    x = torch.randn(2, 16, CONV_EDGE_LENGTH, device=DEVICE)
+    weight = torch.randn(16, 4, device=DEVICE)
+    for _ in range(3):
+        triton_backend.causal_conv1d(x, weight, document_starts=starts, return_final_states=False)
+    assert len(prepared) == 1
+    other = starts.clone()
+    out, _ = triton_backend.causal_conv1d(x, weight, document_starts=other, return_final_states=False)
+    assert len(prepared) == 2
+    other[:, 40] = True
+    changed, _ = triton_backend.causal_conv1d(x, weight, document_starts=other, return_final_states=False)
+    assert len(prepared) == 3
+    expected, _ = reference.causal_conv1d(x, weight, document_starts=other, return_final_states=False)
+    assert relative_error(changed, expected) < TOLERANCE[torch.float32]
+    assert not torch.equal(changed, out)

@@ -1,17 +1,21 @@
-"""What the packed-row conv fix-up reads of a row's document starts: where they are, and each step's clamped
-distance back to its document's first step.
+"""What the conv kernels read of a packed row's document starts: each step's clamped distance back to its
+document's first step, the row's starts in order, how many there are, and for each forward tile the stretch of
+that list whose cut outputs fall in it.
 
 A causal conv of width W mixes output t with the inputs t-W+1..t, so in a packed row (``document_starts``) the
 masks of output t depend only on
 
-    since[t] = steps from the last document start at or before t to t, clamped to W-1 (W-1 where none is that
-               near): output t reads input t-k (0 <= k < W) iff since[t] >= k.
+    since[t] = steps from the last document start at or before t to t, clamped to 3, the widest conv's W-1
+               (3 where none is that near): output t reads input t-k (0 <= k < W) iff since[t] >= k.
 
-Only the W-1 outputs from each start on have a mask below one, so the conv kernels run packed rows unchanged
-and ``conv_document_fixup`` then recomputes what those outputs change: it visits each row's starts from a
-compact list (``start_positions``, the first ``start_counts`` entries of each row, in no particular order).
-Both are computed once per conv call from the (batch, L) bool starts by one small launch
-(``conv_document_starts``).
+Only the W-1 outputs from each start on have a mask below one, so the conv kernels compute every tile as if the
+row held one sequence, and what those outputs change is then corrected (``conv_document_fixup``). In the
+forward the programs whose tile holds such outputs do it, and each learns whether it is one from one scalar load
+of ``tile_starts`` (how many starts, from 2 steps before the tile to its end, and where in ``start_positions``
+they begin): the forward is bound by instruction issue, so on the many tiles no start reaches a packed row must
+cost it next to nothing. The backward's fix-up visits each row's ``start_counts`` starts. None of this depends
+on the conv's width, so a model computes it once per batch for all its Mamba layers (``triton_backend`` keeps
+the last one).
 """
 
 from __future__ import annotations
@@ -22,49 +26,75 @@ import torch
 import triton
 import triton.language as tl
 
-STARTS_BLOCK = 1024  # steps per program
+from .conv_runs import MAX_CONV_WIDTH, TILE_STEPS
+
+SINCE_CLAMP = MAX_CONV_WIDTH - 1
+STARTS_BLOCK = 1024  # steps per program, a multiple of TILE_STEPS
 STARTS_NUM_WARPS = 4
 
 
 class ConvDocumentStarts(NamedTuple):
-    """A packed row's document starts in the form the conv fix-up reads them (module docstring)."""
+    """A packed row's document starts in the form the conv kernels read them (module docstring)."""
 
     since: torch.Tensor  # (batch, L) uint8, contiguous
+    tile_starts: torch.Tensor  # (batch, tiles of TILE_STEPS, 2) int32: the starts reaching the tile, the first's index
+    start_positions: torch.Tensor  # (batch, L) int32: each row's start steps, increasing, in its first entries
     start_counts: torch.Tensor  # (batch,) int32: starts in each row
-    start_positions: torch.Tensor  # (batch, L) int32: each row's start steps in its first start_counts entries
 
 
 @triton.jit
-def _conv_document_starts_kernel(starts_ptr, since_ptr, counts_ptr, positions_ptr, length, WIDTH: tl.constexpr,
-                                 BLOCK: tl.constexpr):
-    """Grid (batch, blocks of BLOCK steps). starts (batch, L) uint8, 1 at a document's first step; since (batch, L)
-    uint8; counts (batch,) int32, zeroed; positions (batch, L) int32. Each step reads the starts at it and the
-    W-2 steps before it (the neighbours' bytes, L1 hits); each start takes the next free entry of its row's list
-    by an atomic add on the row's count."""
+def starts_before(through_row, step, length):
+    """How many of the row's starts lie before ``step`` (any integers): the running count one step earlier,
+    clamped into the row."""
+    step = tl.minimum(step, length)
+    return tl.load(through_row + step - 1, mask=step > 0, other=0)
+
+
+@triton.jit
+def _conv_document_starts_kernel(starts_ptr, through_ptr, since_ptr, tiles_ptr, positions_ptr, counts_ptr, length,
+                                 n_tiles, CLAMP: tl.constexpr, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Grid (batch, blocks of BLOCK steps). starts (batch, L) uint8, 1 at a document's first step; through (batch,
+    L) int32, the running count of starts (computed beforehand); since (batch, L) uint8; tiles (batch, n_tiles, 2)
+    int32; positions (batch, L) int32; counts (batch,) int32. Each step reads the starts at it and the CLAMP-1
+    steps before it (the neighbours' bytes, L1 hits); each start writes its step at its place in the row's list,
+    which the running count gives; each tile whose first step is in the block counts the starts from CLAMP-1
+    steps before it to its end."""
     batch = tl.program_id(0).to(tl.int64)
     row = batch * length
     t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    since = tl.full((BLOCK,), WIDTH - 1, tl.int32)
-    for k in tl.static_range(WIDTH - 1):  # a start k steps back, k = 0 .. W-2
+    since = tl.full((BLOCK,), CLAMP, tl.int32)
+    for k in tl.static_range(CLAMP):  # a start k steps back, k = 0 .. CLAMP-1
         start = tl.load(starts_ptr + row + t - k, mask=(t >= k) & (t - k < length), other=0)
-        since = tl.minimum(since, tl.where(start != 0, k, WIDTH - 1))
+        since = tl.minimum(since, tl.where(start != 0, k, CLAMP))
     tl.store(since_ptr + row + t, since.to(tl.uint8), mask=t < length)
-    is_start = since == 0
-    slot = tl.atomic_add(counts_ptr + batch + tl.zeros_like(t), 1, mask=is_start & (t < length), sem="relaxed")
-    tl.store(positions_ptr + row + slot, t, mask=is_start & (t < length))
+    is_start = (since == 0) & (t < length)
+    through = tl.load(through_ptr + row + t, mask=is_start, other=1)
+    tl.store(positions_ptr + row + through - 1, t, mask=is_start)
+
+    tile = tl.program_id(1) * (BLOCK // TILE) + tl.arange(0, BLOCK // TILE)
+    first = starts_before(through_ptr + row, tile * TILE - (CLAMP - 1), length)
+    end = starts_before(through_ptr + row, tile * TILE + TILE, length)
+    entry = tiles_ptr + (batch * n_tiles + tile) * 2
+    tl.store(entry, end - first, mask=tile < n_tiles)
+    tl.store(entry + 1, first, mask=tile < n_tiles)
+    tl.store(counts_ptr + batch, tl.load(through_ptr + row + length - 1), mask=tl.program_id(1) == 0)
 
 
-def conv_document_starts(document_starts: torch.Tensor, width: int) -> ConvDocumentStarts:
-    """``since``, ``start_counts`` and ``start_positions`` (module docstring) of (batch, L) ``document_starts``
-    (True or nonzero at a document's first step) for a conv of ``width`` taps. One launch (and the zeroing of
-    the counts), reading L bytes and writing 5L bytes per row."""
+def conv_document_starts(document_starts: torch.Tensor) -> ConvDocumentStarts:
+    """``since``, ``tile_starts``, ``start_positions`` and ``start_counts`` (module docstring) of (batch, L)
+    ``document_starts`` (True or nonzero at a document's first step). Two launches (the running count, then this
+    module's kernel)."""
     starts = document_starts if document_starts.dtype == torch.bool else document_starts != 0
     starts = starts.contiguous().view(torch.uint8)  # same bytes: the kernel reads them as a byte pointer
     batch, length = starts.shape
+    n_tiles = triton.cdiv(length, TILE_STEPS)
+    through = starts.cumsum(-1, dtype=torch.int32)
     since = torch.empty((batch, length), device=starts.device, dtype=torch.uint8)
-    counts = torch.zeros((batch,), device=starts.device, dtype=torch.int32)
+    tiles = torch.empty((batch, n_tiles, 2), device=starts.device, dtype=torch.int32)
     positions = torch.empty((batch, length), device=starts.device, dtype=torch.int32)
+    counts = torch.empty((batch,), device=starts.device, dtype=torch.int32)
     grid = (batch, triton.cdiv(length, STARTS_BLOCK))
-    _conv_document_starts_kernel[grid](starts, since, counts, positions, length, WIDTH=width, BLOCK=STARTS_BLOCK,
+    _conv_document_starts_kernel[grid](starts, through, since, tiles, positions, counts, length, n_tiles,
+                                       CLAMP=SINCE_CLAMP, BLOCK=STARTS_BLOCK, TILE=TILE_STEPS,
                                        num_warps=STARTS_NUM_WARPS)
-    return ConvDocumentStarts(since, counts, positions)
+    return ConvDocumentStarts(since, tiles, positions, counts)

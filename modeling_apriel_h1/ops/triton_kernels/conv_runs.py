@@ -16,6 +16,7 @@ import triton.language as tl
 
 RUN: tl.constexpr = tl.constexpr(8)  # steps per thread per load: 16 bytes of bf16
 MAX_CONV_WIDTH = 4  # a run's outputs reach back at most 3 steps into the run before it, as in causal-conv1d
+TILE_STEPS = 128  # steps per conv program (16 runs); packed rows' starts are listed per tile (conv_document_starts)
 
 
 @triton.jit

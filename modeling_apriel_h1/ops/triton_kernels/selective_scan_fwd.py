@@ -9,6 +9,8 @@ import triton.language as tl
 from .device_functions import LOG2E, linear_recurrence_combine, silu, softplus
 from .scan_config import SCAN_TILES, ScanTiles
 
+FLT_MIN: tl.constexpr = tl.constexpr(1.1754943508222875e-38)  # the smallest normal fp32
+
 
 @triton.jit
 def _selective_scan_fwd_kernel(
@@ -29,7 +31,8 @@ def _selective_scan_fwd_kernel(
     A (dim, N); with STORE_CHECKPOINTS, ``states`` (batch, dim, n_chunks + 1, N) fp32 receives the state
     before each chunk (slot c) and the final state (slot n_chunks) for the backward. With HAS_DOCUMENT_STARTS,
     ``starts`` (batch, L) uint8 marks the steps where a packed document begins: their decay is 0, so the state
-    restarts there (the only change; without starts the kernel compiles as before).
+    restarts there (the only change; without starts the kernel compiles as before). A is negative, as Mamba's
+    ``-exp(A_log)`` always is (``reference.selective_scan``); 0 is taken too.
     """
     batch = tl.program_id(0).to(tl.int64)
     channel = tl.program_id(1)
@@ -40,6 +43,8 @@ def _selective_scan_fwd_kernel(
     is_last_step = (steps == CHUNK - 1)[None, :]  # (1, CHUNK)
 
     A_log2 = tl.load(A_ptr + channel * N + states) * LOG2E  # (N,), so that exp(dt A) = exp2(dt A_log2)
+    if HAS_DOCUMENT_STARTS:  # A = 0 (decay 1) as the smallest negative A_log2, which keeps decay 1 and inf * A < 0
+        A_log2 = tl.minimum(A_log2, -FLT_MIN)
     if HAS_INITIAL_STATE:
         h = tl.load(initial_state_ptr + row * N + states)  # (N,)
     else:
@@ -73,9 +78,10 @@ def _selective_scan_fwd_kernel(
         B = tl.load(B_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)  # (N, CHUNK)
         C = tl.load(C_tile + t[None, :], mask=in_seq[None, :], other=0.0).to(tl.float32)
         if HAS_DOCUMENT_STARTS:
+            # dt read as +inf at a start makes its decay exp2(-inf) = 0 (A_log2 < 0): one select on the (CHUNK,)
+            # dt before it is spread over the states, where adding a -inf reset had cost a second such spreading
             starts = tl.load(starts_ptr + batch * length + t, mask=in_seq, other=0)
-            reset = tl.where(starts != 0, float("-inf"), 0.0)
-            decay = tl.exp2(dt[None, :] * A_log2[:, None] + reset[None, :])
+            decay = tl.exp2(tl.where(starts != 0, float("inf"), dt)[None, :] * A_log2[:, None])
         else:
             decay = tl.exp2(dt[None, :] * A_log2[:, None])
         drive = (dt * u)[None, :] * B
