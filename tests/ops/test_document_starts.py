@@ -291,3 +291,8 @@ def test_the_conv_prepares_a_batchs_starts_once_for_all_its_layers(backend, monk
     expected, _ = reference.causal_conv1d(x, weight, document_starts=other, return_final_states=False)
     assert relative_error(changed, expected) < TOLERANCE[torch.float32]
     assert not torch.equal(changed, out)
+    with torch.inference_mode():  # inference tensors keep no version counter: kept by identity alone
+        frozen = starts.clone()
+        for _ in range(2):
+            triton_backend.causal_conv1d(x, weight, document_starts=frozen, return_final_states=False)
+    assert len(prepared) == 4
