@@ -36,6 +36,9 @@ from modeling_apriel_h1.ops.triton_kernels.scan_config import SCAN_TILES
 
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "B_ptr", "C_ptr", "y_ptr", "du_ptr", "d_delta_ptr", "dz_ptr",
                  "x_ptr", "weight_ptr", "bias_ptr", "history_ptr", "out_ptr", "dout_ptr", "dx_ptr"}
+# the packed-row pointers' types as the launchers pass them, by parameter name (each kernel takes some of them)
+DOCUMENT_POINTERS = {"starts_ptr": "*u8", "since_ptr": "*u8", "through_ptr": "*i32", "tiles_ptr": "*i32",
+                     "tile_starts_ptr": "*i32", "positions_ptr": "*i32", "counts_ptr": "*i32"}
 SASS_PATTERNS = {
     "global loads": r"\bLDG\b",
     "shuffles": r"\bSHFL\b",
@@ -47,20 +50,19 @@ SASS_PATTERNS = {
 
 
 def compile_for_sm90(
-    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, document_pointers: dict[str, str],
-    max_registers: int | None = None,
+    kernel: triton.JITFunction, constants: dict[str, object], num_warps: int, max_registers: int | None = None,
 ) -> triton.compiler.CompiledKernel:
     """Compile as the launcher would at Apriel's shapes: bf16 activations, fp32 parameters and state, and every
-    integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths).
-    ``document_pointers``: the types of the kernel's packed-row pointers as the launcher passes them (the scan's
-    starts as uint8, ``triton_backend._starts_for_scan``; the conv's, ``conv_document_starts``)."""
+    integer argument divisible by 16 (Triton specialises on that at run time, and it decides vector widths);
+    packed-row pointers as ``DOCUMENT_POINTERS`` (the scan's starts as uint8, ``triton_backend._starts_for_scan``;
+    the conv's, ``conv_document_starts``)."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {}
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name in document_pointers:
-            signature[name] = document_pointers[name]
+        elif name in DOCUMENT_POINTERS:
+            signature[name] = DOCUMENT_POINTERS[name]
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:
@@ -99,7 +101,6 @@ def main() -> None:
     conv = dict(WIDTH=4, BLOCK_D=causal_conv1d_fwd.CONV_BLOCK_D, RUNS=causal_conv1d_fwd.CONV_RUNS, HAS_BIAS=True,
                 HAS_HISTORY=False, SILU=True)
     common = dict(N=args.n_states, CHUNK=args.chunk, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True)
-    scan_starts = {"starts_ptr": "*u8"}
     kernels = {
         "scan forward": (selective_scan_fwd._selective_scan_fwd_kernel,
                     dict(common, HAS_INITIAL_STATE=False, STORE_CHECKPOINTS=True), SCAN_TILES.forward_num_warps),
@@ -111,30 +112,25 @@ def main() -> None:
     variants = [("", False)] + ([(", packed", True)] if args.document_starts else [])
     for name, (kernel, constants, num_warps) in kernels.items():
         for suffix, packed in variants:
-            stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps,
-                                                scan_starts))
+            stats = sass_stats(compile_for_sm90(kernel, dict(constants, HAS_DOCUMENT_STARTS=packed), num_warps))
             print_stats(name + suffix, num_warps, stats)
-    conv_starts = {"since_ptr": "*u8", "tile_starts_ptr": "*i32", "positions_ptr": "*i32"}
     for suffix, packed in variants:  # the packed forward capped at its launcher's registers
         print_stats("conv forward" + suffix, causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
             causal_conv1d_fwd._causal_conv1d_fwd_kernel, dict(conv, HAS_DOCUMENT_STARTS=packed),
-            causal_conv1d_fwd.CONV_NUM_WARPS, conv_starts,
-            causal_conv1d_fwd.PACKED_FORWARD_MAX_REGISTERS if packed else None)))
+            causal_conv1d_fwd.CONV_NUM_WARPS, causal_conv1d_fwd.PACKED_FORWARD_MAX_REGISTERS if packed else None)))
     print_stats("conv backward", causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
-        causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS, {})))
+        causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS)))
     if args.document_starts:
         print_stats("conv starts", conv_document_starts.STARTS_NUM_WARPS, sass_stats(compile_for_sm90(
             conv_document_starts._conv_document_starts_kernel,
             dict(CLAMP=conv_document_starts.SINCE_CLAMP, BLOCK=conv_document_starts.STARTS_BLOCK,
                  TILE=conv_document_starts.TILE_STEPS),
-            conv_document_starts.STARTS_NUM_WARPS,
-            dict(since_ptr="*u8", starts_ptr="*u8", through_ptr="*i32", tiles_ptr="*i32", positions_ptr="*i32",
-                 counts_ptr="*i32"))))
+            conv_document_starts.STARTS_NUM_WARPS)))
         print_stats("conv fix-up backward", conv_document_fixup.BACKWARD_NUM_WARPS, sass_stats(compile_for_sm90(
             conv_document_fixup._conv_document_fixup_bwd_kernel,
             dict(WIDTH=4, BLOCK_C=conv_document_fixup.BACKWARD_BLOCK_C, SLOTS=conv_document_fixup.BACKWARD_SLOTS,
                  HAS_BIAS=True, HAS_HISTORY=False, SILU=True),
-            conv_document_fixup.BACKWARD_NUM_WARPS, dict(since_ptr="*u8", counts_ptr="*i32", positions_ptr="*i32"))))
+            conv_document_fixup.BACKWARD_NUM_WARPS)))
 
 
 def print_stats(name: str, num_warps: int, stats: dict[str, int]) -> None:
