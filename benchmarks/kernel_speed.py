@@ -30,7 +30,6 @@ from modeling_apriel_h1.ops import triton_backend as tri
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from modeling_apriel_h1.ops.triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from modeling_apriel_h1.ops.triton_kernels.conv_document_fixup import conv_document_fixup_backward
 from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
 from modeling_apriel_h1.ops.triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -198,7 +197,8 @@ def reset_rows() -> list[Row]:
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
     is timed twice: its kernels alone (forward; backward and its fix-up launch), given the starts as they read
-    them (``conv_document_starts``, computed beforehand), with a row for that preparation alone, which a model runs
+    them (``conv_document_starts``, computed beforehand) and replayed from a CUDA graph (at batch 1 the Python
+    that launches them can take longer than they run), with a row for that preparation alone, which a model runs
     once per forward for all its Mamba layers; and the op as a training forward calls it (no final conv state),
     given the same starts tensor at every call as a model's layers are, so that the preparation runs at the
     first call only (``triton_backend._conv_starts``), and with the backward's zeroed gradient buffers."""
@@ -234,11 +234,7 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
         if not backward:
             return lambda: causal_conv1d_forward(x, weight, bias, True, None, document)
 
-        def backward_kernels():
-            dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, True, None)
-            if document is not None:
-                conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, True, None, document)
-        return backward_kernels
+        return lambda: causal_conv1d_backward(dout, x, weight, bias, True, None, document)
 
     def op(document_starts, backward):
         if not backward:
@@ -255,7 +251,10 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
         for backward in (False, True):
             name = f"conv {label} {('bwd' if label == 'kernel' else 'fwd+bwd') if backward else 'fwd'}"
             grads = leaves if backward else None
-            plain, packed = paired_ms(build(None, backward), build(packed_row, backward), grads)
+            plain, packed = build(None, backward), build(packed_row, backward)
+            if label == "kernel":
+                plain, packed = captured(plain), captured(packed)
+            plain, packed = paired_ms(plain, packed, grads)
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
             if label == "kernel" and not backward:
@@ -265,19 +264,32 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
     return rows
 
 
-def graph_ms_per_call(step: Callable[[dict[str, torch.Tensor]], object], input_sets: list[dict[str, torch.Tensor]]) -> float:
-    """Median ms per call of ``step`` over input sets run back to back in one CUDA graph (no launch gaps)."""
+def captured(fn: Callable[[], object], warm_up: Callable[[], object] | None = None) -> Callable[[], None]:
+    """``fn`` recorded as a CUDA graph, returned as the graph's replay: timing it measures the GPU's work and the
+    gaps between its kernels, not the Python that launches them. ``warm_up`` (default: ``fn``) runs first on a
+    side stream, so that the kernels compile outside the capture."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for inputs in input_sets[:3]:
-            step(inputs)  # compile and warm up outside the capture
+        (warm_up or fn)()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def graph_ms_per_call(step: Callable[[dict[str, torch.Tensor]], object], input_sets: list[dict[str, torch.Tensor]]) -> float:
+    """Median ms per call of ``step`` over input sets run back to back in one CUDA graph (no launch gaps)."""
+    def every_set():
         for inputs in input_sets:
             step(inputs)
-    return median_ms(graph.replay) / len(input_sets)
+
+    def first_sets():
+        for inputs in input_sets[:3]:
+            step(inputs)
+
+    return median_ms(captured(every_set, first_sets)) / len(input_sets)
 
 
 def sets_to_overflow_l2(bytes_per_set: int) -> int:

@@ -16,7 +16,6 @@ from . import reference
 from .triton_kernels.causal_conv1d_bwd import causal_conv1d_backward
 from .triton_kernels.causal_conv1d_fwd import causal_conv1d_forward
 from .triton_kernels.causal_conv1d_update import causal_conv1d_update_step
-from .triton_kernels.conv_document_fixup import conv_document_fixup_backward
 from .triton_kernels.conv_document_starts import ConvDocumentStarts, conv_document_starts
 from .triton_kernels.conv_runs import MAX_CONV_WIDTH
 from .triton_kernels.selective_scan_bwd import selective_scan_backward
@@ -174,10 +173,8 @@ class _CausalConv1d(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight, bias, history, document_starts, *document = ctx.saved_tensors
         dout = _unit_time_stride(dout)
-        dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, ctx.silu_activation, history)
-        if document_starts is not None:
-            conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, ctx.silu_activation, history,
-                                         ConvDocumentStarts(*document))
+        dx, dweight, dbias = causal_conv1d_backward(dout, x, weight, bias, ctx.silu_activation, history,
+                                                    None if document_starts is None else ConvDocumentStarts(*document))
         d_history = None
         if history is not None and ctx.needs_input_grad[4]:
             d_history = _history_grad(dout, x, weight, bias, ctx.silu_activation, history, document_starts)

@@ -211,25 +211,30 @@ def test_states_after_a_packed_row_are_its_last_documents(backend, last_length):
 
 @pytest.mark.parametrize("width", [2, 3, 4])
 @pytest.mark.parametrize("with_initial_state", [False, True])
+@pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])
-def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, with_initial_state):
+def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, with_initial_state, activation):
     """The Triton conv against the reference, both given the starts, at every place a start can fall relative to
     the kernels' runs and tiles (``CONV_EDGE_STARTS``): outputs and the gradients of x, the filter, the bias and
-    the conv state, fp32 and (on CUDA) bf16 against the fp32 reference on the same rounded inputs."""
+    the conv state, fp32 and (on CUDA) bf16 against the fp32 reference on the same rounded inputs; with SiLU and
+    a bias, and as a plain linear filter without either."""
     starts = conv_edge_starts()
     for dtype in DTYPES[backend]:
         g = torch.Generator().manual_seed(width)
         inputs = {
             "x": torch.randn(2, 24, CONV_EDGE_LENGTH, generator=g).to(DEVICE, dtype),
             "weight": torch.randn(24, width, generator=g).to(DEVICE, dtype),
-            "bias": torch.randn(24, generator=g).to(DEVICE, dtype),
         }
+        if activation is not None:
+            inputs["bias"] = torch.randn(24, generator=g).to(DEVICE, dtype)
         if with_initial_state:
             inputs["initial_state"] = torch.randn(2, 24, width, generator=g).to(DEVICE, dtype)
         ours = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
         ref = {k: v.float().requires_grad_(True) for k, v in inputs.items()}
-        out, _ = _ops(backend).causal_conv1d(**ours, document_starts=starts, return_final_states=False)
-        out_ref, _ = reference.causal_conv1d(**ref, document_starts=starts, return_final_states=False)
+        out, _ = _ops(backend).causal_conv1d(**ours, activation=activation, document_starts=starts,
+                                             return_final_states=False)
+        out_ref, _ = reference.causal_conv1d(**ref, activation=activation, document_starts=starts,
+                                             return_final_states=False)
         assert relative_error(out, out_ref) < TOLERANCE[dtype], dtype
         dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
         out.backward(dout)

@@ -7,8 +7,10 @@ With ``pre[q] = bias + sum_k w_k x[q - (W-1) + k]`` and ``g = dout * act'(pre)``
 Tiles are (channels, runs, 8 steps) (``conv_runs``). g is computed once per step, plus the first W-1 steps of the
 run after each run (which dx needs): 11 activation derivatives per 8 steps, where shifted windows would need 32.
 The gradient of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
-Packed rows run this kernel as rows of one sequence; ``conv_document_fixup`` then corrects what a document
-start changes.
+Packed rows run this kernel as rows of one sequence; a second launch (``conv_document_fixup``) then corrects
+what a document start changes. On Hopper and later it is a programmatic dependent launch: this kernel lets it
+start as soon as its own last programs are running, so the fix-up's loads and arithmetic overlap this kernel's
+tail and only its stores of dx wait for it to finish.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import triton
 import triton.language as tl
 
 from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_tile
+from .conv_document_fixup import conv_document_fixup_backward, dependent_launch_supported
+from .conv_document_starts import ConvDocumentStarts
 from .conv_runs import RUN, as_runs, filter_taps, input_runs, join_run, load_runs, split_run
 from .device_functions import silu_grad
 
@@ -42,10 +46,13 @@ def _causal_conv1d_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, dout_ptr, dx_ptr, dweight_ptr, dbias_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
-    dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks."""
+    dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks.
+    LAUNCH_DEPENDENTS: a fix-up launch follows as a programmatic dependent launch (module docstring)."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
@@ -104,15 +111,17 @@ def _causal_conv1d_bwd_kernel(
 
 def causal_conv1d_backward(
     dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool,
-    history: torch.Tensor | None,
+    history: torch.Tensor | None, document: ConvDocumentStarts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the backward convolution; returns dx (x's dtype), dweight (dim, W) and dbias (dim,) in fp32."""
+    """Launch the backward convolution, and its fix-up on a packed row (``document``, as in the forward);
+    returns dx (x's dtype), dweight (dim, W) and dbias (dim,) in fp32."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
     dweight = torch.zeros((dim, width), device=x.device, dtype=torch.float32)
     dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32) if bias is not None else None
     history_arg = history if history is not None else x
+    dependent_launch = document is not None and dependent_launch_supported(x)
     grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
     _causal_conv1d_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg, dout, dx, dweight,
@@ -121,6 +130,9 @@ def causal_conv1d_backward(
         dout.stride(0), dout.stride(1),
         WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        num_warps=CONV_NUM_WARPS,
+        LAUNCH_DEPENDENTS=dependent_launch, num_warps=CONV_NUM_WARPS,
     )
+    if document is not None:
+        conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, silu_activation, history, document,
+                                     dependent_launch)
     return dx, dweight, dbias

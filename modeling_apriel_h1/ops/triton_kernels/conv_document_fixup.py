@@ -16,8 +16,11 @@ nothing else, so the conv kernels compute every tile as a row of one sequence, a
   outputs' uncut terms: each output's difference between its masked and its uncut terms is added once (the
   output counts for the start it follows, ``since[t] == t - s``). Inside the backward kernel that work had cost
   1.07-1.19x the unpacked time on an H200: a start's fix-up there is a chain of dependent loads run by
-  16-channel programs holding the kernel's 72 registers; its own launch runs it over 64 channels at a time
-  (benchmarks/RESULTS.md).
+  16-channel programs holding the kernel's 72 registers. Its own launch loads each step around a start once per
+  channel and reads every shift from registers. It reads nothing the backward kernel writes except dx, which it
+  overwrites, and adds to dweight and dbias atomically, so on Hopper and later it is a programmatic dependent
+  launch (``dependent_launch_supported``): it starts while the kernel's last programs run, and only its stores
+  of dx wait (``gdc_wait``) for the kernel to finish.
 
 Masking every tile had cost the forward 1.09-1.19x and the backward up to 1.21x the unpacked time.
 """
@@ -28,15 +31,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_document_starts import ConvDocumentStarts
-from .conv_runs import load_inputs
+from .conv_document_starts import SINCE_CLAMP, ConvDocumentStarts
+from .conv_runs import filter_taps, load_inputs
 from .device_functions import silu, silu_grad
 
 FORWARD_SPAN: tl.constexpr = tl.constexpr(4)  # steps rewritten after a start: at least W - 1 (W <= 4)
-BACKWARD_SPAN: tl.constexpr = tl.constexpr(8)  # steps of dx around a start: at least 2W - 2
-BACKWARD_BLOCK_C = 64  # channels per backward fix-up program
+SINCE_CLAMP_STEPS: tl.constexpr = tl.constexpr(SINCE_CLAMP)  # the backward's columns are written for W <= 4
+BACKWARD_BLOCK_C = 128  # channels per backward fix-up program
 BACKWARD_SLOTS = 8  # backward fix-up programs per (row, channel block), each taking every BACKWARD_SLOTS-th start
 BACKWARD_NUM_WARPS = 4
+
+
+def dependent_launch_supported(tensor: torch.Tensor) -> bool:
+    """Whether kernels on this tensor's device can overlap the launch before them (programmatic dependent launch:
+    CUDA on compute capability 9.0 or later; the Triton interpreter runs on CPU tensors and has no such launch)."""
+    return tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] >= 9
 
 
 @triton.jit
@@ -118,69 +127,159 @@ def rewrite_cut_outputs(
 
 
 @triton.jit
+def since_at(since_row, q, length):
+    """``since[q]`` as int32, q (1, 1); the clamp outside the row, where there is no output (its gradient is 0)."""
+    return tl.load(since_row + q, mask=(q >= 0) & (q < length), other=SINCE_CLAMP_STEPS).to(tl.int32)
+
+
+@triton.jit
+def cut_output_grad(dout, x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
+    """g of one output whose document began ``since`` steps before it (SINCE_CLAMP_STEPS: none in its window):
+    its taps that would read the previous document dropped. ``x_k`` is the input k steps back; the sum in the
+    order of the backward kernel's ``output_grad``."""
+    if SILU:
+        preactivation = (bias + w_new * x + tl.where(since >= 1, w_1 * x_1, 0.0) + tl.where(since >= 2, w_2 * x_2, 0.0)
+                         + tl.where(since >= 3, w_3 * x_3, 0.0))
+        return dout * silu_grad(preactivation)
+    return dout
+
+
+@triton.jit
+def cut_input_grad(g, g_1, g_2, g_3, since_1, since_2, since_3, w_new, w_1, w_2, w_3):
+    """dx of one input: ``g_k`` and ``since_k`` are those of the output k steps later, which reads it through the
+    tap k steps back unless its window is cut there."""
+    return (w_new * g + tl.where(since_1 >= 1, w_1 * g_1, 0.0) + tl.where(since_2 >= 2, w_2 * g_2, 0.0)
+            + tl.where(since_3 >= 3, w_3 * g_3, 0.0))
+
+
+@triton.jit
+def store_dx(dx_rows, i, dx, in_dim, length, IN_SPAN: tl.constexpr):
+    """Store the (BLOCK_C, 1) column of dx at step ``i`` if it is one that a start's cut windows change for this
+    conv's width (IN_SPAN) and it lies in the row."""
+    if IN_SPAN:
+        tl.store(dx_rows + i, dx.to(dx_rows.dtype.element_ty), mask=in_dim & (i >= 0) & (i < length))
+
+
+@triton.jit
 def _conv_document_fixup_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, counts_ptr, positions_ptr, dout_ptr, dx_ptr, dweight_ptr,
     dbias_ptr, dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, SLOTS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
 ):
     """Grid (batch, channel blocks, SLOTS): a program takes one row, a block of channels and every SLOTS-th of the
     row's starts (a row's starts worked on side by side, so that the launch lasts about one start's few dependent
     loads). Layouts as in ``_causal_conv1d_bwd_kernel``, after it; since, counts and positions from
     ``conv_document_starts``. Rewrites dx from W-1 steps before each start to W-2 after it and adds to dweight
     and dbias the difference between the masked and the uncut terms of the W-1 outputs from each start on.
-    Starts closer together than the span rewrite some dx values with the same numbers."""
+    Starts closer together than the span rewrite some dx values with the same numbers. DEPENDENT_LAUNCH: launched
+    while the backward kernel may still run, so dx is stored only once it has finished (module docstring).
+
+    Each step around a start is loaded once, as a (BLOCK_C, 1) column (names: ``m`` steps before the start, ``p``
+    after it), and every shift is a choice of column: the inputs 6 before to 5 after (what the gradients of
+    outputs 3 before to 5 after read), those outputs' gradients, and ``since`` of each as a scalar. Loading
+    each shifted window as its own tile had made the fix-up bound by the L1 cache's scattered requests."""
     batch = tl.program_id(0).to(tl.int64)
     row = batch * length
-    channels, in_dim, x_rows, history_rows, weight_rows, bias = fixup_rows(
-        x_ptr, weight_ptr, bias_ptr, history_ptr, batch, tl.program_id(1) * BLOCK_C, dim, stride_x_b, stride_x_d,
-        stride_h_b, stride_h_d, BLOCK_C, WIDTH, HAS_BIAS)
-    dout_rows = dout_ptr + batch * stride_dout_b + channels[:, None] * stride_dout_d
-    dx_rows = dx_ptr + row * dim + channels[:, None].to(tl.int64) * length
+    unclamped = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    in_dim = unclamped < dim
+    channels = tl.minimum(unclamped, dim - 1)
+    x_rows = x_ptr + batch * stride_x_b + channels * stride_x_d
+    history_rows = history_ptr + batch * stride_h_b + channels * stride_h_d
+    dout_rows = dout_ptr + batch * stride_dout_b + channels * stride_dout_d
+    dx_rows = dx_ptr + row * dim + channels.to(tl.int64) * length
     since_row = since_ptr + row
-    j = tl.arange(0, BACKWARD_SPAN)[None, :]
+    w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, tl.reshape(channels, (BLOCK_C,)), WIDTH, HAS_BIAS)
     for index in range(tl.program_id(2), tl.load(counts_ptr + batch), SLOTS):
-        start = tl.load(positions_ptr + row + index)
-        # dx[i] = sum_k w_k g[i + k] over the outputs i + k that read input i (since[i + k] >= k)
-        i = start - (WIDTH - 1) + j
-        dx = tl.zeros((BLOCK_C, BACKWARD_SPAN), tl.float32)
-        for k in tl.static_range(WIDTH):
-            _, cut, since = preactivations(x_rows, history_rows, weight_rows, bias, since_row, i + k, length, WIDTH,
-                                           HAS_HISTORY, BLOCK_C, BACKWARD_SPAN)
-            g = tl.load(dout_rows + i + k, mask=(i + k >= 0) & (i + k < length), other=0.0).to(tl.float32)
-            if SILU:
-                g = g * silu_grad(cut)
-            dx += tl.load(weight_rows + WIDTH - 1 - k).to(tl.float32) * tl.where(since >= k, g, 0.0)
-        tl.store(dx_rows + i, dx.to(dx_ptr.dtype.element_ty),
-                 mask=in_dim[:, None] & (j < 2 * WIDTH - 2) & (i >= 0) & (i < length))
+        s = tl.load(positions_ptr + row + index) + tl.zeros((1, 1), tl.int32)  # a (1, 1) tensor: masks broadcast
+        since_0 = tl.zeros((1, 1), tl.int32)  # s is a start
+        x_m6 = load_inputs(x_rows, history_rows, s - 6, length, WIDTH, HAS_HISTORY)
+        x_m5 = load_inputs(x_rows, history_rows, s - 5, length, WIDTH, HAS_HISTORY)
+        x_m4 = load_inputs(x_rows, history_rows, s - 4, length, WIDTH, HAS_HISTORY)
+        x_m3 = load_inputs(x_rows, history_rows, s - 3, length, WIDTH, HAS_HISTORY)
+        x_m2 = load_inputs(x_rows, history_rows, s - 2, length, WIDTH, HAS_HISTORY)
+        x_m1 = load_inputs(x_rows, history_rows, s - 1, length, WIDTH, HAS_HISTORY)
+        x_0 = load_inputs(x_rows, history_rows, s, length, WIDTH, HAS_HISTORY)
+        x_p1 = load_inputs(x_rows, history_rows, s + 1, length, WIDTH, HAS_HISTORY)
+        x_p2 = load_inputs(x_rows, history_rows, s + 2, length, WIDTH, HAS_HISTORY)
+        x_p3 = load_inputs(x_rows, history_rows, s + 3, length, WIDTH, HAS_HISTORY)
+        x_p4 = load_inputs(x_rows, history_rows, s + 4, length, WIDTH, HAS_HISTORY)
+        x_p5 = load_inputs(x_rows, history_rows, s + 5, length, WIDTH, HAS_HISTORY)
+        d_m3 = load_inputs(dout_rows, dout_rows, s - 3, length, WIDTH, False)
+        d_m2 = load_inputs(dout_rows, dout_rows, s - 2, length, WIDTH, False)
+        d_m1 = load_inputs(dout_rows, dout_rows, s - 1, length, WIDTH, False)
+        d_0 = load_inputs(dout_rows, dout_rows, s, length, WIDTH, False)
+        d_p1 = load_inputs(dout_rows, dout_rows, s + 1, length, WIDTH, False)
+        d_p2 = load_inputs(dout_rows, dout_rows, s + 2, length, WIDTH, False)
+        d_p3 = load_inputs(dout_rows, dout_rows, s + 3, length, WIDTH, False)
+        d_p4 = load_inputs(dout_rows, dout_rows, s + 4, length, WIDTH, False)
+        d_p5 = load_inputs(dout_rows, dout_rows, s + 5, length, WIDTH, False)
+        since_m3 = since_at(since_row, s - 3, length)
+        since_m2 = since_at(since_row, s - 2, length)
+        since_m1 = since_at(since_row, s - 1, length)
+        since_p1 = since_at(since_row, s + 1, length)
+        since_p2 = since_at(since_row, s + 2, length)
+        since_p3 = since_at(since_row, s + 3, length)
+        since_p4 = since_at(since_row, s + 4, length)
+        since_p5 = since_at(since_row, s + 5, length)
+        g_m3 = cut_output_grad(d_m3, x_m3, x_m4, x_m5, x_m6, since_m3, w_new, w_1, w_2, w_3, bias, SILU)
+        g_m2 = cut_output_grad(d_m2, x_m2, x_m3, x_m4, x_m5, since_m2, w_new, w_1, w_2, w_3, bias, SILU)
+        g_m1 = cut_output_grad(d_m1, x_m1, x_m2, x_m3, x_m4, since_m1, w_new, w_1, w_2, w_3, bias, SILU)
+        g_0 = cut_output_grad(d_0, x_0, x_m1, x_m2, x_m3, since_0, w_new, w_1, w_2, w_3, bias, SILU)
+        g_p1 = cut_output_grad(d_p1, x_p1, x_0, x_m1, x_m2, since_p1, w_new, w_1, w_2, w_3, bias, SILU)
+        g_p2 = cut_output_grad(d_p2, x_p2, x_p1, x_0, x_m1, since_p2, w_new, w_1, w_2, w_3, bias, SILU)
+        g_p3 = cut_output_grad(d_p3, x_p3, x_p2, x_p1, x_0, since_p3, w_new, w_1, w_2, w_3, bias, SILU)
+        g_p4 = cut_output_grad(d_p4, x_p4, x_p3, x_p2, x_p1, since_p4, w_new, w_1, w_2, w_3, bias, SILU)
+        g_p5 = cut_output_grad(d_p5, x_p5, x_p4, x_p3, x_p2, since_p5, w_new, w_1, w_2, w_3, bias, SILU)
 
-        # the filter and bias gradients of the outputs that follow this start
-        t = start + j
-        uncut, cut, since = preactivations(x_rows, history_rows, weight_rows, bias, since_row, t, length, WIDTH,
-                                           HAS_HISTORY, BLOCK_C, BACKWARD_SPAN)
-        dout = tl.load(dout_rows + t, mask=t < length, other=0.0).to(tl.float32)
-        g_uncut, g_cut = dout, dout
-        if SILU:
-            g_uncut, g_cut = dout * silu_grad(uncut), dout * silu_grad(cut)
-        follows_this_start = (j < WIDTH - 1) & (since == j) & (t < length)
-        g_uncut = tl.where(follows_this_start, g_uncut, 0.0)
-        g_cut = tl.where(follows_this_start, g_cut, 0.0)
-        for k in tl.static_range(WIDTH):
-            difference = (tl.where(since >= k, g_cut, 0.0) - g_uncut) * load_inputs(
-                x_rows, history_rows, t - k, length, WIDTH, HAS_HISTORY)
-            tl.atomic_add(dweight_ptr + channels * WIDTH + WIDTH - 1 - k, tl.sum(difference, axis=1), mask=in_dim,
-                          sem="relaxed")
+        # the filter and bias gradients of the outputs s + e (e < W-1) that follow this start (since == e): the
+        # kernel added their uncut terms u; their cut terms c keep the taps k <= e
+        u_0 = cut_output_grad(d_0, x_0, x_m1, x_m2, x_m3, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
+        u_1 = cut_output_grad(d_p1, x_p1, x_0, x_m1, x_m2, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
+        u_2 = cut_output_grad(d_p2, x_p2, x_p1, x_0, x_m1, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
+        follows_1 = (since_p1 == 1) & (WIDTH > 2)
+        follows_2 = (since_p2 == 2) & (WIDTH > 3)
+        u_1 = tl.where(follows_1, u_1, 0.0)
+        u_2 = tl.where(follows_2, u_2, 0.0)
+        c_1 = tl.where(follows_1, g_p1, 0.0)
+        c_2 = tl.where(follows_2, g_p2, 0.0)
+        tap_rows = dweight_ptr + channels * WIDTH + WIDTH - 1  # the newest input's tap; older ones precede it
+        tl.atomic_add(tap_rows, (g_0 - u_0) * x_0 + (c_1 - u_1) * x_p1 + (c_2 - u_2) * x_p2, mask=in_dim,
+                      sem="relaxed")
+        tl.atomic_add(tap_rows - 1, -u_0 * x_m1 + (c_1 - u_1) * x_0 + (c_2 - u_2) * x_p1, mask=in_dim,
+                      sem="relaxed")
+        if WIDTH >= 3:
+            tl.atomic_add(tap_rows - 2, -u_0 * x_m2 - u_1 * x_m1 + (c_2 - u_2) * x_0, mask=in_dim, sem="relaxed")
+        if WIDTH >= 4:
+            tl.atomic_add(tap_rows - 3, -u_0 * x_m3 - u_1 * x_m2 - u_2 * x_m1, mask=in_dim, sem="relaxed")
         if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + channels, tl.sum(g_cut - g_uncut, axis=1), mask=in_dim, sem="relaxed")
+            tl.atomic_add(dbias_ptr + channels, (g_0 + c_1 + c_2) - (u_0 + u_1 + u_2), mask=in_dim, sem="relaxed")
+
+        # dx of the inputs s-(W-1) .. s+(W-2): every output that reads them, through the taps it keeps
+        dx_m3 = cut_input_grad(g_m3, g_m2, g_m1, g_0, since_m2, since_m1, since_0, w_new, w_1, w_2, w_3)
+        dx_m2 = cut_input_grad(g_m2, g_m1, g_0, g_p1, since_m1, since_0, since_p1, w_new, w_1, w_2, w_3)
+        dx_m1 = cut_input_grad(g_m1, g_0, g_p1, g_p2, since_0, since_p1, since_p2, w_new, w_1, w_2, w_3)
+        dx_0 = cut_input_grad(g_0, g_p1, g_p2, g_p3, since_p1, since_p2, since_p3, w_new, w_1, w_2, w_3)
+        dx_p1 = cut_input_grad(g_p1, g_p2, g_p3, g_p4, since_p2, since_p3, since_p4, w_new, w_1, w_2, w_3)
+        dx_p2 = cut_input_grad(g_p2, g_p3, g_p4, g_p5, since_p3, since_p4, since_p5, w_new, w_1, w_2, w_3)
+        if DEPENDENT_LAUNCH:
+            tl.extra.cuda.gdc_wait()  # the kernel's dx, which these values replace, is stored (a no-op once waited)
+        store_dx(dx_rows, s - 3, dx_m3, in_dim, length, WIDTH >= 4)
+        store_dx(dx_rows, s - 2, dx_m2, in_dim, length, WIDTH >= 3)
+        store_dx(dx_rows, s - 1, dx_m1, in_dim, length, True)
+        store_dx(dx_rows, s, dx_0, in_dim, length, True)
+        store_dx(dx_rows, s + 1, dx_p1, in_dim, length, WIDTH >= 3)
+        store_dx(dx_rows, s + 2, dx_p2, in_dim, length, WIDTH >= 4)
 
 
 def conv_document_fixup_backward(
     dx: torch.Tensor, dweight: torch.Tensor, dbias: torch.Tensor | None, dout: torch.Tensor, x: torch.Tensor,
     weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool, history: torch.Tensor | None,
-    document: ConvDocumentStarts,
+    document: ConvDocumentStarts, dependent_launch: bool,
 ) -> None:
-    """After ``causal_conv1d_backward`` on a packed row: correct its dx, dweight and dbias in place for the
-    windows the document starts cut. Arguments as that launcher's and its results."""
+    """After the backward kernel on a packed row (``causal_conv1d_backward`` launches both): correct its dx,
+    dweight and dbias in place for the windows the document starts cut. Arguments as that launcher's and its
+    results; ``dependent_launch``: the kernel before was launched to let this one overlap it."""
     batch, dim, length = x.shape
     history_arg = history if history is not None else x
     grid = (batch, triton.cdiv(dim, BACKWARD_BLOCK_C), BACKWARD_SLOTS)
@@ -191,5 +290,5 @@ def conv_document_fixup_backward(
         dout.stride(0), dout.stride(1),
         WIDTH=weight.shape[1], BLOCK_C=BACKWARD_BLOCK_C, SLOTS=BACKWARD_SLOTS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        num_warps=BACKWARD_NUM_WARPS,
+        DEPENDENT_LAUNCH=dependent_launch, num_warps=BACKWARD_NUM_WARPS, launch_pdl=dependent_launch,
     )
