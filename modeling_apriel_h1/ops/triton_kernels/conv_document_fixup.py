@@ -14,13 +14,14 @@ nothing else, so the conv kernels compute every tile as a row of one sequence, a
   each start to W-2 after it (the inputs an output with a cut window, or its gradient, reaches), recomputed whole
   with every output's masks; and the filter and bias gradients, to which the kernel added each of those
   outputs' uncut terms: each output's difference between its masked and its uncut terms is added once (the
-  output counts for the start it follows, ``since[t] == t - s``). Inside the backward kernel that work had cost
-  1.07-1.19x the unpacked time on an H200: a start's fix-up there is a chain of dependent loads run by
-  16-channel programs holding the kernel's 72 registers. Its own launch loads each step around a start once per
+  output counts for the start it follows, ``since[t] == t - s``). It loads each step around a start once per
   channel and reads every shift from registers. It reads nothing the backward kernel writes except dx, which it
   overwrites, and adds to dweight and dbias atomically, so on Hopper and later it is a programmatic dependent
   launch (``dependent_launch_supported``): it starts while the kernel's last programs run, and only its stores
-  of dx wait (``gdc_wait``) for the kernel to finish.
+  of dx wait (``gdc_wait``) for the kernel to finish. Its time goes to scattered DRAM reads (a few bytes of
+  every channel's row around each start, evicted by the kernel before it): 1.05-1.09x the unpacked backward on
+  an H200. Inside the backward kernel, where they would be cache hits, the same code raised the kernel's
+  registers and cost the tiles no start reaches more (1.05-1.10x; benchmarks/RESULTS.md).
 
 Masking every tile had cost the forward 1.09-1.19x and the backward up to 1.21x the unpacked time.
 """
