@@ -8,9 +8,7 @@ Tiles are (channels, runs, 8 steps) (``conv_runs``). g is computed once per step
 run after each run (which dx needs): 11 activation derivatives per 8 steps, where shifted windows would need 32.
 The gradient of the conv state that preceded x is left to the caller (it touches only the first W-1 outputs).
 Packed rows run this kernel as rows of one sequence; a second launch (``conv_document_fixup``) then corrects
-what a document start changes. On Hopper and later it is a programmatic dependent launch: this kernel lets it
-start as soon as its own last programs are running, so the fix-up's loads and arithmetic overlap this kernel's
-tail and only its stores of dx wait for it to finish.
+what a document start changes.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_tile
-from .conv_document_fixup import conv_document_fixup_backward, dependent_launch_supported
+from .conv_document_fixup import conv_document_fixup_backward
 from .conv_document_starts import ConvDocumentStarts
 from .conv_runs import RUN, as_runs, filter_taps, input_runs, join_run, load_runs, split_run
 from .device_functions import silu_grad
@@ -46,13 +44,10 @@ def _causal_conv1d_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, dout_ptr, dx_ptr, dweight_ptr, dbias_ptr,
     dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, RUNS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
 ):
     """Grid (batch, dim blocks, time blocks of RUNS * 8 steps). dx (batch, dim, L) contiguous in x's dtype;
-    dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks.
-    LAUNCH_DEPENDENTS: a fix-up launch follows as a programmatic dependent launch (module docstring)."""
-    if LAUNCH_DEPENDENTS:
-        tl.extra.cuda.gdc_launch_dependents()
+    dweight (dim, WIDTH) and dbias (dim,) fp32, zeroed, accumulated atomically over batch rows and time blocks."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
@@ -121,7 +116,6 @@ def causal_conv1d_backward(
     dweight = torch.zeros((dim, width), device=x.device, dtype=torch.float32)
     dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32) if bias is not None else None
     history_arg = history if history is not None else x
-    dependent_launch = document is not None and dependent_launch_supported(x)
     grid = (batch, triton.cdiv(dim, CONV_BLOCK_D), triton.cdiv(length, CONV_RUNS * RUN))
     _causal_conv1d_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg, dout, dx, dweight,
@@ -130,9 +124,8 @@ def causal_conv1d_backward(
         dout.stride(0), dout.stride(1),
         WIDTH=width, BLOCK_D=CONV_BLOCK_D, RUNS=CONV_RUNS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        LAUNCH_DEPENDENTS=dependent_launch, num_warps=CONV_NUM_WARPS,
+        num_warps=CONV_NUM_WARPS,
     )
     if document is not None:
-        conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, silu_activation, history, document,
-                                     dependent_launch)
+        conv_document_fixup_backward(dx, dweight, dbias, dout, x, weight, bias, silu_activation, history, document)
     return dx, dweight, dbias

@@ -15,13 +15,11 @@ nothing else, so the conv kernels compute every tile as a row of one sequence, a
   with every output's masks; and the filter and bias gradients, to which the kernel added each of those
   outputs' uncut terms: each output's difference between its masked and its uncut terms is added once (the
   output counts for the start it follows, ``since[t] == t - s``). It loads each step around a start once per
-  channel and reads every shift from registers. It reads nothing the backward kernel writes except dx, which it
-  overwrites, and adds to dweight and dbias atomically, so on Hopper and later it is a programmatic dependent
-  launch (``dependent_launch_supported``): it starts while the kernel's last programs run, and only its stores
-  of dx wait (``gdc_wait``) for the kernel to finish. Its time goes to scattered DRAM reads (a few bytes of
-  every channel's row around each start, evicted by the kernel before it): 1.05-1.09x the unpacked backward on
-  an H200. Inside the backward kernel, where they would be cache hits, the same code raised the kernel's
-  registers and cost the tiles no start reaches more (1.05-1.10x; benchmarks/RESULTS.md).
+  channel and reads every shift from registers. Its time goes to scattered DRAM reads (a few bytes of every
+  channel's row around each start, evicted by the kernel before it): 1.05-1.11x the unpacked backward on an
+  H200, and no less as a programmatic dependent launch overlapping the kernel's tail. Inside the backward
+  kernel, where those reads would be cache hits, the same code raised the kernel's registers and cost the tiles
+  no start reaches more (1.05-1.10x; benchmarks/RESULTS.md).
 
 Masking every tile had cost the forward 1.09-1.19x and the backward up to 1.21x the unpacked time.
 """
@@ -41,12 +39,6 @@ SINCE_CLAMP_STEPS: tl.constexpr = tl.constexpr(SINCE_CLAMP)  # the backward's co
 BACKWARD_BLOCK_C = 128  # channels per backward fix-up program
 BACKWARD_SLOTS = 8  # backward fix-up programs per (row, channel block), each taking every BACKWARD_SLOTS-th start
 BACKWARD_NUM_WARPS = 4
-
-
-def dependent_launch_supported(tensor: torch.Tensor) -> bool:
-    """Whether kernels on this tensor's device can overlap the launch before them (programmatic dependent launch:
-    CUDA on compute capability 9.0 or later; the Triton interpreter runs on CPU tensors and has no such launch)."""
-    return tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] >= 9
 
 
 @triton.jit
@@ -166,15 +158,14 @@ def _conv_document_fixup_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, counts_ptr, positions_ptr, dout_ptr, dx_ptr, dweight_ptr,
     dbias_ptr, dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
     WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, SLOTS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
 ):
     """Grid (batch, channel blocks, SLOTS): a program takes one row, a block of channels and every SLOTS-th of the
     row's starts (a row's starts worked on side by side, so that the launch lasts about one start's few dependent
     loads). Layouts as in ``_causal_conv1d_bwd_kernel``, after it; since, counts and positions from
     ``conv_document_starts``. Rewrites dx from W-1 steps before each start to W-2 after it and adds to dweight
     and dbias the difference between the masked and the uncut terms of the W-1 outputs from each start on.
-    Starts closer together than the span rewrite some dx values with the same numbers. DEPENDENT_LAUNCH: launched
-    while the backward kernel may still run, so dx is stored only once it has finished (module docstring).
+    Starts closer together than the span rewrite some dx values with the same numbers.
 
     Each step around a start is loaded once, as a (BLOCK_C, 1) column (names: ``m`` steps before the start, ``p``
     after it), and every shift is a choice of column: the inputs 6 before to 5 after (what the gradients of
@@ -263,8 +254,6 @@ def _conv_document_fixup_bwd_kernel(
         dx_0 = cut_input_grad(g_0, g_p1, g_p2, g_p3, since_p1, since_p2, since_p3, w_new, w_1, w_2, w_3)
         dx_p1 = cut_input_grad(g_p1, g_p2, g_p3, g_p4, since_p2, since_p3, since_p4, w_new, w_1, w_2, w_3)
         dx_p2 = cut_input_grad(g_p2, g_p3, g_p4, g_p5, since_p3, since_p4, since_p5, w_new, w_1, w_2, w_3)
-        if DEPENDENT_LAUNCH:
-            tl.extra.cuda.gdc_wait()  # the kernel's dx, which these values replace, is stored (a no-op once waited)
         store_dx(dx_rows, s - 3, dx_m3, in_dim, length, WIDTH >= 4)
         store_dx(dx_rows, s - 2, dx_m2, in_dim, length, WIDTH >= 3)
         store_dx(dx_rows, s - 1, dx_m1, in_dim, length, True)
@@ -276,11 +265,11 @@ def _conv_document_fixup_bwd_kernel(
 def conv_document_fixup_backward(
     dx: torch.Tensor, dweight: torch.Tensor, dbias: torch.Tensor | None, dout: torch.Tensor, x: torch.Tensor,
     weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool, history: torch.Tensor | None,
-    document: ConvDocumentStarts, dependent_launch: bool,
+    document: ConvDocumentStarts,
 ) -> None:
     """After the backward kernel on a packed row (``causal_conv1d_backward`` launches both): correct its dx,
     dweight and dbias in place for the windows the document starts cut. Arguments as that launcher's and its
-    results; ``dependent_launch``: the kernel before was launched to let this one overlap it."""
+    results."""
     batch, dim, length = x.shape
     history_arg = history if history is not None else x
     grid = (batch, triton.cdiv(dim, BACKWARD_BLOCK_C), BACKWARD_SLOTS)
@@ -291,5 +280,5 @@ def conv_document_fixup_backward(
         dout.stride(0), dout.stride(1),
         WIDTH=weight.shape[1], BLOCK_C=BACKWARD_BLOCK_C, SLOTS=BACKWARD_SLOTS,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        DEPENDENT_LAUNCH=dependent_launch, num_warps=BACKWARD_NUM_WARPS, launch_pdl=dependent_launch,
+        num_warps=BACKWARD_NUM_WARPS,
     )
