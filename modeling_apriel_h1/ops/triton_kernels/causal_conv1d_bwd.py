@@ -20,23 +20,7 @@ import triton.language as tl
 from .causal_conv1d_fwd import CONV_BLOCK_D, CONV_NUM_WARPS, CONV_RUNS, conv_tile
 from .conv_document_fixup import conv_document_fixup_backward
 from .conv_document_starts import ConvDocumentStarts
-from .conv_runs import RUN, as_runs, filter_taps, input_runs, join_run, load_runs, split_run
-from .device_functions import silu_grad
-
-
-@triton.jit
-def output_grad(dout, x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
-    """g at one step of every (row, run): the output gradient through the activation; ``x_k`` is the input k
-    steps back."""
-    if SILU:
-        return dout * silu_grad(bias + w_new * x + w_1 * x_1 + w_2 * x_2 + w_3 * x_3)
-    return dout
-
-
-@triton.jit
-def input_grad(g, g_1, g_2, g_3, w_new, w_1, w_2, w_3):
-    """dx at one step: ``g_k`` is g k steps later (those outputs read this input through older taps)."""
-    return w_new * g + w_1 * g_1 + w_2 * g_2 + w_3 * g_3
+from .conv_runs import RUN, as_runs, filter_taps, input_grad, input_runs, join_run, load_runs, output_grad, split_run
 
 
 @triton.jit

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .conv_document_starts import SINCE_CLAMP, ConvDocumentStarts
-from .conv_runs import filter_taps, load_inputs
+from .conv_runs import filter_taps, load_inputs, output_grad
 from .device_functions import silu, silu_grad
 
 FORWARD_SPAN: tl.constexpr = tl.constexpr(4)  # steps rewritten after a start: at least W - 1 (W <= 4)
@@ -128,8 +128,8 @@ def since_at(since_row, q, length):
 @triton.jit
 def cut_output_grad(dout, x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
     """g of one output whose document began ``since`` steps before it (SINCE_CLAMP_STEPS: none in its window):
-    its taps that would read the previous document dropped. ``x_k`` is the input k steps back; the sum in the
-    order of the backward kernel's ``output_grad``."""
+    ``output_grad`` with the taps that would read the previous document dropped, its sum in the same order.
+    ``x_k`` is the input k steps back."""
     if SILU:
         preactivation = (bias + w_new * x + tl.where(since >= 1, w_1 * x_1, 0.0) + tl.where(since >= 2, w_2 * x_2, 0.0)
                          + tl.where(since >= 3, w_3 * x_3, 0.0))
@@ -225,10 +225,10 @@ def _conv_document_fixup_bwd_kernel(
         g_p5 = cut_output_grad(d_p5, x_p5, x_p4, x_p3, x_p2, since_p5, w_new, w_1, w_2, w_3, bias, SILU)
 
         # the filter and bias gradients of the outputs s + e (e < W-1) that follow this start (since == e): the
-        # kernel added their uncut terms u; their cut terms c keep the taps k <= e
-        u_0 = cut_output_grad(d_0, x_0, x_m1, x_m2, x_m3, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
-        u_1 = cut_output_grad(d_p1, x_p1, x_0, x_m1, x_m2, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
-        u_2 = cut_output_grad(d_p2, x_p2, x_p1, x_0, x_m1, SINCE_CLAMP_STEPS, w_new, w_1, w_2, w_3, bias, SILU)
+        # kernel added their uncut terms u (its own ``output_grad``); their cut terms c keep the taps k <= e
+        u_0 = output_grad(d_0, x_0, x_m1, x_m2, x_m3, w_new, w_1, w_2, w_3, bias, SILU)
+        u_1 = output_grad(d_p1, x_p1, x_0, x_m1, x_m2, w_new, w_1, w_2, w_3, bias, SILU)
+        u_2 = output_grad(d_p2, x_p2, x_p1, x_0, x_m1, w_new, w_1, w_2, w_3, bias, SILU)
         follows_1 = (since_p1 == 1) & (WIDTH > 2)
         follows_2 = (since_p2 == 2) & (WIDTH > 3)
         u_1 = tl.where(follows_1, u_1, 0.0)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .device_functions import silu_grad
+
 RUN: tl.constexpr = tl.constexpr(8)  # steps per thread per load: 16 bytes of bf16
 MAX_CONV_WIDTH = 4  # a run's outputs reach back at most 3 steps into the run before it, as in causal-conv1d
 TILE_STEPS = 128  # steps per conv program (16 runs); packed rows' starts are listed per tile (conv_document_starts)
@@ -96,3 +98,18 @@ def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: t
     if HAS_BIAS:
         bias = tl.load(bias_ptr + channels[:, None]).to(tl.float32)
     return w_new, w_1, w_2, w_3, bias
+
+
+@triton.jit
+def output_grad(dout, x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
+    """g at one step, each operand a tensor of that step (per row and run in the backward kernel, per channel in
+    the packed-row fix-up): the output gradient through the activation; ``x_k`` is the input k steps back."""
+    if SILU:
+        return dout * silu_grad(bias + w_new * x + w_1 * x_1 + w_2 * x_2 + w_3 * x_3)
+    return dout
+
+
+@triton.jit
+def input_grad(g, g_1, g_2, g_3, w_new, w_1, w_2, w_3):
+    """dx at one step: ``g_k`` is g k steps later (those outputs read this input through older taps)."""
+    return w_new * g + w_1 * g_1 + w_2 * g_2 + w_3 * g_3
