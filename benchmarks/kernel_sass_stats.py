@@ -118,8 +118,10 @@ def main() -> None:
         print_stats("conv forward" + suffix, causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
             causal_conv1d_fwd._causal_conv1d_fwd_kernel, dict(conv, HAS_DOCUMENT_STARTS=packed),
             causal_conv1d_fwd.CONV_NUM_WARPS, causal_conv1d_fwd.PACKED_FORWARD_MAX_REGISTERS if packed else None)))
-    print_stats("conv backward", causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
-        causal_conv1d_bwd._causal_conv1d_bwd_kernel, conv, causal_conv1d_fwd.CONV_NUM_WARPS)))
+    for suffix, packed in variants:  # packed: as the fix-up's programmatic dependent, as on Hopper
+        print_stats("conv backward" + suffix, causal_conv1d_fwd.CONV_NUM_WARPS, sass_stats(compile_for_sm90(
+            causal_conv1d_bwd._causal_conv1d_bwd_kernel, dict(conv, HAS_DOCUMENT_STARTS=packed, AFTER_FIXUP=packed),
+            causal_conv1d_fwd.CONV_NUM_WARPS)))
     if args.document_starts:
         print_stats("conv starts", conv_document_starts.STARTS_NUM_WARPS, sass_stats(compile_for_sm90(
             conv_document_starts._conv_document_starts_kernel,
@@ -129,7 +131,7 @@ def main() -> None:
         print_stats("conv fix-up backward", conv_document_fixup.BACKWARD_NUM_WARPS, sass_stats(compile_for_sm90(
             conv_document_fixup._conv_document_fixup_bwd_kernel,
             dict(WIDTH=4, BLOCK_C=conv_document_fixup.BACKWARD_BLOCK_C, SLOTS=conv_document_fixup.BACKWARD_SLOTS,
-                 HAS_BIAS=True, HAS_HISTORY=False, SILU=True),
+                 HAS_BIAS=True, HAS_HISTORY=False, SILU=True, LAUNCH_DEPENDENTS=True),
             conv_document_fixup.BACKWARD_NUM_WARPS)))
 
 

@@ -159,7 +159,7 @@ class _CausalConv1d(torch.autograd.Function):
     """Returns the conv output; the new conv state is sliced from the inputs outside, by autograd-aware ops.
     A packed row's (batch, L) bool ``document_starts`` reach the kernels as ``conv_document_starts`` gives them
     (``_conv_starts``: once per forward of the model): the forward kernel corrects the outputs they cut itself,
-    the backward kernel is followed by its fix-up launch (``conv_document_fixup``)."""
+    the backward kernel follows its fix-up launch (``conv_document_fixup``), on Hopper as its dependent."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, silu_activation: bool, history, document_starts):

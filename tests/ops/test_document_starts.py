@@ -30,14 +30,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = {
     "run and chunk edges": [[8, 56, 64, 9], [64, 1, 2, 70]],
     "mid-run starts": [[13, 130, 60], [3, 200]],
-    # long stretches no start reaches: the conv fix-up leaves their outputs and gradients as the kernels wrote them
+    # long stretches no start reaches: there the conv kernels' own outputs and gradients stand
     "long documents": [[300, 41], [5, 336]],
 }
 # conv rows given as start positions (L 300): a start at every step of a run (0..7), at a tile's first step (128,
 # 256) and at its last (127, 255), documents shorter than the conv (1, 2 and 3 steps), one across a run boundary
 # (6..7), and a second row whose first document continues the conv state (no start at 0) and whose last is one step
 CONV_EDGE_STARTS = [
-    [0, 9, 18, 27, 36, 45, 54, 63, 128, 129, 131, 134, 200, 255, 256, 257, 259, 262],
+    [0, 9, 18, 27, 36, 45, 54, 63, 128, 129, 131, 134, 200, 249, 255, 256, 257, 259, 262],
     [5, 6, 8, 11, 15, 100, 123, 126, 127, 128, 130, 133, 250, 251, 253, 256, 290, 299],
 ]
 CONV_EDGE_LENGTH = 300
@@ -248,8 +248,8 @@ def test_conv_matches_the_reference_wherever_a_document_starts(backend, width, w
 def test_conv_document_starts_list_each_rows_starts_and_count_back_to_them(backend):
     """What the conv kernels read of a packed row: each step's distance back to the last start at or before it,
     clamped to 3 (3 before the row's first start, whose outputs read the conv state), each row's start steps in
-    increasing order and their count, and per 128-step tile the starts from 2 steps before it to its end (how
-    many, and the first's index)."""
+    increasing order and their count, and per 128-step tile the starts from 2 steps before it to its end (the
+    forward's) and from 7 before it to 3 after its end (the backward's): how many, and the first's index."""
     from modeling_apriel_h1.ops.triton_kernels.conv_document_starts import conv_document_starts
 
     starts = conv_edge_starts()
@@ -262,13 +262,15 @@ def test_conv_document_starts_list_each_rows_starts_and_count_back_to_them(backe
     assert document.start_counts.tolist() == [len(positions) for positions in CONV_EDGE_STARTS]
     for row, positions in enumerate(CONV_EDGE_STARTS):
         assert document.start_positions[row, : len(positions)].tolist() == positions
-        tiles = []
-        for first_step in range(0, CONV_EDGE_LENGTH, 128):
-            reaching = [i for i, s in enumerate(positions) if first_step - 2 <= s < first_step + 128]
-            tiles.append([len(reaching), reaching[0] if reaching else 0])
-        counts_and_firsts = document.tile_starts[row].tolist()
-        assert [count for count, _ in counts_and_firsts] == [count for count, _ in tiles]
-        assert [first for (count, first) in counts_and_firsts if count] == [first for count, first in tiles if count]
+        for kernel, (before, after) in enumerate([(2, 0), (7, 3)]):
+            tiles = []
+            for first_step in range(0, CONV_EDGE_LENGTH, 128):
+                reaching = [i for i, s in enumerate(positions) if first_step - before <= s < first_step + 128 + after]
+                tiles.append([len(reaching), reaching[0] if reaching else 0])
+            counts_and_firsts = [entry[2 * kernel : 2 * kernel + 2] for entry in document.tile_starts[row].tolist()]
+            assert [count for count, _ in counts_and_firsts] == [count for count, _ in tiles]
+            assert ([first for (count, first) in counts_and_firsts if count]
+                    == [first for count, first in tiles if count])
 
 
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON_ONLY)])

@@ -58,7 +58,7 @@ def _causal_conv1d_fwd_kernel(
     since, tile_starts, positions: ``conv_document_starts`` (read only with HAS_DOCUMENT_STARTS)."""
     batch, channels, in_dim, p = conv_tile(dim, BLOCK_D, RUNS)
     if HAS_DOCUMENT_STARTS:  # issued first: its latency passes while the tile loads
-        start_count = tile_start_count(tile_starts_ptr)
+        start_count = tile_start_count(tile_starts_ptr, False)
     rows = channels[:, None]  # (BLOCK_D, 1)
     x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
     history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d

@@ -1,5 +1,5 @@
-"""Packed rows through the conv kernels: the few values a document start changes, corrected after the tile code of
-a row of one sequence has run.
+"""Packed rows through the conv kernels: the few values a document start changes, computed apart from the tile code
+of a row of one sequence.
 
 In a packed row (``document_starts``) output t reads no input before its document's first step. That cuts the
 window of the W-1 outputs from each start on (``conv_document_starts``: those with ``since[t] < W-1``) and
@@ -10,16 +10,20 @@ nothing else, so the conv kernels compute every tile as a row of one sequence, a
   from one scalar load (``tile_start_count``); on the many tiles no start reaches, that and a branch are all a
   packed row adds, and the launcher caps the registers at the unpacked kernel's 32, so the forward keeps its
   occupancy. The rewrite follows a barrier, as the tile's own stores came from other threads.
-- backward, one launch after the kernel (``conv_document_fixup_backward``): dx of the inputs from W-1 steps before
-  each start to W-2 after it (the inputs an output with a cut window, or its gradient, reaches), recomputed whole
-  with every output's masks; and the filter and bias gradients, to which the kernel added each of those
-  outputs' uncut terms: each output's difference between its masked and its uncut terms is added once (the
-  output counts for the start it follows, ``since[t] == t - s``). It loads each step around a start once per
-  channel and reads every shift from registers. Its time goes to scattered DRAM reads (a few bytes of every
-  channel's row around each start, evicted by the kernel before it): 1.05-1.11x the unpacked backward on an
-  H200, and no less as a programmatic dependent launch overlapping the kernel's tail. Inside the backward
-  kernel, where those reads would be cache hits, the same code raised the kernel's registers and cost the tiles
-  no start reaches more (1.05-1.10x; benchmarks/RESULTS.md).
+- backward, one launch *before* the kernel (``conv_document_fixup_backward``): for each start, dx of the two
+  aligned runs of 8 steps that hold the inputs from W-1 steps before it to W-2 after it (those an output with a
+  cut window, or its gradient, reaches), recomputed whole with every output's masks; and the filter and bias
+  gradients, to which the kernel adds each output's uncut terms: each cut output's difference between its
+  masked and its uncut terms is added once (the output counts for the start it follows, ``since[t] == t - s``).
+  The backward kernel stores no dx in those runs (``rewritten_by_fixup``, from its tile's second stretch of the
+  start list), so the two launches write disjoint values and sum commuting atomics, and neither reads what the
+  other writes. On Hopper and later the kernel is the fix-up's programmatic dependent and starts at once: the
+  fix-up, a few programs bound by the latency of their scattered reads around each start, runs beside it on
+  what the kernel leaves of each multiprocessor. After the kernel it had cost 1.05-1.11x the unpacked backward
+  on an H200 (those reads miss every cache by then: about 1 us per start at 8 x 16k); beside it, 0.99-1.01x.
+  Without a dependent launch it runs alone before the kernel, over more programs (BACKWARD_SLOTS_ALONE).
+  Inside the backward kernel, where those reads would be cache hits, the correction raised the kernel's
+  registers and cost the tiles no start reaches more (1.05-1.10x; benchmarks/RESULTS.md).
 
 Masking every tile had cost the forward 1.09-1.19x and the backward up to 1.21x the unpacked time.
 """
@@ -30,29 +34,57 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_document_starts import SINCE_CLAMP, ConvDocumentStarts
-from .conv_runs import filter_taps, load_inputs, output_grad
+from .conv_document_starts import REWRITE_RUNS, SINCE_CLAMP, ConvDocumentStarts
+from .conv_runs import RUN, as_runs, filter_taps, join_run, load_inputs, load_runs, output_grad, split_run
 from .device_functions import silu, silu_grad
 
 FORWARD_SPAN: tl.constexpr = tl.constexpr(4)  # steps rewritten after a start: at least W - 1 (W <= 4)
-SINCE_CLAMP_STEPS: tl.constexpr = tl.constexpr(SINCE_CLAMP)  # the backward's columns are written for W <= 4
-BACKWARD_BLOCK_C = 128  # channels per backward fix-up program
-BACKWARD_SLOTS = 8  # backward fix-up programs per (row, channel block), each taking every BACKWARD_SLOTS-th start
+SINCE_CLAMP_STEPS: tl.constexpr = tl.constexpr(SINCE_CLAMP)  # the backward's masks are written for W <= 4
+FIXUP_RUNS: tl.constexpr = tl.constexpr(REWRITE_RUNS)
+BACKWARD_BLOCK_C = 64  # channels per backward fix-up program: one run per thread
 BACKWARD_NUM_WARPS = 4
+BACKWARD_SLOTS = 2  # backward fix-up programs per channel block, each taking every BACKWARD_SLOTS-th start of a row
+BACKWARD_SLOTS_ALONE = 8  # the same when the fix-up runs alone (no dependent launch): nothing to hide it behind
+
+
+def dependent_launch_supported(tensor: torch.Tensor) -> bool:
+    """Whether kernels on this tensor's device can start while the launch before them runs (programmatic dependent
+    launch: CUDA on compute capability 9.0 or later; the Triton interpreter runs on CPU tensors and has none)."""
+    return tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] >= 9
 
 
 @triton.jit
-def tile_entry(tile_starts_ptr):
-    """This program's entry of ``tile_starts`` (the forward's grid (batch, channel blocks, tiles)): how many starts
-    reach its tile, then the index of the first in the row's list."""
-    return tile_starts_ptr + (tl.program_id(0) * tl.num_programs(2) + tl.program_id(2)) * 2
+def tile_entry(tile_starts_ptr, BACKWARD: tl.constexpr):
+    """This program's entry of ``tile_starts`` (the conv kernels' grid (batch, channel blocks, tiles)): how many
+    starts concern its tile, then the index of the first in the row's list; the forward's pair or the backward's."""
+    return tile_starts_ptr + (tl.program_id(0) * tl.num_programs(2) + tl.program_id(2)) * 4 + 2 * BACKWARD
 
 
 @triton.jit
-def tile_start_count(tile_starts_ptr):
-    """How many starts reach this program's tile. The forward reads it first, so that its latency passes while
-    the tile loads, and keeps only it until its fix-up."""
-    return tl.load(tile_entry(tile_starts_ptr))
+def tile_start_count(tile_starts_ptr, BACKWARD: tl.constexpr):
+    """How many starts concern this program's tile. The kernels read it first, so that its latency passes while
+    the tile loads, and keep only it until they need the starts."""
+    return tl.load(tile_entry(tile_starts_ptr, BACKWARD))
+
+
+@triton.jit
+def rewritten_run_start(s, WIDTH: tl.constexpr):
+    """The first step of the backward fix-up's runs for the start at step s >= 0: the aligned run holding
+    s-(W-1) (``conv_document_starts.REWRITE_RUNS``)."""
+    return ((s + RUN - (WIDTH - 1)) // RUN - 1) * RUN
+
+
+@triton.jit
+def rewritten_by_fixup(tile_starts_ptr, positions_ptr, row, start_count, p, WIDTH: tl.constexpr):
+    """Which of the backward tile's steps ``p`` (1, steps) the fix-up rewrites: those in the runs of the
+    ``start_count`` starts that concern the tile (``tile_start_count``)."""
+    rewritten = p != p
+    if start_count > 0:
+        first = tl.load(tile_entry(tile_starts_ptr, True) + 1)
+        for index in range(first, first + start_count):
+            runs_start = rewritten_run_start(tl.load(positions_ptr + row + index), WIDTH)
+            rewritten = rewritten | ((p >= runs_start) & (p < runs_start + FIXUP_RUNS * RUN))
+    return rewritten
 
 
 @triton.jit
@@ -101,7 +133,7 @@ def rewrite_cut_outputs(
     ``start_count`` starts that reach the tile from the row's list (``tile_start_count``)."""
     row = batch * length
     if start_count > 0:
-        first = tl.load(tile_entry(tile_starts_ptr) + 1)
+        first = tl.load(tile_entry(tile_starts_ptr, False) + 1)
         tl.debug_barrier()  # the tile's stores of these outputs, by other threads, land before the rewrites
         channels, in_dim, x_rows, history_rows, weight_rows, bias = fixup_rows(
             x_ptr, weight_ptr, bias_ptr, history_ptr, batch, first_channel, dim, stride_x_b, stride_x_d, stride_h_b,
@@ -120,16 +152,18 @@ def rewrite_cut_outputs(
 
 
 @triton.jit
-def since_at(since_row, q, length):
-    """``since[q]`` as int32, q (1, 1); the clamp outside the row, where there is no output (its gradient is 0)."""
-    return tl.load(since_row + q, mask=(q >= 0) & (q < length), other=SINCE_CLAMP_STEPS).to(tl.int32)
+def since_runs(since_row, p, length, RUNS: tl.constexpr):
+    """``since`` at steps ``p`` (1, RUNS * 8) as (1, RUNS, 8) int32; the clamp outside the row, where there is no
+    output (its gradient is 0)."""
+    since = tl.load(since_row + p, mask=(p >= 0) & (p < length), other=SINCE_CLAMP_STEPS).to(tl.int32)
+    return as_runs(since, RUNS)
 
 
 @triton.jit
 def cut_output_grad(dout, x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
-    """g of one output whose document began ``since`` steps before it (SINCE_CLAMP_STEPS: none in its window):
-    ``output_grad`` with the taps that would read the previous document dropped, its sum in the same order.
-    ``x_k`` is the input k steps back."""
+    """g of the outputs whose document began ``since`` steps before them (SINCE_CLAMP_STEPS: none in their
+    window): ``output_grad`` with the taps that would read the previous document dropped, its sum in the same
+    order. ``x_k`` are the inputs k steps back."""
     if SILU:
         preactivation = (bias + w_new * x + tl.where(since >= 1, w_1 * x_1, 0.0) + tl.where(since >= 2, w_2 * x_2, 0.0)
                          + tl.where(since >= 3, w_3 * x_3, 0.0))
@@ -139,146 +173,141 @@ def cut_output_grad(dout, x, x_1, x_2, x_3, since, w_new, w_1, w_2, w_3, bias, S
 
 @triton.jit
 def cut_input_grad(g, g_1, g_2, g_3, since_1, since_2, since_3, w_new, w_1, w_2, w_3):
-    """dx of one input: ``g_k`` and ``since_k`` are those of the output k steps later, which reads it through the
-    tap k steps back unless its window is cut there."""
+    """dx of inputs: ``g_k`` and ``since_k`` are those of the outputs k steps later, which read them through the
+    tap k steps back unless their window is cut there."""
     return (w_new * g + tl.where(since_1 >= 1, w_1 * g_1, 0.0) + tl.where(since_2 >= 2, w_2 * g_2, 0.0)
             + tl.where(since_3 >= 3, w_3 * g_3, 0.0))
 
 
 @triton.jit
-def store_dx(dx_rows, i, dx, in_dim, length, IN_SPAN: tl.constexpr):
-    """Store the (BLOCK_C, 1) column of dx at step ``i`` if it is one that a start's cut windows change for this
-    conv's width (IN_SPAN) and it lies in the row."""
-    if IN_SPAN:
-        tl.store(dx_rows + i, dx.to(dx_rows.dtype.element_ty), mask=in_dim & (i >= 0) & (i < length))
+def channel_sum(tile):
+    """(channels, runs, 8) -> (channels,): a tile's sum over its steps."""
+    return tl.sum(tl.sum(tile, axis=2), axis=1)
 
 
 @triton.jit
 def _conv_document_fixup_bwd_kernel(
     x_ptr, weight_ptr, bias_ptr, history_ptr, since_ptr, counts_ptr, positions_ptr, dout_ptr, dx_ptr, dweight_ptr,
-    dbias_ptr, dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b, stride_dout_d,
-    WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, SLOTS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr,
+    dbias_ptr, batch_size, dim, length, stride_x_b, stride_x_d, stride_h_b, stride_h_d, stride_dout_b,
+    stride_dout_d, WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, SLOTS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_HISTORY: tl.constexpr, SILU: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
 ):
-    """Grid (batch, channel blocks, SLOTS): a program takes one row, a block of channels and every SLOTS-th of the
-    row's starts (a row's starts worked on side by side, so that the launch lasts about one start's few dependent
-    loads). Layouts as in ``_causal_conv1d_bwd_kernel``, after it; since, counts and positions from
-    ``conv_document_starts``. Rewrites dx from W-1 steps before each start to W-2 after it and adds to dweight
-    and dbias the difference between the masked and the uncut terms of the W-1 outputs from each start on.
-    Starts closer together than the span rewrite some dx values with the same numbers.
+    """Grid (channel blocks, SLOTS): a program takes a block of channels and, in every row, every SLOTS-th of its
+    starts. Layouts as in ``_causal_conv1d_bwd_kernel``; since, counts and positions from
+    ``conv_document_starts``. It reads nothing that kernel writes and writes only what that kernel leaves to it
+    (dx of its runs, and sums added atomically), so it may run before or beside it. LAUNCH_DEPENDENTS: the
+    backward kernel is launched as this launch's programmatic dependent, and may start at once.
 
-    Each step around a start is loaded once, as a (BLOCK_C, 1) column (names: ``m`` steps before the start, ``p``
-    after it), and every shift is a choice of column: the inputs 6 before to 5 after (what the gradients of
-    outputs 3 before to 5 after read), those outputs' gradients, and ``since`` of each as a scalar. Loading
-    each shifted window as its own tile had made the fix-up bound by the L1 cache's scattered requests."""
-    batch = tl.program_id(0).to(tl.int64)
-    row = batch * length
-    unclamped = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    For each start s it recomputes, with every output's masks, dx of the two aligned runs of 8 steps that hold
+    s-(W-1) .. s+(W-2) (the inputs a cut window or its gradient reaches), as the backward kernel computes a tile:
+    whole runs per thread, each neighbour run's steps from a second aligned load, each shift a choice of register.
+    So each channel's row is read in a few 16-byte pieces per start (loading every step around a start as its own
+    column had cost a memory request per channel and step). Two starts in one run write its dx with the same
+    numbers. To dweight and dbias, to which the kernel adds every output's uncut terms, it adds the difference
+    between the masked and the uncut terms of the outputs this start cuts (those with ``since == t - s < W-1``,
+    so each counts once), summed over the program's starts."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
+    unclamped = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     in_dim = unclamped < dim
     channels = tl.minimum(unclamped, dim - 1)
-    x_rows = x_ptr + batch * stride_x_b + channels * stride_x_d
-    history_rows = history_ptr + batch * stride_h_b + channels * stride_h_d
-    dout_rows = dout_ptr + batch * stride_dout_b + channels * stride_dout_d
-    dx_rows = dx_ptr + row * dim + channels.to(tl.int64) * length
-    since_row = since_ptr + row
-    w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, tl.reshape(channels, (BLOCK_C,)), WIDTH, HAS_BIAS)
-    for index in range(tl.program_id(2), tl.load(counts_ptr + batch), SLOTS):
-        s = tl.load(positions_ptr + row + index) + tl.zeros((1, 1), tl.int32)  # a (1, 1) tensor: masks broadcast
-        since_0 = tl.zeros((1, 1), tl.int32)  # s is a start
-        x_m6 = load_inputs(x_rows, history_rows, s - 6, length, WIDTH, HAS_HISTORY)
-        x_m5 = load_inputs(x_rows, history_rows, s - 5, length, WIDTH, HAS_HISTORY)
-        x_m4 = load_inputs(x_rows, history_rows, s - 4, length, WIDTH, HAS_HISTORY)
-        x_m3 = load_inputs(x_rows, history_rows, s - 3, length, WIDTH, HAS_HISTORY)
-        x_m2 = load_inputs(x_rows, history_rows, s - 2, length, WIDTH, HAS_HISTORY)
-        x_m1 = load_inputs(x_rows, history_rows, s - 1, length, WIDTH, HAS_HISTORY)
-        x_0 = load_inputs(x_rows, history_rows, s, length, WIDTH, HAS_HISTORY)
-        x_p1 = load_inputs(x_rows, history_rows, s + 1, length, WIDTH, HAS_HISTORY)
-        x_p2 = load_inputs(x_rows, history_rows, s + 2, length, WIDTH, HAS_HISTORY)
-        x_p3 = load_inputs(x_rows, history_rows, s + 3, length, WIDTH, HAS_HISTORY)
-        x_p4 = load_inputs(x_rows, history_rows, s + 4, length, WIDTH, HAS_HISTORY)
-        x_p5 = load_inputs(x_rows, history_rows, s + 5, length, WIDTH, HAS_HISTORY)
-        d_m3 = load_inputs(dout_rows, dout_rows, s - 3, length, WIDTH, False)
-        d_m2 = load_inputs(dout_rows, dout_rows, s - 2, length, WIDTH, False)
-        d_m1 = load_inputs(dout_rows, dout_rows, s - 1, length, WIDTH, False)
-        d_0 = load_inputs(dout_rows, dout_rows, s, length, WIDTH, False)
-        d_p1 = load_inputs(dout_rows, dout_rows, s + 1, length, WIDTH, False)
-        d_p2 = load_inputs(dout_rows, dout_rows, s + 2, length, WIDTH, False)
-        d_p3 = load_inputs(dout_rows, dout_rows, s + 3, length, WIDTH, False)
-        d_p4 = load_inputs(dout_rows, dout_rows, s + 4, length, WIDTH, False)
-        d_p5 = load_inputs(dout_rows, dout_rows, s + 5, length, WIDTH, False)
-        since_m3 = since_at(since_row, s - 3, length)
-        since_m2 = since_at(since_row, s - 2, length)
-        since_m1 = since_at(since_row, s - 1, length)
-        since_p1 = since_at(since_row, s + 1, length)
-        since_p2 = since_at(since_row, s + 2, length)
-        since_p3 = since_at(since_row, s + 3, length)
-        since_p4 = since_at(since_row, s + 4, length)
-        since_p5 = since_at(since_row, s + 5, length)
-        g_m3 = cut_output_grad(d_m3, x_m3, x_m4, x_m5, x_m6, since_m3, w_new, w_1, w_2, w_3, bias, SILU)
-        g_m2 = cut_output_grad(d_m2, x_m2, x_m3, x_m4, x_m5, since_m2, w_new, w_1, w_2, w_3, bias, SILU)
-        g_m1 = cut_output_grad(d_m1, x_m1, x_m2, x_m3, x_m4, since_m1, w_new, w_1, w_2, w_3, bias, SILU)
-        g_0 = cut_output_grad(d_0, x_0, x_m1, x_m2, x_m3, since_0, w_new, w_1, w_2, w_3, bias, SILU)
-        g_p1 = cut_output_grad(d_p1, x_p1, x_0, x_m1, x_m2, since_p1, w_new, w_1, w_2, w_3, bias, SILU)
-        g_p2 = cut_output_grad(d_p2, x_p2, x_p1, x_0, x_m1, since_p2, w_new, w_1, w_2, w_3, bias, SILU)
-        g_p3 = cut_output_grad(d_p3, x_p3, x_p2, x_p1, x_0, since_p3, w_new, w_1, w_2, w_3, bias, SILU)
-        g_p4 = cut_output_grad(d_p4, x_p4, x_p3, x_p2, x_p1, since_p4, w_new, w_1, w_2, w_3, bias, SILU)
-        g_p5 = cut_output_grad(d_p5, x_p5, x_p4, x_p3, x_p2, since_p5, w_new, w_1, w_2, w_3, bias, SILU)
+    rows = channels[:, None]
+    w_new, w_1, w_2, w_3, bias = filter_taps(weight_ptr, bias_ptr, channels, WIDTH, HAS_BIAS)  # (BLOCK_C, 1)
+    tile_w_new = w_new[:, :, None]  # the same as (BLOCK_C, 1, 1), for whole tiles
+    tile_w_1 = w_1[:, :, None]
+    tile_w_2 = w_2[:, :, None]
+    tile_w_3 = w_3[:, :, None]
+    tile_bias = bias[:, :, None]
+    steps = tl.arange(0, FIXUP_RUNS * RUN)[None, :]
+    dw_new = tl.zeros((BLOCK_C,), tl.float32)
+    dw_1 = tl.zeros((BLOCK_C,), tl.float32)
+    dw_2 = tl.zeros((BLOCK_C,), tl.float32)
+    dw_3 = tl.zeros((BLOCK_C,), tl.float32)
+    dbias = tl.zeros((BLOCK_C,), tl.float32)
+    for row_index in range(batch_size):
+        batch = tl.cast(row_index, tl.int64)
+        row = batch * length
+        x_rows = x_ptr + batch * stride_x_b + rows * stride_x_d
+        history_rows = history_ptr + batch * stride_h_b + rows * stride_h_d
+        dout_rows = dout_ptr + batch * stride_dout_b + rows * stride_dout_d
+        dx_rows = dx_ptr + row * dim + rows.to(tl.int64) * length
+        since_row = since_ptr + row
+        for index in range(tl.program_id(1), tl.load(counts_ptr + batch), SLOTS):
+            s = tl.load(positions_ptr + row + index)
+            p = rewritten_run_start(s, WIDTH) + steps
+            tile_x = load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, FIXUP_RUNS)
+            x0, x1, x2, x3, x4, x5, x6, x7 = split_run(tile_x)
+            _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY,
+                                                            FIXUP_RUNS))
+            a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY,
+                                                            FIXUP_RUNS))
+            tile_dout = as_runs(tl.load(dout_rows + p, mask=(p >= 0) & (p < length), other=0.0).to(tl.float32),
+                                FIXUP_RUNS)
+            e0, e1, e2, _, _, _, _, _ = split_run(as_runs(
+                tl.load(dout_rows + p + RUN, mask=(p + RUN >= 0) & (p + RUN < length), other=0.0).to(tl.float32),
+                FIXUP_RUNS))
+            tile_since = since_runs(since_row, p, length, FIXUP_RUNS)
+            n0, n1, n2, n3, n4, n5, n6, n7 = split_run(tile_since)
+            na0, na1, na2, _, _, _, _, _ = split_run(since_runs(since_row, p + RUN, length, FIXUP_RUNS))
 
-        # the filter and bias gradients of the outputs s + e (e < W-1) that follow this start (since == e): the
-        # kernel added their uncut terms u (its own ``output_grad``); their cut terms c keep the taps k <= e
-        u_0 = output_grad(d_0, x_0, x_m1, x_m2, x_m3, w_new, w_1, w_2, w_3, bias, SILU)
-        u_1 = output_grad(d_p1, x_p1, x_0, x_m1, x_m2, w_new, w_1, w_2, w_3, bias, SILU)
-        u_2 = output_grad(d_p2, x_p2, x_p1, x_0, x_m1, w_new, w_1, w_2, w_3, bias, SILU)
-        follows_1 = (since_p1 == 1) & (WIDTH > 2)
-        follows_2 = (since_p2 == 2) & (WIDTH > 3)
-        u_1 = tl.where(follows_1, u_1, 0.0)
-        u_2 = tl.where(follows_2, u_2, 0.0)
-        c_1 = tl.where(follows_1, g_p1, 0.0)
-        c_2 = tl.where(follows_2, g_p2, 0.0)
-        tap_rows = dweight_ptr + channels * WIDTH + WIDTH - 1  # the newest input's tap; older ones precede it
-        tl.atomic_add(tap_rows, (g_0 - u_0) * x_0 + (c_1 - u_1) * x_p1 + (c_2 - u_2) * x_p2, mask=in_dim,
-                      sem="relaxed")
-        tl.atomic_add(tap_rows - 1, -u_0 * x_m1 + (c_1 - u_1) * x_0 + (c_2 - u_2) * x_p1, mask=in_dim,
-                      sem="relaxed")
-        if WIDTH >= 3:
-            tl.atomic_add(tap_rows - 2, -u_0 * x_m2 - u_1 * x_m1 + (c_2 - u_2) * x_0, mask=in_dim, sem="relaxed")
-        if WIDTH >= 4:
-            tl.atomic_add(tap_rows - 3, -u_0 * x_m3 - u_1 * x_m2 - u_2 * x_m1, mask=in_dim, sem="relaxed")
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + channels, (g_0 + c_1 + c_2) - (u_0 + u_1 + u_2), mask=in_dim, sem="relaxed")
+            # the inputs 1, 2 and 3 steps back of each output in the tile
+            back_1 = join_run(b7, x0, x1, x2, x3, x4, x5, x6)
+            back_2 = join_run(b6, b7, x0, x1, x2, x3, x4, x5)
+            back_3 = join_run(b5, b6, b7, x0, x1, x2, x3, x4)
+            g = cut_output_grad(tile_dout, tile_x, back_1, back_2, back_3, tile_since, tile_w_new, tile_w_1, tile_w_2,
+                                tile_w_3, tile_bias, SILU)
+            g0, g1, g2, g3, g4, g5, g6, g7 = split_run(g)
+            ga0 = cut_output_grad(e0, a0, x7, x6, x5, na0, w_new, w_1, w_2, w_3, bias, SILU)  # the run after's
+            ga1 = cut_output_grad(e1, a1, a0, x7, x6, na1, w_new, w_1, w_2, w_3, bias, SILU)
+            ga2 = cut_output_grad(e2, a2, a1, a0, x7, na2, w_new, w_1, w_2, w_3, bias, SILU)
+            dx = cut_input_grad(
+                g, join_run(g1, g2, g3, g4, g5, g6, g7, ga0), join_run(g2, g3, g4, g5, g6, g7, ga0, ga1),
+                join_run(g3, g4, g5, g6, g7, ga0, ga1, ga2), join_run(n1, n2, n3, n4, n5, n6, n7, na0),
+                join_run(n2, n3, n4, n5, n6, n7, na0, na1), join_run(n3, n4, n5, n6, n7, na0, na1, na2),
+                tile_w_new, tile_w_1, tile_w_2, tile_w_3)
+            tl.store(dx_rows + p, tl.reshape(dx, (BLOCK_C, FIXUP_RUNS * RUN)).to(dx_ptr.dtype.element_ty),
+                     mask=in_dim[:, None] & (p >= 0) & (p < length))
 
-        # dx of the inputs s-(W-1) .. s+(W-2): every output that reads them, through the taps it keeps
-        dx_m3 = cut_input_grad(g_m3, g_m2, g_m1, g_0, since_m2, since_m1, since_0, w_new, w_1, w_2, w_3)
-        dx_m2 = cut_input_grad(g_m2, g_m1, g_0, g_p1, since_m1, since_0, since_p1, w_new, w_1, w_2, w_3)
-        dx_m1 = cut_input_grad(g_m1, g_0, g_p1, g_p2, since_0, since_p1, since_p2, w_new, w_1, w_2, w_3)
-        dx_0 = cut_input_grad(g_0, g_p1, g_p2, g_p3, since_p1, since_p2, since_p3, w_new, w_1, w_2, w_3)
-        dx_p1 = cut_input_grad(g_p1, g_p2, g_p3, g_p4, since_p2, since_p3, since_p4, w_new, w_1, w_2, w_3)
-        dx_p2 = cut_input_grad(g_p2, g_p3, g_p4, g_p5, since_p3, since_p4, since_p5, w_new, w_1, w_2, w_3)
-        store_dx(dx_rows, s - 3, dx_m3, in_dim, length, WIDTH >= 4)
-        store_dx(dx_rows, s - 2, dx_m2, in_dim, length, WIDTH >= 3)
-        store_dx(dx_rows, s - 1, dx_m1, in_dim, length, True)
-        store_dx(dx_rows, s, dx_0, in_dim, length, True)
-        store_dx(dx_rows, s + 1, dx_p1, in_dim, length, WIDTH >= 3)
-        store_dx(dx_rows, s + 2, dx_p2, in_dim, length, WIDTH >= 4)
+            cut_here = (tile_since == as_runs(p - s, FIXUP_RUNS)) & (tile_since < WIDTH - 1)
+            cut = tl.where(cut_here, g, 0.0)
+            uncut = tl.where(cut_here, output_grad(tile_dout, tile_x, back_1, back_2, back_3, tile_w_new, tile_w_1,
+                                                   tile_w_2, tile_w_3, tile_bias, SILU), 0.0)
+            dw_new += channel_sum((cut - uncut) * tile_x)
+            dw_1 += channel_sum((tl.where(tile_since >= 1, cut, 0.0) - uncut) * back_1)
+            dw_2 += channel_sum((tl.where(tile_since >= 2, cut, 0.0) - uncut) * back_2)
+            dw_3 += channel_sum((tl.where(tile_since >= 3, cut, 0.0) - uncut) * back_3)
+            dbias += channel_sum(cut - uncut)
+
+    tap_rows = dweight_ptr + channels * WIDTH + WIDTH - 1  # the newest input's tap; older ones precede it
+    tl.atomic_add(tap_rows, dw_new, mask=in_dim, sem="relaxed")
+    tl.atomic_add(tap_rows - 1, dw_1, mask=in_dim, sem="relaxed")
+    if WIDTH >= 3:
+        tl.atomic_add(tap_rows - 2, dw_2, mask=in_dim, sem="relaxed")
+    if WIDTH >= 4:
+        tl.atomic_add(tap_rows - 3, dw_3, mask=in_dim, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + channels, dbias, mask=in_dim, sem="relaxed")
 
 
 def conv_document_fixup_backward(
     dx: torch.Tensor, dweight: torch.Tensor, dbias: torch.Tensor | None, dout: torch.Tensor, x: torch.Tensor,
     weight: torch.Tensor, bias: torch.Tensor | None, silu_activation: bool, history: torch.Tensor | None,
-    document: ConvDocumentStarts,
+    document: ConvDocumentStarts, launch_dependents: bool,
 ) -> None:
-    """After the backward kernel on a packed row (``causal_conv1d_backward`` launches both): correct its dx,
-    dweight and dbias in place for the windows the document starts cut. Arguments as that launcher's and its
-    results."""
+    """The backward fix-up of a packed row (``causal_conv1d_backward`` launches it, then the kernel): dx of the
+    runs around each start, and the filter and bias gradients' corrections, in place. Arguments as that
+    launcher's and its results (dweight and dbias zeroed); ``launch_dependents``: the kernel follows as this
+    launch's programmatic dependent."""
     batch, dim, length = x.shape
     history_arg = history if history is not None else x
-    grid = (batch, triton.cdiv(dim, BACKWARD_BLOCK_C), BACKWARD_SLOTS)
+    slots = BACKWARD_SLOTS if launch_dependents else BACKWARD_SLOTS_ALONE
+    grid = (triton.cdiv(dim, BACKWARD_BLOCK_C), slots)
     _conv_document_fixup_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, history_arg, document.since, document.start_counts,
         document.start_positions, dout, dx, dweight, dbias if dbias is not None else dweight,
-        dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
+        batch, dim, length, x.stride(0), x.stride(1), history_arg.stride(0), history_arg.stride(1),
         dout.stride(0), dout.stride(1),
-        WIDTH=weight.shape[1], BLOCK_C=BACKWARD_BLOCK_C, SLOTS=BACKWARD_SLOTS,
+        WIDTH=weight.shape[1], BLOCK_C=BACKWARD_BLOCK_C, SLOTS=slots,
         HAS_BIAS=bias is not None, HAS_HISTORY=history is not None, SILU=silu_activation,
-        num_warps=BACKWARD_NUM_WARPS,
+        LAUNCH_DEPENDENTS=launch_dependents, num_warps=BACKWARD_NUM_WARPS,
     )

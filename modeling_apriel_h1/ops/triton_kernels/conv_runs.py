@@ -102,8 +102,8 @@ def filter_taps(weight_ptr, bias_ptr, channels, WIDTH: tl.constexpr, HAS_BIAS: t
 
 @triton.jit
 def output_grad(dout, x, x_1, x_2, x_3, w_new, w_1, w_2, w_3, bias, SILU: tl.constexpr):
-    """g at one step, each operand a tensor of that step (per row and run in the backward kernel, per channel in
-    the packed-row fix-up): the output gradient through the activation; ``x_k`` is the input k steps back."""
+    """g at one step, each operand a tensor of that step (per row and run), or at a tile's steps (the packed-row
+    fix-up): the output gradient through the activation; ``x_k`` is the input k steps back."""
     if SILU:
         return dout * silu_grad(bias + w_new * x + w_1 * x_1 + w_2 * x_2 + w_3 * x_3)
     return dout
