@@ -196,12 +196,13 @@ def reset_rows() -> list[Row]:
     what the reset costs (goal: within 5%).
 
     The scan is timed as the mixer calls it (its bool starts reach the kernels as a uint8 view, no copy). The conv
-    is timed twice: its kernels alone (forward; backward and its fix-up launch), given the starts as they read
+    is timed twice: its kernels alone (forward; backward and the fix-up launch beside it), given the starts as they read
     them (``conv_document_starts``, computed beforehand) and replayed from a CUDA graph (at batch 1 the Python
     that launches them can take longer than they run), with a row for that preparation alone, which a model runs
     once per forward for all its Mamba layers; and the op as a training forward calls it (no final conv state),
     given the same starts tensor at every call as a model's layers are, so that the preparation runs at the
-    first call only (``triton_backend._conv_starts``), and with the backward's zeroed gradient buffers."""
+    first call only (``triton_backend._conv_starts``), its gradients set to None first: eagerly, which at small
+    shapes times the Python launching it, and replayed from a CUDA graph, which times the GPU's work."""
     rows = []
     for batch, length in SCAN_SHAPES:
         starts = packed_document_starts(batch, length)
@@ -243,18 +244,25 @@ def conv_reset_rows(batch: int, length: int, starts: torch.Tensor, note: str) ->
                     return tri.causal_conv1d(x, weight, bias, document_starts=document_starts,
                                              return_final_states=False)
             return forward
-        return lambda: tri.causal_conv1d(*leaves, document_starts=document_starts,
-                                         return_final_states=False)[0].backward(dout)
+
+        def forward_backward():
+            for leaf in leaves:
+                leaf.grad = None
+            tri.causal_conv1d(*leaves, document_starts=document_starts, return_final_states=False)[0].backward(dout)
+        return forward_backward
 
     rows = []
-    for label, build, packed_row in (("kernel", kernels, kernel_document), ("op", op, starts)):
+    variants = (("kernel", kernels, kernel_document, True), ("op", op, starts, False),
+                ("op", op, starts, True))
+    for label, build, packed_row, replayed in variants:
         for backward in (False, True):
             name = f"conv {label} {('bwd' if label == 'kernel' else 'fwd+bwd') if backward else 'fwd'}"
-            grads = leaves if backward else None
+            if label == "op":
+                name += ", replayed" if replayed else ", eager"
             plain, packed = build(None, backward), build(packed_row, backward)
-            if label == "kernel":
+            if replayed:
                 plain, packed = captured(plain), captured(packed)
-            plain, packed = paired_ms(plain, packed, grads)
+            plain, packed = paired_ms(plain, packed)
             rows.append(Row(name, "triton", batch, length, plain))
             rows.append(Row(name, "triton, packed", batch, length, packed, f"{packed / plain:.3f}x unpacked; {note}"))
             if label == "kernel" and not backward:
