@@ -35,7 +35,17 @@ import triton
 import triton.language as tl
 
 from .conv_document_starts import REWRITE_RUNS, SINCE_CLAMP, ConvDocumentStarts
-from .conv_runs import RUN, as_runs, filter_taps, join_run, load_inputs, load_runs, output_grad, split_run
+from .conv_runs import (
+    RUN,
+    as_runs,
+    filter_taps,
+    input_runs,
+    join_run,
+    load_inputs,
+    load_runs,
+    output_grad,
+    split_run,
+)
 from .device_functions import silu, silu_grad
 
 FORWARD_SPAN: tl.constexpr = tl.constexpr(4)  # steps rewritten after a start: at least W - 1 (W <= 4)
@@ -235,10 +245,9 @@ def _conv_document_fixup_bwd_kernel(
         for index in range(tl.program_id(1), tl.load(counts_ptr + batch), SLOTS):
             s = tl.load(positions_ptr + row + index)
             p = rewritten_run_start(s, WIDTH) + steps
-            tile_x = load_runs(x_rows, history_rows, p, length, WIDTH, HAS_HISTORY, FIXUP_RUNS)
-            x0, x1, x2, x3, x4, x5, x6, x7 = split_run(tile_x)
-            _, _, _, _, _, b5, b6, b7 = split_run(load_runs(x_rows, history_rows, p - RUN, length, WIDTH, HAS_HISTORY,
-                                                            FIXUP_RUNS))
+            x0, x1, x2, x3, x4, x5, x6, x7, b5, b6, b7 = input_runs(x_rows, history_rows, p, length, WIDTH,
+                                                                    HAS_HISTORY, FIXUP_RUNS)
+            tile_x = join_run(x0, x1, x2, x3, x4, x5, x6, x7)
             a0, a1, a2, _, _, _, _, _ = split_run(load_runs(x_rows, history_rows, p + RUN, length, WIDTH, HAS_HISTORY,
                                                             FIXUP_RUNS))
             tile_dout = as_runs(tl.load(dout_rows + p, mask=(p >= 0) & (p < length), other=0.0).to(tl.float32),
