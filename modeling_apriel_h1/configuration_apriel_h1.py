@@ -175,6 +175,13 @@ class AprielH1Config(PreTrainedConfig):
     def attention_layer_indices(self) -> list[int]:
         return [index for index, kind in enumerate(self.layer_types) if kind == ATTENTION]
 
+    @property
+    def length_layer_index(self) -> int:
+        """The layer at which a cache measures how many tokens it holds: the first attention layer, whose keys
+        grow by one entry a token. A Mamba layer's state has one size whatever the length, which is why a hybrid
+        keeps at least one attention layer."""
+        return self.attention_layer_indices[0]
+
 
 # ----- the released format (ServiceNow-AI/Apriel-H1-15b-Thinker-SFT, configuration_apriel_h.py) ------------------
 

@@ -71,6 +71,17 @@ def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | No
     return cache if cache is not None else past_key_values
 
 
+def _count_stepped_token(cache_layer) -> None:
+    """Count a decoding step's token in a Mamba layer's cache entry, which ``step`` updates in place.
+
+    From transformers 5.25 a linear-attention cache layer counts the tokens it has seen (``update_conv_state``
+    adds those of a prefill, ``increase_count`` one step's) and ``Cache.get_seq_length()``, which generate() asks
+    of layer 0, answers with that count; earlier versions answer from the first attention layer and have no count.
+    """
+    if hasattr(cache_layer, "increase_count"):
+        cache_layer.increase_count(0)
+
+
 def _repeat_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch.Tensor:
     """(..., groups * group_size) -> (..., groups * repeats * group_size), each group repeated in place.
 
@@ -199,7 +210,9 @@ class AprielH1Mamba(nn.Module):
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         has_state = cache_layer is not None and cache_layer.has_previous_state[0]
         if has_state and seq_len == 1:
-            return self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
+            output = self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
+            _count_stepped_token(cache_layer)
+            return output
 
         ops = self.kernels(hidden_states.device)
         if document_starts is not None:
@@ -221,9 +234,9 @@ class AprielH1Mamba(nn.Module):
         conv_state = cache_layer.conv_states[0] if has_state else None
         ssm_state = cache_layer.recurrent_states[0] if has_state else None
         resets = {} if document_starts is None else {"document_starts": document_starts}
-        x, new_conv_state = ops.causal_conv1d(
-            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state,
-            return_final_states=cache_layer is not None, **resets,
+        conv_inputs = x
+        x, _ = ops.causal_conv1d(
+            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state, return_final_states=False, **resets
         )
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)
@@ -232,7 +245,10 @@ class AprielH1Mamba(nn.Module):
             return_last_state=True, **resets,
         )
         if cache_layer is not None:
-            cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
+            # The cache keeps the last d_conv inputs as the conv state. It is handed all of this call's inputs, as
+            # transformers' own linear-attention layers hand theirs, so that it also counts them (see
+            # ``_count_stepped_token``). After the conv, which has read the previous state in place.
+            cache_layer.update_conv_state(conv_inputs, conv_kernel_size=self.d_conv)
             cache_layer.update_recurrent_state(new_ssm_state)
         return self.out_proj(y.transpose(1, 2))
 
@@ -462,7 +478,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
             cache = DynamicCache(config=self.config)
         document_starts = _packed_document_starts(position_ids, inputs_embeds.shape[0], attention_mask, cache)
         if position_ids is None:
-            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            past_seen_tokens = cache.get_seq_length(self.config.length_layer_index) if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
