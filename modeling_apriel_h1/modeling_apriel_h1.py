@@ -195,12 +195,41 @@ class AprielH1Mamba(nn.Module):
     ) -> torch.Tensor:
         """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding;
         document_starts (batch, seq) bool, True where a packed document begins (conv and state restart there)."""
-        batch, seq_len, _ = hidden_states.shape
+        seq_len = hidden_states.shape[1]
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         has_state = cache_layer is not None and cache_layer.has_previous_state[0]
         if has_state and seq_len == 1:
             return self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
+        out, new_conv_state, new_ssm_state = self.prefill(
+            hidden_states,
+            conv_state=cache_layer.conv_states[0] if has_state else None,
+            ssm_state=cache_layer.recurrent_states[0] if has_state else None,
+            padding_mask=padding_mask,
+            document_starts=document_starts,
+            return_conv_state=cache_layer is not None,
+        )
+        if cache_layer is not None:
+            cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
+            cache_layer.update_recurrent_state(new_ssm_state)
+        return out
 
+    def prefill(
+        self,
+        hidden_states: torch.Tensor,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        document_starts: torch.Tensor | None = None,
+        return_conv_state: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The mixer over a sequence that continues from explicit states: (output (batch, seq, hidden), the conv
+        window after it (batch, d_inner, d_conv) or None, the SSM state after it (batch, d_inner, d_state) fp32).
+
+        ``conv_state`` / ``ssm_state`` None start a new sequence. Prefilling a prompt in chunks, each chunk handed
+        the states the previous one returned, computes what one call over the whole prompt computes (the conv
+        reads its window across the chunk boundary, the scan continues its recurrence): the decode engine's
+        chunked prefill and its prefix cache rely on this. The inputs are left as they are."""
+        batch, seq_len, _ = hidden_states.shape
         ops = self.kernels(hidden_states.device)
         if document_starts is not None:
             ops = backend_for_packed_rows(ops)
@@ -218,12 +247,10 @@ class AprielH1Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
-        conv_state = cache_layer.conv_states[0] if has_state else None
-        ssm_state = cache_layer.recurrent_states[0] if has_state else None
         resets = {} if document_starts is None else {"document_starts": document_starts}
         x, new_conv_state = ops.causal_conv1d(
             x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state,
-            return_final_states=cache_layer is not None, **resets,
+            return_final_states=return_conv_state, **resets,
         )
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)
@@ -231,10 +258,7 @@ class AprielH1Mamba(nn.Module):
             x, dt, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
             return_last_state=True, **resets,
         )
-        if cache_layer is not None:
-            cache_layer.update_conv_state(new_conv_state.to(hidden_states.dtype))
-            cache_layer.update_recurrent_state(new_ssm_state)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.transpose(1, 2)), new_conv_state, new_ssm_state
 
 
 class AprielH1Attention(nn.Module):
