@@ -148,6 +148,7 @@ class DecodeEngine:
         if hasattr(model.model, "bind_kernels"):
             model.model.bind_kernels(self.device)
         self.capture_seconds = 0.0
+        self.first_token_seconds: list[float] = []  # of the last generate_batch call, per prompt
         if self.cuda_graphs:
             self._capture(SamplingParams())
 
@@ -409,6 +410,20 @@ class DecodeEngine:
         self._start_decoding([item.slot], first, [end], [max_new_tokens])
         return True
 
+    def prefill(self, prompt: Sequence[int], slot: int = 0, sampling: SamplingParams | None = None) -> int:
+        """Prefill one prompt into ``slot`` as ``generate_batch`` would (in chunks when it is longer than
+        ``prefill_chunk_size``; from and into the prefix cache when there is one) and return its first token. The
+        slot is left idle. For timing a prefill alone, and for filling the prefix cache ahead of requests."""
+        params = sampling or SamplingParams()
+        self._validate([prompt], 1, None, None)
+        if not 0 <= slot < self.state.slots:
+            raise ValueError(f"slot {slot} does not exist; the engine has slots 0 to {self.state.slots - 1}")
+        self._set_sampling_values(params)
+        queue = [_Prefill(0, slot, list(prompt))]
+        while queue:
+            self._advance_prefill(queue, 1, params)
+        return int(self.state.last_token[slot])
+
     # --------------------------------------------------------------------------------------------- the loop
     def generate_batch(
         self,
@@ -425,7 +440,8 @@ class DecodeEngine:
         More prompts than slots is the normal case: a finished sequence's slot takes the next waiting prompt.
         A sequence ends at an EOS id (kept as its last token), after ``max_new_tokens``, or once its text holds
         one of ``stop_strings`` (decoded with ``tokenizer``; the tokens may run a few past the stop string, so
-        cut the text at its first occurrence, as lm-eval does).
+        cut the text at its first occurrence, as lm-eval does). Afterwards ``first_token_seconds`` holds each
+        prompt's time to first token: seconds from the call until its prefill had chosen the first token.
         """
         params = sampling or SamplingParams()
         self._validate(prompts, max_new_tokens, stop_strings, tokenizer)
@@ -438,6 +454,7 @@ class DecodeEngine:
         self._set_sampling_values(params)
 
         results: list[list[int] | None] = [None] * len(prompts)
+        self.first_token_seconds = [0.0] * len(prompts)
         waiting = deque(range(len(prompts)))
         prefilling: list[_Prefill] = []  # admitted to a slot, prompt not fully prefilled yet
         running: dict[int, int] = {}  # slot -> request
@@ -449,9 +466,13 @@ class DecodeEngine:
             for slot in [slot for slot in range(state.slots) if slot not in busy][: len(waiting)]:
                 request = waiting.popleft()
                 prefilling.append(_Prefill(request, slot, list(prompts[request])))
-            for item in self._advance_prefill(prefilling, max_new_tokens, params) if prefilling else []:
+            finished = self._advance_prefill(prefilling, max_new_tokens, params) if prefilling else []
+            if finished and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the first tokens exist: time them
+            for item in finished:
                 running[item.slot] = item.request
                 checked[item.slot] = 0
+                self.first_token_seconds[item.request] = time.perf_counter() - started
             if not running:
                 continue
             for _ in range(SYNC_EVERY):

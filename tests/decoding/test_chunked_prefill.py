@@ -150,3 +150,20 @@ def test_a_prompt_longer_than_max_seq_len_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"prompt 1 has 40 tokens, more than the engine's max_seq_len \(32\).*"
                                          r"build the engine with max_seq_len >="):
         engine.generate_batch([[5] * 4, [5] * 40], max_new_tokens=2)
+
+
+def test_prefill_alone_returns_the_first_token_and_leaves_the_slot_idle(model):
+    prompt = prompts_of_lengths(19, seed=6)[0]
+    engine = DecodeEngine(model, max_batch_size=2, max_seq_len=32, prefill_chunk_size=4)
+    assert engine.prefill(prompt, slot=1) == generate_alone(model, prompt, 1)[0]
+    assert int(engine.state.lengths[1]) == 19 and not engine.state.active.any()
+    with pytest.raises(ValueError, match="slot 2 does not exist"):
+        engine.prefill(prompt, slot=2)
+
+
+def test_each_prompts_time_to_first_token_is_recorded():
+    engine = DecodeEngine(AprielH1ForCausalLM(tiny_config()).eval(), max_batch_size=1, max_seq_len=64,
+                          prefill_chunk_size=8)
+    engine.generate_batch(prompts_of_lengths(20, 5, 9), max_new_tokens=3)
+    first, second, third = engine.first_token_seconds
+    assert 0 < first < second < third  # one slot: each prompt waits for the one before it
