@@ -96,7 +96,7 @@ class ChunkedPrefill:
         """Start a new sequence: from nothing, or from Mamba states at the position its prefill resumes from."""
         self.mamba = {index: None for index in self.state.conv}
         for index, (conv, ssm) in (restored or {}).items():
-            self.mamba[index] = (conv.clone(), ssm.float())
+            self.mamba[index] = (conv.clone(), ssm.to(torch.float32, copy=True))  # never the cache's own memory
 
     @torch.no_grad()
     def run(

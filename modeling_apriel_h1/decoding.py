@@ -113,7 +113,8 @@ class DecodeEngine:
         prefix_cache_blocks: int = 0,
         prefix_block_size: int = 512,
     ):
-        _check_sizes(prefill_chunk_size, prefix_cache_blocks, prefix_block_size)
+        _check_sizes(prefill_chunk_size=prefill_chunk_size, prefix_cache_blocks=prefix_cache_blocks,
+                     prefix_block_size=prefix_block_size)
         if max_batch_size < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch_size ({max_batch_size}) must be >= 1 and max_seq_len ({max_seq_len}) >= 2")
         if ssm_state_dtype not in SSM_STATE_DTYPES:
@@ -129,6 +130,7 @@ class DecodeEngine:
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.state = DecodeState(model, max_batch_size, max_seq_len, ssm_state_dtype)
         self._chunks = ChunkedPrefill(model, self.state)
+        self._batched_last = False  # whether the last piece of prefill was a batch of short prompts
         self.prefix_cache = (
             PrefixCache(model, prefix_cache_blocks, prefix_block_size, ssm_state_dtype) if prefix_cache_blocks else None
         )
@@ -353,22 +355,25 @@ class DecodeEngine:
 
     def _advance_prefill(self, queue: list[_Prefill], max_new_tokens: int, params: SamplingParams) -> list[_Prefill]:
         """One piece of prefill, at most ``prefill_chunk_size`` tokens, and the requests it finished (their slots
-        now decode). Queued prompts that fit one chunk go first, batched, since each costs one forward; else the
-        first prompt prefilled in chunks advances by one chunk. Chunked prompts keep their order, so a prompt's
-        prefix-cache lookup sees every block that the prompts before it stored."""
+        now decode): a batch of queued prompts that fit one chunk, or the next chunk of the first prompt
+        prefilled in chunks. The two take turns while both wait (short prompts first: each costs one forward),
+        so neither starves the other. Chunked prompts keep their order, so a prompt's prefix-cache lookup sees
+        every block the prompts before it stored."""
+        chunked = [item for item in queue if self._chunked(item.prompt)]
         batch, width = [], 0
-        for item in queue:
-            if self._chunked(item.prompt):
+        for item in [] if chunked and self._batched_last else queue:
+            if item in chunked:
                 continue
             width = max(width, len(item.prompt))
             if batch and width * (len(batch) + 1) > self.prefill_chunk_size:
                 break
             batch.append(item)
+        self._batched_last = bool(batch)
         if batch:
             self._prefill([item.slot for item in batch], [item.prompt for item in batch],
                           [max_new_tokens] * len(batch), params)
         else:
-            batch = [queue[0]] if self._prefill_chunk(queue[0], max_new_tokens, params) else []
+            batch = [chunked[0]] if self._prefill_chunk(chunked[0], max_new_tokens, params) else []
         for item in batch:
             queue.remove(item)
         return batch
@@ -529,23 +534,20 @@ class DecodeEngine:
                 )
 
 
-def _check_sizes(prefill_chunk_size: int, prefix_cache_blocks: int, prefix_block_size: int) -> None:
+_SIZES = {  # argument: (least value, what it must be)
+    "prefill_chunk_size": (1, "a positive number of tokens per prefill forward (the default is 4096)"),
+    "prefix_cache_blocks": (0, "0 (no prefix cache) or a positive number of blocks (prefix_cache.bytes_per_block "
+                               "says what one costs)"),
+    "prefix_block_size": (1, "a positive number of tokens per prefix-cache block (the default is 512)"),
+}
+
+
+def _check_sizes(**sizes: int) -> None:
     """Refuse sizes that cannot work, naming the argument and what to pass instead."""
-    if isinstance(prefill_chunk_size, bool) or not isinstance(prefill_chunk_size, int) or prefill_chunk_size < 1:
-        raise ValueError(
-            f"prefill_chunk_size is {prefill_chunk_size!r}; it must be a positive number of tokens per prefill "
-            "forward (the default is 4096)"
-        )
-    if isinstance(prefix_cache_blocks, bool) or not isinstance(prefix_cache_blocks, int) or prefix_cache_blocks < 0:
-        raise ValueError(
-            f"prefix_cache_blocks is {prefix_cache_blocks!r}; it must be 0 (no prefix cache) or a positive number "
-            "of blocks (prefix_cache.bytes_per_block says what one costs)"
-        )
-    if isinstance(prefix_block_size, bool) or not isinstance(prefix_block_size, int) or prefix_block_size < 1:
-        raise ValueError(
-            f"prefix_block_size is {prefix_block_size!r}; it must be a positive number of tokens per prefix-cache "
-            "block (the default is 512)"
-        )
+    for name, value in sizes.items():
+        least, meaning = _SIZES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} is {value!r}; it must be {meaning}")
 
 
 def _check_supported(model: nn.Module) -> None:

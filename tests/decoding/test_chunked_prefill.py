@@ -167,3 +167,20 @@ def test_each_prompts_time_to_first_token_is_recorded():
     engine.generate_batch(prompts_of_lengths(20, 5, 9), max_new_tokens=3)
     first, second, third = engine.first_token_seconds
     assert 0 < first < second < third  # one slot: each prompt waits for the one before it
+
+
+def test_short_prompts_and_a_long_prompts_chunks_take_turns(monkeypatch):
+    """Slots keep freeing up for short prompts while a long one waits to be prefilled in chunks: its chunks still
+    run between the short prompts' prefills instead of after all of them."""
+    pieces = []
+    chunks = count_chunks(monkeypatch)
+    original = DecodeEngine._prefill
+    monkeypatch.setattr(DecodeEngine, "_prefill", lambda self, slots, prompts, *rest: (
+        pieces.append(("batch", len(chunks))), original(self, slots, prompts, *rest)))
+    model = AprielH1ForCausalLM(tiny_config()).eval()
+    prompts = prompts_of_lengths(30, *[6] * 8, seed=8)
+    engine = DecodeEngine(model, max_batch_size=3, max_seq_len=64, prefill_chunk_size=8)
+    assert engine.generate_batch(prompts, max_new_tokens=2) == [generate_alone(model, p, 2) for p in prompts]
+    assert len(chunks) == 4 and len(pieces) == 8
+    chunks_before_last_batch = pieces[-1][1]
+    assert chunks_before_last_batch >= 3  # without turns, all four chunks would wait for the eight batches
