@@ -11,9 +11,10 @@ tests it; its timings there mean nothing.
 Parts (``--part``, one or more):
 
 - ``ttft``: batch 1, prompts of ``--prompts`` tokens: seconds to the first token (``DecodeEngine.prefill``, the
-  median of ``--repeats``) and peak memory above what the engine holds (weights + slot), unchunked (one forward
-  of the whole prompt: ``prefill_chunk_size`` = the prompt) and chunked (``--chunk``). A run out of memory is
-  recorded as such.
+  median of ``--repeats``) and peak memory above what the engine holds (weights + slot), unchunked
+  (``prefill_chunk_size`` = the prompt: the model's forward over the whole prompt into a ``DynamicCache``, which
+  the engine then copies into the slot) and chunked (``--chunk``, straight into the slot). A run out of memory
+  is recorded as such.
 - ``serving``: ``--serve-requests`` prompts of ``--serve-prompt`` tokens, ``--serve-new`` new tokens each, as many
   slots as ``--budget-gib`` holds beside the weights and ``--reserve-gib``: tokens/s over the whole call, p50/p99
   time to first token (``DecodeEngine.first_token_seconds``), chunked and unchunked.
@@ -174,12 +175,17 @@ def slots_for(model, length: int, args: argparse.Namespace, pool_bytes: int = 0)
 
 
 def serve(model, prompts: list[list[int]], new_tokens: int, slots: int, chunk: int, device: torch.device,
-          **engine_options) -> tuple[dict, DecodeEngine]:
-    engine = DecodeEngine(model, max_batch_size=slots, max_seq_len=max(map(len, prompts)) + new_tokens,
-                          prefill_chunk_size=chunk, **engine_options)
-    # warm-up (kernels compiled, graphs captured) on a prompt that shares nothing with the measured ones
-    engine.generate_batch([random_prompt(len(prompts[0]), model.config.vocab_size, seed=10**6)], max_new_tokens=2)
-    seconds = wall(lambda: engine.generate_batch(prompts, max_new_tokens=new_tokens), device)
+          **engine_options) -> tuple[dict, DecodeEngine | None]:
+    """Every prompt through one engine of ``slots`` slots: tokens/s over the call and time-to-first-token
+    percentiles, or ``out_of_memory`` (then no engine)."""
+    try:
+        engine = DecodeEngine(model, max_batch_size=slots, max_seq_len=max(map(len, prompts)) + new_tokens,
+                              prefill_chunk_size=chunk, **engine_options)
+        # warm-up (kernels compiled, graphs captured) on a prompt that shares nothing with the measured ones
+        engine.generate_batch([random_prompt(len(prompts[0]), model.config.vocab_size, seed=10**6)], max_new_tokens=2)
+        seconds = wall(lambda: engine.generate_batch(prompts, max_new_tokens=new_tokens), device)
+    except torch.OutOfMemoryError:
+        return dict(requests=len(prompts), slots=slots, out_of_memory=True), None
     ttft = engine.first_token_seconds
     return dict(requests=len(prompts), slots=slots, seconds=seconds, tokens_per_s=len(prompts) * new_tokens / seconds,
                 ttft_p50=percentile(ttft, 0.5), ttft_p99=percentile(ttft, 0.99)), engine
@@ -220,12 +226,12 @@ def prefix_part(args: argparse.Namespace, device: torch.device) -> list[dict]:
             pool = blocks * block if cached else 0
             slots = min(slots_for(model, length, args, pool), args.prefix_requests)
             options = dict(prefix_cache_blocks=blocks, prefix_block_size=args.block_size) if cached else {}
+            row = dict(part="prefix", model=kind, prefix_cache=cached, prefix=args.prefix_tokens,
+                       suffix=args.suffix_tokens, new=args.prefix_new, pool_gib=pool / GIB,
+                       blocks=blocks if cached else 0, block_size=args.block_size)
             result, engine = serve(model, prompts, args.prefix_new, slots, args.chunk, device, **options)
-            cache = engine.prefix_cache
-            rows.append(dict(part="prefix", model=kind, prefix_cache=cached, prefix=args.prefix_tokens,
-                             suffix=args.suffix_tokens, new=args.prefix_new, pool_gib=pool / GIB, blocks=blocks if cached
-                             else 0, block_size=args.block_size, hit_tokens=cache.hit_tokens if cache else 0,
-                             **result))
+            cache = engine.prefix_cache if engine is not None else None
+            rows.append(dict(**row, hit_tokens=cache.hit_tokens if cache else 0, **result))
             print(_line(rows[-1]), flush=True)
             del engine
             release()

@@ -70,7 +70,9 @@ def attend_chunk(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return torch.stack(outputs, dim=2).view(batch, heads, length, head_dim)
 
 
-def attend_chunk_reference(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+def attend_chunk_reference(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """``attend_chunk`` written out: repeated KV heads, an explicit mask, softmax in fp32."""
     heads, kv_heads = query.shape[1], keys.shape[1]
     length, total = query.shape[2], keys.shape[2]
