@@ -522,9 +522,9 @@ class DecodeEngine:
                 raise ValueError(f"prompt {index} is empty; every prompt needs at least one token")
             if len(prompt) >= self.max_seq_len:
                 raise ValueError(
-                    f"prompt {index} has {len(prompt)} tokens, more than the engine's max_seq_len "
-                    f"({self.max_seq_len}) leaves room for: build the engine with max_seq_len >= the longest prompt "
-                    "+ the new tokens, or shorten the prompt"
+                    f"prompt {index} has {len(prompt)} tokens; the engine's max_seq_len ({self.max_seq_len}) must "
+                    "hold it and the new tokens: build the engine with max_seq_len >= the longest prompt + the new "
+                    "tokens, or shorten the prompt"
                 )
             if len(prompt) + max_new_tokens > self.max_seq_len:
                 raise ValueError(

@@ -147,7 +147,7 @@ def test_bad_sizes_are_refused_with_the_fix(options, message):
 def test_a_prompt_longer_than_max_seq_len_is_refused_with_the_fix():
     engine = DecodeEngine(AprielH1ForCausalLM(tiny_config()).eval(), max_batch_size=1, max_seq_len=32,
                           prefill_chunk_size=8)
-    with pytest.raises(ValueError, match=r"prompt 1 has 40 tokens, more than the engine's max_seq_len \(32\).*"
+    with pytest.raises(ValueError, match=r"prompt 1 has 40 tokens; the engine's max_seq_len \(32\) must hold it.*"
                                          r"build the engine with max_seq_len >="):
         engine.generate_batch([[5] * 4, [5] * 40], max_new_tokens=2)
 
