@@ -10,11 +10,12 @@ from the prompt's start), so a hit is the longest run of whole blocks the prompt
 Granularity: one snapshot per block, blocks of 512 tokens by default. A snapshot costs a whole Mamba state per
 Mamba layer whatever the block's length (at Apriel-15B dims 288 KiB a layer: fp32 state 4096 x 16 plus the conv
 window; 11.3 MiB for H1-40's 40 layers, 8.4 MiB for H1-30's 30), against 4 KiB of KV per token per attention
-layer (2 MiB for 512 tokens of one layer). At 512 tokens the snapshots add 0.55x the KV of H1-40's 10 attention
-layers to each block (0.21x for H1-30's 20), and a prompt recomputes at most 511 tokens past its shared prefix,
-a few percent of a 4k prefix; at 64 tokens they would cost 4.4x the KV and mostly hold states no request resumes
-from. Sparser snapshots (every k blocks) would save memory but make a prefix that ends between two of them
-recompute up to k blocks; a block boundary is where any two prompts can diverge, so every block gets one.
+layer (2 MiB for 512 tokens of one layer). At 512 tokens the snapshots add 0.56x the KV of H1-40's 10 attention
+layers to each block (0.21x for H1-30's 20), and a prompt recomputes at most 511 tokens past its shared prefix
+(an eighth of a 4k prefix at worst); at 64-token blocks they would cost 4.5x H1-40's KV, mostly for states no
+request resumes from. Sparser snapshots (every k blocks) would save memory but make a prefix that ends between
+two of them recompute up to k blocks; a block boundary is where any two prompts can diverge, so every block
+gets one. A transformer teacher has no Mamba layer: its blocks are KV only.
 ``bytes_per_block`` gives the exact cost for a model.
 
 Memory: the blocks live in one pool allocated up front (``blocks`` of them), beside the decode slots, and count
