@@ -16,7 +16,7 @@ import torch
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update
 
-from . import triton_backend
+from . import reference, triton_backend
 
 NAME = "mamba_ssm"
 SUPPORTS_DOCUMENT_STARTS = False  # Mamba-1's selective_scan_fn cannot reset: ops.backend_for_packed_rows
@@ -33,10 +33,13 @@ except ImportError:
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False):
-    """mamba-ssm's fused scan; its kernel has no initial state, so a continued sequence uses our Triton scan."""
+    """mamba-ssm's fused scan; its kernel has no initial state, so a continued sequence uses our Triton scan (the
+    reference where the state size is not a power of two, which our kernels need)."""
     if initial_state is not None:
-        return triton_backend.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                             return_last_state)
+        n_states = A.shape[1]
+        continued = triton_backend if n_states & (n_states - 1) == 0 else reference
+        return continued.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                        return_last_state)
     out = _scan_fn(u, delta, A.float(), B.contiguous(), C.contiguous(), None if D is None else D.float(), z,
                    None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
     if return_last_state:
