@@ -5,8 +5,13 @@ Why: ``generate()`` with a ``DynamicCache`` spends most of each step launching k
 smaller per-step reads never show. Here (after mamba_ssm's ``utils/generation.py`` and gpt-fast):
 
 - ``DecodeState`` holds every tensor in fixed slots (KV only for attention layers, conv + SSM state for Mamba).
-- Prefill runs the model's own forward (eager, any prompt length, left-padded batches) and copies the resulting
-  KV and Mamba states into the requests' slots.
+- Prefill: prompts that fit one chunk run through the model's own forward (eager, left-padded batches of up
+  to ``prefill_chunk_size`` tokens), whose KV and Mamba states are copied into the requests' slots; a longer
+  prompt is prefilled a chunk at a time straight into its slot (``chunked_prefill``), so its activations are
+  bounded by the chunk. Each pass of the loop does one such piece of prefill, then decode steps for the running
+  sequences: a long prompt never stalls them for its whole prefill (as vLLM's chunked prefill interleaves).
+- With ``prefix_cache_blocks``, prompts that share a prefix prefill it once (``prefix_cache``: KV blocks and
+  Mamba snapshots at block boundaries); every prompt then takes the chunked path, which stores its blocks.
 - One decode step for rows ``0..bucket-1`` (embedding, every layer, sampling, and the bookkeeping of lengths,
   EOS and budgets) is captured as a CUDA graph per batch bucket and replayed; attention reads only each row's
   live keys (``ops.decode_attention``). Without CUDA (or with ``cuda_graphs=False``) the same step runs eagerly.
@@ -27,19 +32,34 @@ import inspect
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
-from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
+from .chunked_prefill import ChunkedPrefill, project_attention
 from .decode_state import DecodeState, decoder_layers, is_mamba_layer
 from .ops.decode_attention import resolve_decode_attention
 from .packed_linears import LinearGroup
+from .prefix_cache import ROOT, PrefixCache
 from .sampling import SamplingParams, choose_tokens
 
 SYNC_EVERY = 8  # steps between looks from the host (finished rows, stop strings, refills)
 SSM_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class _Prefill:
+    """A request whose prompt is being prefilled into ``slot``: ``done`` tokens so far; ``parent`` is the last
+    prefix-cache block of its prompt (None once the cache could not take one: later blocks cannot chain)."""
+
+    request: int
+    slot: int
+    prompt: list[int]
+    done: int = 0
+    started: bool = False
+    parent: int | None = ROOT
 
 
 def _batch_buckets(slots: int) -> list[int]:
@@ -56,7 +76,16 @@ class DecodeEngine:
         max_batch_size: slots, i.e. sequences decoded at the same time.
         max_seq_len: prompt + generated tokens of one sequence, at most.
         cuda_graphs: capture the step as CUDA graphs (default: when the model is on CUDA).
-        prefill_tokens: padded prompt tokens per prefill forward (bounds the prefill's activation memory).
+        prefill_chunk_size: prompt tokens one prefill forward takes (default 4096), which bounds the prefill's
+            activation memory: a longer prompt is prefilled in chunks of this many tokens, shorter ones are
+            batched up to this many (padded) tokens, and the running sequences take their decode steps between
+            two such forwards. Smaller chunks stall decoding sequences less and hold less memory; larger ones
+            run the GEMMs a little more efficiently. Same tokens whatever the size.
+        prefix_cache_blocks: blocks of the prefix cache (0, the default: none). Each holds ``prefix_block_size``
+            tokens of KV and one Mamba snapshot: ``prefix_cache.bytes_per_block(model, prefix_block_size,
+            ssm_state_dtype)`` bytes, allocated up front beside the slots, to count in the memory budget.
+        prefix_block_size: tokens per prefix-cache block (default 512): a shared prefix is reused in whole
+            blocks (see ``prefix_cache`` for the trade-off).
         attention: force a decode-attention implementation (``"reference"``, ``"triton"``, ``"flash_attn"``).
         fused: fuse the step's element-wise work into Triton kernels (default: on CUDA with triton installed and
             a SiLU-gated MLP); off, every layer runs through the model's own modules.
@@ -76,12 +105,16 @@ class DecodeEngine:
         max_batch_size: int = 8,
         max_seq_len: int = 4096,
         cuda_graphs: bool | None = None,
-        prefill_tokens: int = 16384,
+        prefill_chunk_size: int = 4096,
         attention: str | None = None,
         fused: bool | None = None,
         pack_projections: bool = True,
         ssm_state_dtype: torch.dtype = torch.float32,
+        prefix_cache_blocks: int = 0,
+        prefix_block_size: int = 512,
     ):
+        _check_sizes(prefill_chunk_size=prefill_chunk_size, prefix_cache_blocks=prefix_cache_blocks,
+                     prefix_block_size=prefix_block_size)
         if max_batch_size < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch_size ({max_batch_size}) must be >= 1 and max_seq_len ({max_seq_len}) >= 2")
         if ssm_state_dtype not in SSM_STATE_DTYPES:
@@ -92,10 +125,15 @@ class DecodeEngine:
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
-        self.prefill_tokens = prefill_tokens
+        self.prefill_chunk_size = prefill_chunk_size
         # transformers 5.24 renamed the forward's cache argument from past_key_values to cache
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.state = DecodeState(model, max_batch_size, max_seq_len, ssm_state_dtype)
+        self._chunks = ChunkedPrefill(model, self.state)
+        self._batched_last = False  # whether the last piece of prefill was a batch of short prompts
+        self.prefix_cache = (
+            PrefixCache(model, prefix_cache_blocks, prefix_block_size, ssm_state_dtype) if prefix_cache_blocks else None
+        )
         self.attention_name, self._attention = resolve_decode_attention(self.device, attention)
         self.fused = _can_fuse(model, self.device) if fused is None else fused
         self._projections = _packed_projections(model, pack_projections) if self.fused else []
@@ -112,6 +150,7 @@ class DecodeEngine:
         if hasattr(model.model, "bind_kernels"):
             model.model.bind_kernels(self.device)
         self.capture_seconds = 0.0
+        self.first_token_seconds: list[float] = []  # of the last generate_batch call, per prompt
         if self.cuda_graphs:
             self._capture(SamplingParams())
 
@@ -208,11 +247,10 @@ class DecodeEngine:
         """Project the new token, write its key and value at each row's position, attend over the live keys."""
         rows = hidden.shape[0]
         config = self.model.config
-        head_dim = self.state.keys[index].shape[-1]
-        q = attn.q_proj(hidden).view(rows, 1, config.num_attention_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(hidden).view(rows, 1, config.num_key_value_heads, head_dim).transpose(1, 2)
-        v = attn.v_proj(hidden).view(rows, 1, config.num_key_value_heads, head_dim)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (rows, heads, 1, head_dim)
+        q, k, v = project_attention(  # (rows, heads, 1, head_dim), (rows, kv_heads, 1, head_dim), (rows, 1, ...)
+            attn, hidden, cos, sin, config.num_attention_heads, config.num_key_value_heads,
+            self.state.keys[index].shape[-1],
+        )
         row_index = self.state.row_index[:rows]
         self.state.keys[index][row_index, write_at] = k[:, :, 0]
         self.state.values[index][row_index, write_at] = v[:, 0]
@@ -296,9 +334,14 @@ class DecodeEngine:
             for row, (slot, prompt) in enumerate(zip(slots, prompts)):  # (batch, kv_heads, width, dim) -> slot rows
                 state.keys[index][slot, : len(prompt)] = layer.keys[row, :, width - len(prompt) :].transpose(0, 1)
                 state.values[index][slot, : len(prompt)] = layer.values[row, :, width - len(prompt) :].transpose(0, 1)
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        self._start_decoding(slots, first, [len(p) for p in prompts], budgets)
+
+    def _start_decoding(self, slots: list[int], first: torch.Tensor, lengths: list[int], budgets: list[int]) -> None:
+        """Hand prefilled slots to the decode step: their lengths, first tokens and budgets."""
+        state = self.state
+        slot_index = torch.tensor(slots, device=self.device)
         budget = torch.tensor(budgets, device=self.device)
-        state.lengths[slot_index] = lengths
+        state.lengths[slot_index] = torch.tensor(lengths, device=self.device)
         state.last_token[slot_index] = first
         state.generated[slot_index, 0] = first
         state.generated_count[slot_index] = 1
@@ -306,17 +349,85 @@ class DecodeEngine:
         is_stop = (first[:, None] == state.stop_ids[None, :]).any(dim=-1)
         state.active[slot_index] = ~is_stop & (budget > 1)
 
-    def _prefill_groups(self, requests: list[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Split requests into prefill batches of at most ``prefill_tokens`` padded tokens each."""
-        groups, current, width = [], [], 0
-        for request in requests:
-            new_width = max(width, len(prompts[request]))
-            if current and new_width * (len(current) + 1) > self.prefill_tokens:
-                groups.append(current)
-                current, new_width = [], len(prompts[request])
-            current.append(request)
-            width = new_width
-        return groups + [current] if current else groups
+    def _chunked(self, prompt: Sequence[int]) -> bool:
+        """Whether a prompt is prefilled chunk by chunk into its slot (else batched through the model's forward)."""
+        return self.prefix_cache is not None or len(prompt) > self.prefill_chunk_size
+
+    def _advance_prefill(self, queue: list[_Prefill], max_new_tokens: int, params: SamplingParams) -> list[_Prefill]:
+        """One piece of prefill, at most ``prefill_chunk_size`` tokens, and the requests it finished (their slots
+        now decode): a batch of queued prompts that fit one chunk, or the next chunk of the first prompt
+        prefilled in chunks. The two take turns while both wait (short prompts first: each costs one forward),
+        so neither starves the other. Chunked prompts keep their order, so a prompt's prefix-cache lookup sees
+        every block the prompts before it stored."""
+        chunked = [item for item in queue if self._chunked(item.prompt)]
+        batch, width = [], 0
+        for item in [] if chunked and self._batched_last else queue:
+            if item in chunked:
+                continue
+            width = max(width, len(item.prompt))
+            if batch and width * (len(batch) + 1) > self.prefill_chunk_size:
+                break
+            batch.append(item)
+        self._batched_last = bool(batch)
+        if batch:
+            self._prefill([item.slot for item in batch], [item.prompt for item in batch],
+                          [max_new_tokens] * len(batch), params)
+        else:
+            batch = [chunked[0]] if self._prefill_chunk(chunked[0], max_new_tokens, params) else []
+        for item in batch:
+            queue.remove(item)
+        return batch
+
+    @torch.no_grad()
+    def _prefill_chunk(self, item: _Prefill, max_new_tokens: int, params: SamplingParams) -> bool:
+        """Prefill the next chunk of ``item``'s prompt into its slot (its first chunk resumes from the prefix
+        cache where the cache holds the prompt's start); returns whether the prompt is done."""
+        cache, state = self.prefix_cache, self.state
+        if not item.started:
+            restored = None
+            chain = cache.lookup(item.prompt) if cache is not None else []
+            if chain:
+                restored = cache.restore(chain, state.keys, state.values, item.slot)
+                item.done, item.parent = len(chain) * cache.block_size, chain[-1]
+            self._chunks.begin(restored)
+            item.started = True
+        start = item.done
+        end = min(start + self.prefill_chunk_size, len(item.prompt))
+        blocks_end = [] if cache is None else list(range(start // cache.block_size * cache.block_size
+                                                         + cache.block_size, end + 1, cache.block_size))
+        tokens = torch.tensor(item.prompt[start:end], device=self.device)
+        hidden, snapshots = self._chunks.run(item.slot, tokens, start, blocks_end)
+        for block_end in blocks_end:
+            if item.parent is None:
+                break
+            rows = slice(block_end - cache.block_size, block_end)
+            item.parent = cache.add(
+                item.parent, item.prompt[rows], {i: k[item.slot, rows] for i, k in state.keys.items()},
+                {i: v[item.slot, rows] for i, v in state.values.items()}, snapshots[block_end],
+            )
+        item.done = end
+        # a decode step for the other slots also writes this (idle) row's next position: the next chunk's first
+        state.lengths[item.slot] = end
+        if end < len(item.prompt):
+            return False
+        self._chunks.finish(item.slot)
+        first = choose_tokens(self.model.lm_head(hidden).float(), params, self._temperature, self._top_p)
+        self._start_decoding([item.slot], first, [end], [max_new_tokens])
+        return True
+
+    def prefill(self, prompt: Sequence[int], slot: int = 0, sampling: SamplingParams | None = None) -> int:
+        """Prefill one prompt into ``slot`` as ``generate_batch`` would (in chunks when it is longer than
+        ``prefill_chunk_size``; from and into the prefix cache when there is one) and return its first token. The
+        slot is left idle. For timing a prefill alone, and for filling the prefix cache ahead of requests."""
+        params = sampling or SamplingParams()
+        self._validate([prompt], 1, None, None)
+        if not 0 <= slot < self.state.slots:
+            raise ValueError(f"slot {slot} does not exist; the engine has slots 0 to {self.state.slots - 1}")
+        self._set_sampling_values(params)
+        queue = [_Prefill(0, slot, list(prompt))]
+        while queue:
+            self._advance_prefill(queue, 1, params)
+        return int(self.state.last_token[slot])
 
     # --------------------------------------------------------------------------------------------- the loop
     def generate_batch(
@@ -334,7 +445,8 @@ class DecodeEngine:
         More prompts than slots is the normal case: a finished sequence's slot takes the next waiting prompt.
         A sequence ends at an EOS id (kept as its last token), after ``max_new_tokens``, or once its text holds
         one of ``stop_strings`` (decoded with ``tokenizer``; the tokens may run a few past the stop string, so
-        cut the text at its first occurrence, as lm-eval does).
+        cut the text at its first occurrence, as lm-eval does). Afterwards ``first_token_seconds`` holds each
+        prompt's time to first token: seconds from the call until its prefill had chosen the first token.
         """
         params = sampling or SamplingParams()
         self._validate(prompts, max_new_tokens, stop_strings, tokenizer)
@@ -347,19 +459,27 @@ class DecodeEngine:
         self._set_sampling_values(params)
 
         results: list[list[int] | None] = [None] * len(prompts)
+        self.first_token_seconds = [0.0] * len(prompts)
         waiting = deque(range(len(prompts)))
+        prefilling: list[_Prefill] = []  # admitted to a slot, prompt not fully prefilled yet
         running: dict[int, int] = {}  # slot -> request
         checked: dict[int, int] = {}  # slot -> tokens already searched for stop strings
         bar = _progress_bar(len(prompts), progress)
         started, produced = time.perf_counter(), 0
-        while waiting or running:
-            free = [slot for slot in range(state.slots) if slot not in running]
-            admitted = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
-            for group in self._prefill_groups(admitted, prompts):
-                slots = [free.pop(0) for _ in group]
-                self._prefill(slots, [list(prompts[r]) for r in group], [max_new_tokens] * len(group), params)
-                running.update(zip(slots, group))
-                checked.update(dict.fromkeys(slots, 0))
+        while waiting or prefilling or running:
+            busy = set(running) | {item.slot for item in prefilling}
+            for slot in [slot for slot in range(state.slots) if slot not in busy][: len(waiting)]:
+                request = waiting.popleft()
+                prefilling.append(_Prefill(request, slot, list(prompts[request])))
+            finished = self._advance_prefill(prefilling, max_new_tokens, params) if prefilling else []
+            if finished and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the first tokens exist: time them
+            for item in finished:
+                running[item.slot] = item.request
+                checked[item.slot] = 0
+                self.first_token_seconds[item.request] = time.perf_counter() - started
+            if not running:
+                continue
             for _ in range(SYNC_EVERY):
                 self.run_step(max(running) + 1, params)
             active = state.active.tolist()
@@ -400,12 +520,34 @@ class DecodeEngine:
         for index, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {index} is empty; every prompt needs at least one token")
+            if len(prompt) >= self.max_seq_len:
+                raise ValueError(
+                    f"prompt {index} has {len(prompt)} tokens; the engine's max_seq_len ({self.max_seq_len}) must "
+                    "hold it and the new tokens: build the engine with max_seq_len >= the longest prompt + the new "
+                    "tokens, or shorten the prompt"
+                )
             if len(prompt) + max_new_tokens > self.max_seq_len:
                 raise ValueError(
                     f"prompt {index} has {len(prompt)} tokens and {max_new_tokens} new tokens are asked for, "
                     f"but the engine holds {self.max_seq_len} per sequence: build it with a larger max_seq_len "
                     "or ask for fewer tokens"
                 )
+
+
+_SIZES = {  # argument: (least value, what it must be)
+    "prefill_chunk_size": (1, "a positive number of tokens per prefill forward (the default is 4096)"),
+    "prefix_cache_blocks": (0, "0 (no prefix cache) or a positive number of blocks (prefix_cache.bytes_per_block "
+                               "says what one costs)"),
+    "prefix_block_size": (1, "a positive number of tokens per prefix-cache block (the default is 512)"),
+}
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Refuse sizes that cannot work, naming the argument and what to pass instead."""
+    for name, value in sizes.items():
+        least, meaning = _SIZES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} is {value!r}; it must be {meaning}")
 
 
 def _check_supported(model: nn.Module) -> None:

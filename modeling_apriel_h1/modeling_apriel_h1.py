@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from types import ModuleType
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -206,14 +207,50 @@ class AprielH1Mamba(nn.Module):
     ) -> torch.Tensor:
         """hidden_states (batch, seq, hidden); padding_mask (batch, seq), 1 for real tokens, 0 for padding;
         document_starts (batch, seq) bool, True where a packed document begins (conv and state restart there)."""
-        batch, seq_len, _ = hidden_states.shape
+        seq_len = hidden_states.shape[1]
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         has_state = cache_layer is not None and cache_layer.has_previous_state[0]
         if has_state and seq_len == 1:
             output = self.step(hidden_states, cache_layer.conv_states[0], cache_layer.recurrent_states[0])
             _count_stepped_token(cache_layer)
             return output
+        out, conv_inputs, new_ssm_state = self.prefill(
+            hidden_states,
+            conv_state=cache_layer.conv_states[0] if has_state else None,
+            ssm_state=cache_layer.recurrent_states[0] if has_state else None,
+            padding_mask=padding_mask,
+            document_starts=document_starts,
+            return_conv="inputs" if cache_layer is not None else None,
+        )
+        if cache_layer is not None:
+            # The cache keeps the last d_conv inputs as the conv state. It is handed all of this call's inputs, as
+            # transformers' own linear-attention layers hand theirs, so that it also counts them (see
+            # ``_count_stepped_token``). After the conv, which has read the previous state in place.
+            cache_layer.update_conv_state(conv_inputs, conv_kernel_size=self.d_conv)
+            cache_layer.update_recurrent_state(new_ssm_state)
+        return out
 
+    def prefill(
+        self,
+        hidden_states: torch.Tensor,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        document_starts: torch.Tensor | None = None,
+        return_conv: Literal["window", "inputs"] | None = "window",
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The mixer over a sequence that continues from explicit states: (output (batch, seq, hidden), the conv
+        state, the SSM state after it (batch, d_inner, d_state) fp32).
+
+        The conv state is, by ``return_conv``: ``"window"``, the conv window after the sequence (batch, d_inner,
+        d_conv), which the decode engine's slots keep; ``"inputs"``, this call's conv inputs (batch, d_inner,
+        seq), which transformers' cache layers take to update their window and count the tokens; None, nothing.
+
+        ``conv_state`` / ``ssm_state`` None start a new sequence. Prefilling a prompt in chunks, each chunk handed
+        the states the previous one returned, computes what one call over the whole prompt computes (the conv
+        reads its window across the chunk boundary, the scan continues its recurrence): the decode engine's
+        chunked prefill and its prefix cache rely on this. The inputs are left as they are."""
+        batch, seq_len, _ = hidden_states.shape
         ops = self.kernels(hidden_states.device)
         if document_starts is not None:
             ops = backend_for_packed_rows(ops)
@@ -231,12 +268,11 @@ class AprielH1Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
-        conv_state = cache_layer.conv_states[0] if has_state else None
-        ssm_state = cache_layer.recurrent_states[0] if has_state else None
         resets = {} if document_starts is None else {"document_starts": document_starts}
         conv_inputs = x
-        x, _ = ops.causal_conv1d(
-            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state, return_final_states=False, **resets
+        x, conv_window = ops.causal_conv1d(
+            x, conv_weight, self.conv1d.bias, "silu", initial_state=conv_state,
+            return_final_states=return_conv == "window", **resets,
         )
         if padding_mask is not None:
             x = x * padding_mask[:, None, :].to(x.dtype)
@@ -244,13 +280,8 @@ class AprielH1Mamba(nn.Module):
             x, dt, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
             return_last_state=True, **resets,
         )
-        if cache_layer is not None:
-            # The cache keeps the last d_conv inputs as the conv state. It is handed all of this call's inputs, as
-            # transformers' own linear-attention layers hand theirs, so that it also counts them (see
-            # ``_count_stepped_token``). After the conv, which has read the previous state in place.
-            cache_layer.update_conv_state(conv_inputs, conv_kernel_size=self.d_conv)
-            cache_layer.update_recurrent_state(new_ssm_state)
-        return self.out_proj(y.transpose(1, 2))
+        new_conv_state = {"window": conv_window, "inputs": conv_inputs, None: None}[return_conv]
+        return self.out_proj(y.transpose(1, 2)), new_conv_state, new_ssm_state
 
 
 class AprielH1Attention(nn.Module):

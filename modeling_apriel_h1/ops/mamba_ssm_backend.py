@@ -4,6 +4,10 @@ The scan and the decoding step come from mamba-ssm. The convolution comes from c
 installed, else from our Triton kernels (causal-conv1d takes longer to build than mamba-ssm itself, and many
 installs have only the latter). Importing this module raises ImportError when mamba-ssm is missing;
 ``ops.resolve_ops`` relies on it.
+
+A sequence that continues from a state (a prompt prefilled in chunks, a prefill resumed from the prefix cache)
+runs on our Triton kernels, which take an initial conv window and SSM state: mamba-ssm's Mamba-1 scan has no
+initial state, and the PyTorch reference would loop over time steps in Python.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update
 
-from . import reference
+from . import reference, triton_backend
 
 NAME = "mamba_ssm"
 SUPPORTS_DOCUMENT_STARTS = False  # Mamba-1's selective_scan_fn cannot reset: ops.backend_for_packed_rows
@@ -23,17 +27,19 @@ try:
 
     CONV_SOURCE = "causal_conv1d"
 except ImportError:
-    from . import triton_backend as _triton
-
     _conv_fn = _conv_update = None
     CONV_SOURCE = "triton"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False):
-    """mamba-ssm's fused scan; its kernel has no initial state, so a continued prefill uses the reference."""
+    """mamba-ssm's fused scan; its kernel has no initial state, so a continued sequence uses our Triton scan (the
+    reference where the state size is not a power of two, which our kernels need)."""
     if initial_state is not None:
-        return reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+        n_states = A.shape[1]
+        continued = triton_backend if n_states & (n_states - 1) == 0 else reference
+        return continued.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                        return_last_state)
     out = _scan_fn(u, delta, A.float(), B.contiguous(), C.contiguous(), None if D is None else D.float(), z,
                    None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
     if return_last_state:
@@ -57,13 +63,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
 
 def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, return_final_states=True):
-    """causal-conv1d's kernel for a fresh sequence; the conv state is the last ``width`` inputs."""
-    if _conv_fn is None:
-        return _triton.causal_conv1d(x, weight, bias, activation, initial_state,
-                                     return_final_states=return_final_states)
-    if initial_state is not None:
-        return reference.causal_conv1d(x, weight, bias, activation, initial_state,
-                                       return_final_states=return_final_states)
+    """causal-conv1d's kernel for a fresh sequence (our Triton conv for a continued one, or without
+    causal-conv1d); the conv state is the last ``width`` inputs."""
+    if _conv_fn is None or initial_state is not None:
+        return triton_backend.causal_conv1d(x, weight, bias, activation, initial_state,
+                                            return_final_states=return_final_states)
     width = weight.shape[1]
     out = _conv_fn(x, weight, bias, activation=activation)
     if not return_final_states:
@@ -74,5 +78,5 @@ def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, r
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
     if _conv_update is None:
-        return _triton.causal_conv1d_update(x, conv_state, weight, bias, activation)
+        return triton_backend.causal_conv1d_update(x, conv_state, weight, bias, activation)
     return _conv_update(x, conv_state, weight, bias, activation)

@@ -97,3 +97,19 @@ def test_fused_step_equals_the_module_step_with_a_bf16_state():
     for index, state in engines[0].state.ssm.items():
         assert state.dtype == torch.bfloat16
         torch.testing.assert_close(state.float(), engines[1].state.ssm[index].float(), rtol=2e-2, atol=1e-3)
+
+
+def test_chunked_prefill_and_the_prefix_cache_give_the_tokens_of_a_whole_prefill():
+    """fp32 on the GPU's kernels: prompts prefilled in 7-token chunks, and prompts sharing a 70-token prefix
+    resumed from the prefix cache (16-token blocks), decode as the whole-prompt prefill does."""
+    model = make_model(torch.float32)
+    g = torch.Generator().manual_seed(3)
+    prefix = torch.randint(3, 1000, (70,), generator=g).tolist()
+    batch = [prefix + torch.randint(3, 1000, (int(n),), generator=g).tolist() for n in (5, 30, 12, 1)]
+    whole = DecodeEngine(model, max_batch_size=2, max_seq_len=256).generate_batch(batch, max_new_tokens=32)
+    chunked = DecodeEngine(model, max_batch_size=2, max_seq_len=256, prefill_chunk_size=7)
+    cached = DecodeEngine(model, max_batch_size=2, max_seq_len=256, prefill_chunk_size=40, prefix_cache_blocks=32,
+                          prefix_block_size=16)
+    assert chunked.generate_batch(batch, max_new_tokens=32) == whole
+    assert cached.generate_batch(batch, max_new_tokens=32) == whole
+    assert cached.prefix_cache.hit_tokens >= 3 * 64

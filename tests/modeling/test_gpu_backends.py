@@ -72,3 +72,22 @@ def test_cached_generation_matches_the_reference_and_recomputation(backend, monk
     fast, slow = outputs[backend], outputs["reference"]
     assert torch.equal(fast.sequences, slow.sequences)
     assert _relative_error(torch.stack(fast.logits), torch.stack(slow.logits)) < 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pieces", [[1, 2, 297], [3, 4, 293], [150, 150]])
+def test_a_mixer_continued_from_its_states_matches_one_call(backend, pieces, monkeypatch):
+    """Chunked prefill's Mamba half on each backend (mamba-ssm hands continued sequences to our Triton kernels):
+    ``prefill`` over pieces, each from the states the previous one returned, gives the one-call result."""
+    monkeypatch.delenv("APRIEL_H1_KERNELS", raising=False)
+    mixer = _model(backend, torch.float32).model.layers[0].mixer
+    hidden = torch.randn(2, sum(pieces), 256, device="cuda")
+    with torch.no_grad():
+        whole, _, ssm_whole = mixer.prefill(hidden)
+        outputs, conv, ssm, start = [], None, None, 0
+        for length in pieces:
+            out, conv, ssm = mixer.prefill(hidden[:, start : start + length], conv, ssm)
+            outputs.append(out)
+            start += length
+    assert _relative_error(torch.cat(outputs, dim=1), whole) < 1e-4
+    assert _relative_error(ssm, ssm_whole) < 1e-4

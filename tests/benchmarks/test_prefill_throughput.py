@@ -1,0 +1,41 @@
+"""benchmarks/prefill_throughput.py at tiny dims on the CPU: every part runs and writes its rows (the timings
+mean nothing here; the benchmark is for a GPU at Apriel-15B dims)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.prefill_throughput import main  # noqa: E402
+
+TINY = ["--layers", "4", "--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2",
+        "--head-dim", "16", "--vocab", "97", "--device", "cpu", "--repeats", "1"]
+
+
+def test_every_part_runs_at_tiny_dims_on_the_cpu(tmp_path):
+    output = tmp_path / "rows.json"
+    main([*TINY, "--part", "ttft", "serving", "prefix", "--profile-mamba-prefill", "--models", "teacher", "H1-40",
+          "--prompts", "24", "40", "--chunk", "16", "--budget-gib", "0.002", "--reserve-gib", "0",
+          "--serve-prompt", "20", "--serve-new", "4", "--serve-requests", "3",
+          "--prefix-requests", "3", "--prefix-tokens", "19", "--suffix-tokens", "4", "--prefix-new", "3",
+          "--block-size", "8", "--prefix-cache-gib", "0.0005", "--profile-lengths", "32", "--json", str(output)])
+    rows = json.loads(output.read_text())["rows"]
+    ttft = [row for row in rows if row["part"] == "ttft"]
+    assert {(row["model"], row["prompt"], row["mode"]) for row in ttft} == {
+        (model, prompt, mode) for model in ("teacher", "H1-40") for prompt in (24, 40) for mode in ("unchunked",
+                                                                                                     "chunked")}
+    assert all(row["seconds"] > 0 for row in ttft)
+    serving = [row for row in rows if row["part"] == "serving"]
+    assert len(serving) == 4 and all(row["requests"] == 3 and row["ttft_p99"] >= row["ttft_p50"] > 0
+                                     for row in serving)
+    prefix = {(row["model"], row["prefix_cache"]): row for row in rows if row["part"] == "prefix"}
+    assert len(prefix) == 4
+    for model in ("teacher", "H1-40"):
+        assert prefix[model, False]["hit_tokens"] == 0
+        assert prefix[model, True]["hit_tokens"] == 2 * 16  # the second and third prompt resume after 2 blocks
+    (profile,) = [row for row in rows if row["part"] == "profile-mamba"]
+    assert profile["tokens"] == 32 and all(profile[f"{piece}_ms"] > 0 for piece in
+                                           ("in_proj", "layout", "conv", "scan", "out_proj"))
