@@ -392,7 +392,8 @@ def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
     rows, scored_stages = [], 0
     for target in size.recipe_targets:
         manifest = run_schedule(config, last_target=target)
-        for stage in manifest["stages"][scored_stages:]:
+        done = [stage for stage in manifest["stages"] if stage["status"] == "done"]  # not a later one, resumed
+        for stage in done[scored_stages:]:
             stage_dir = Path(stage["checkpoint"]).parents[1]
             mamba = len(stage["mamba_layers"])
             rows.append({"model": stage["name"], "step": "distilled", "tokens": stage["tokens"], "mamba": mamba,
@@ -403,13 +404,13 @@ def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
                     rows.append({"model": f"{stage['name']}-{step}", "step": step, "tokens": stage["tokens"],
                                  "mamba": mamba,
                                  **scored(scores / f"{stage['name']}-{step}.json", path, output, size)})
-        scored_stages = len(manifest["stages"])
+        scored_stages = len(done)
         result = {"seed": seed, "targets": list(size.recipe_targets), "rows": rows,
                   "stages": [{**{key: stage[key] for key in ("name", "layers_added", "mamba_layers",
                                                              "importance_method", "steps", "tokens", "initial_kd_loss",
                                                              "final_kd_loss", "wall_time_s")},
                               "checkpoint": os.path.relpath(stage["checkpoint"], output)}
-                             for stage in manifest["stages"]]}
+                             for stage in done]}
         write_json_atomically(output / RECIPE_FILE, result)
     return result
 

@@ -160,3 +160,22 @@ def test_the_gpu_size_runs_on_a_full_width_stand_in(tmp_path):
                       "speeds": [(r["model"], r["decode_tokens_per_s"]) for r in speeds["layouts"]]}))
     assert [row["mamba"] for row in recipe["rows"]] == [15, 15, 15, 18, 22, 22, 22]
     assert all(row["decode_tokens_per_s"] > 0 for row in speeds["layouts"])
+
+
+def test_a_resumed_recipe_scores_only_the_stages_that_are_done(tmp_path, monkeypatch):
+    """A part cut off by a time limit leaves a later stage half distilled; the rerun that resumes it must not
+    score that stage before it is done (it has no checkpoint yet)."""
+    from dataclasses import replace
+
+    smollm2_stand_in(method_study.teacher_dir(tmp_path), layers=4)
+    done = {"name": "stage-1", "status": "done", "checkpoint": str(tmp_path / "s1" / "distill" / "final"),
+            "layers_added": [1, 2], "mamba_layers": [1, 2], "importance_method": "loo", "steps": 1, "tokens": 10,
+            "initial_kd_loss": 1.0, "final_kd_loss": 0.5, "wall_time_s": 1.0}
+    distilling = {"name": "stage-2", "status": "distilling", "layers_added": [3], "mamba_layers": [1, 2, 3]}
+    monkeypatch.setattr(method_study, "run_schedule", lambda config, last_target=None: {"stages": [done, distilling]})
+    monkeypatch.setattr(method_study, "scored", lambda path, model, output, size: {"exact_match": 0.5})
+    monkeypatch.setattr(method_study, "sft_and_merge", lambda stage_dir, size, seed: (stage_dir / "a", stage_dir / "b"))
+    size = replace(method_study.SMOLLM2_SIZES["smoke"], recipe_targets=(2, 3))
+    result = method_study.run_part_recipe(tmp_path, size)
+    assert [row["model"] for row in result["rows"]] == ["stage-1", "stage-1-sft", "stage-1-merged"]
+    assert [stage["name"] for stage in result["stages"]] == ["stage-1"]
