@@ -18,6 +18,9 @@ file that a rerun skips; results are small JSON files):
 * ``ablations-a`` / ``-b`` / ``-c``: each alternative against the recipe at the same token budget, two seeds
   each, on a shorter staged schedule (25 -> 50 -> 75%): forward vs reverse KL, one-shot vs staged, LOO vs MMR,
   random vs MIL init, answers-only vs reasoning-trace data, Mamba-only vs all parameters trained.
+* ``lr-sweep`` / ``token-curve`` (not part of ``all``): every arm's first stage at each of the size's
+  learning rates at equal tokens, so that each arm is judged at its best; the recipe's 50% stage at 1x, 4x and
+  16x its steps, to see whether retention still rises with tokens.
 * ``speed``: decode throughput of the teacher and of each layout the recipe reached, measured alone on the GPU
   once the training parts are done (so that parts may share the GPU while they train).
 * ``report``: ``docs/study.md`` (tables and the claims table, whose verdicts are computed from the numbers by
@@ -82,6 +85,9 @@ from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher, training_
 
 DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"
 PARTS = ("teacher", "recipe", "ablations-a", "ablations-b", "ablations-c", "speed", "report")
+# Fair-comparison runs, not part of "all": every arm's first stage at each learning rate of the size (same tokens),
+# and the recipe's 50% stage at growing token budgets (does retention still rise?).
+SWEEP_PARTS = ("lr-sweep", "token-curve")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class StudySize:
     bf16: bool = False  # bf16 mixed precision for training; the speed part loads bf16 weights
     engine_scoring: bool = False  # greedy answers through the decode engine rather than generate()
     real_text_tokens: int = 0  # held-out real-text tokens each model's perplexity is measured on (0: none)
+    sweep_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # lr-sweep: each arm's first stage at each
+    token_budgets: tuple[int, ...] = (1, 4, 16)  # token-curve: multiples of distill_steps for the 50% stage
 
 
 SIZES = {
@@ -150,7 +158,7 @@ SMOLLM2_SIZES = {
         distill_steps=400, distill_batch=32, distill_learning_rate=3e-4, distill_examples=20_000,
         max_seq_length=320, mmr_steps=40, loo_texts=64, sft_steps=200, seeds=(0, 1), throughput_batch=32,
         throughput_prompt=2048, throughput_new_tokens=128, cache_context=4096, later_importance="loo", bf16=True,
-        engine_scoring=True, real_text_tokens=32_768,
+        engine_scoring=True, real_text_tokens=32_768, sweep_learning_rates=(1e-4, 3e-4, 1e-3),
     ),
 }
 TEACHERS = {"tiny": SIZES, "smollm2": SMOLLM2_SIZES}
@@ -415,13 +423,15 @@ def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
     return result
 
 
-def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, seed: int) -> dict:
-    """One arm at one seed on the ablation schedule; the final model's score and the tokens it was trained on."""
-    result_path = output / "ablations" / arm / f"seed-{seed}.json"
+def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, seed: int,
+                     targets: tuple[int, ...] | None = None, folder: str = "ablations") -> dict:
+    """One arm at one seed on the ablation schedule (or ``targets``); the final model's score and the tokens it
+    was trained on, under ``output/folder/arm``."""
+    result_path = output / folder / arm / f"seed-{seed}.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    run_dir = output / "ablations" / arm / f"seed-{seed}"
-    manifest = run_schedule(schedule_config(output, run_dir, size, size.ablation_targets, seed, changes))
+    run_dir = output / folder / arm / f"seed-{seed}"
+    manifest = run_schedule(schedule_config(output, run_dir, size, targets or size.ablation_targets, seed, changes))
     final = Path(manifest["final_checkpoint"])
     result = {
         "arm": arm, "seed": seed, "changes": changes,
@@ -432,6 +442,26 @@ def run_ablation_arm(output: Path, size: StudySize, arm: str, changes: dict, see
     }
     write_json_atomically(result_path, result)
     return result
+
+
+def sweep_runs(size: StudySize, part: str, num_layers: int, only: set[str] | None = None
+               ) -> list[tuple[str, dict, tuple[int, ...]]]:
+    """(run name, schedule changes, targets) of a sweep part. ``lr-sweep``: the recipe's first stage for the
+    recipe and every arm that changes it (not one-shot or LOO-only, which differ only later) at each learning
+    rate; ``token-curve``: the recipe's stage to 50% Mamba at each multiple of the stage's steps."""
+    if part == "lr-sweep":
+        arms = {BASELINE: {}, **{arm: changes for group in ABLATIONS.values() for arm, changes in group.items()
+                                 if arm not in ("one_shot", "loo_only")}}
+        return [(f"{arm}-lr{rate:g}", {**changes, "distill.learning_rate": rate}, size.recipe_targets[:1])
+                for arm, changes in arms.items() if only is None or arm in only for rate in size.sweep_learning_rates]
+    return [(f"{BASELINE}-x{multiple}", {"distill.max_steps": size.distill_steps * multiple}, (num_layers // 2,))
+            for multiple in size.token_budgets]
+
+
+def run_part_sweep(output: Path, size: StudySize, part: str, only: set[str] | None, seed: int = 0) -> list[dict]:
+    num_layers = AutoConfig.from_pretrained(teacher_dir(output)).num_hidden_layers
+    return [run_ablation_arm(output, size, name, changes, seed, targets, folder=part)
+            for name, changes, targets in sweep_runs(size, part, num_layers, only)]
 
 
 def side_by_side_runs(size: StudySize) -> list[tuple[str, str, int]]:
@@ -517,6 +547,8 @@ def run(part: str, output: Path, size_name: str, doc: Path, arms: set[str] | Non
             run_part_recipe(output, size)
         elif name.startswith("ablations"):
             run_part_ablations(output, size, name, arms)
+        elif name in SWEEP_PARTS:
+            run_part_sweep(output, size, name, arms)
         elif name == "speed":
             run_part_speed(output, size)
         else:
@@ -527,7 +559,7 @@ def run(part: str, output: Path, size_name: str, doc: Path, arms: set[str] | Non
 @command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("--part", default="all", choices=(*PARTS, *SWEEP_PARTS, "all"))
     parser.add_argument("--teacher", default="tiny", choices=tuple(TEACHERS),
                         help="tiny: trained here from scratch; smollm2: SmolLM2-135M-Instruct fine-tuned here")
     parser.add_argument("--base", type=Path, default=None,

@@ -179,3 +179,21 @@ def test_a_resumed_recipe_scores_only_the_stages_that_are_done(tmp_path, monkeyp
     result = method_study.run_part_recipe(tmp_path, size)
     assert [row["model"] for row in result["rows"]] == ["stage-1", "stage-1-sft", "stage-1-merged"]
     assert [stage["name"] for stage in result["stages"]] == ["stage-1"]
+
+
+def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tmp_path):
+    size = method_study.SMOLLM2_SIZES["gpu"]
+    sweep = method_study.sweep_runs(size, "lr-sweep", num_layers=30)
+    assert {targets for _, _, targets in sweep} == {(15,)}  # the first stage only
+    rates = {}
+    for name, changes, _ in sweep:
+        rates.setdefault(name.rsplit("-lr", 1)[0], []).append(changes["distill.learning_rate"])
+    assert rates == {arm: [1e-4, 3e-4, 1e-3] for arm in
+                     ("recipe", "forward_kl", "random_init", "answers_only", "mamba_only")}
+    assert len(method_study.sweep_runs(size, "lr-sweep", 30, only={"forward_kl"})) == 3
+    curve = method_study.sweep_runs(size, "token-curve", num_layers=30)
+    assert [(changes["distill.max_steps"], targets) for _, changes, targets in curve] == [
+        (400, (15,)), (1600, (15,)), (6400, (15,))]
+    smollm2_stand_in(method_study.teacher_dir(tmp_path), layers=4)
+    config = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, curve[1][1])
+    assert config.distill["max_steps"] == 1600 and config.distill["learning_rate"] == size.distill_learning_rate
