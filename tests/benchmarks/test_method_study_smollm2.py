@@ -84,8 +84,15 @@ def six_layer_smoke_size():
 
 
 def test_the_fine_tuned_teacher_study_runs_end_to_end_and_resumes(tmp_path, six_layer_smoke_size):
+    from recipes.schedule import run_schedule
+
     base, output, size = smollm2_stand_in(tmp_path / "base"), tmp_path / "study", six_layer_smoke_size
-    for part in ("teacher", "recipe", "speed"):
+    method_study.run("teacher", output, size, tmp_path / "study.md", teacher="smollm2", base=base)
+    config = method_study.schedule_config(output, output / "recipe" / "seed-0" / "schedule",
+                                          method_study.SMOLLM2_SIZES[size], (3, 4), 0, {})
+    first = run_schedule(config, last_target=3)  # the first stage alone; the recipe part goes on from it
+    assert [stage["name"] for stage in first["stages"]] == ["stage-1"] and "final_checkpoint" not in first
+    for part in ("recipe", "speed"):
         method_study.run(part, output, size, tmp_path / "study.md", teacher="smollm2", base=base)
     teacher = json.loads((output / "teacher.json").read_text())
     assert teacher["training"]["steps"] == method_study.SMOLLM2_SIZES["smoke"].teacher.train_steps
