@@ -39,6 +39,7 @@ INPUT_ERRORS = (ValueError, OSError, yaml.YAMLError, SafetensorError)
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+GGUF_MAGIC = b"GGUF"  # the first bytes of a GGUF file (llama.cpp's format)
 
 _inside_command: ContextVar[bool] = ContextVar("inside_command", default=False)
 Main = Callable[..., int | None]
@@ -160,6 +161,13 @@ def model_source(
         if hub and looks_like_hub_id(text):
             return text
         existing_path(path, what, how_to_make)
+    gguf_files = [path] if path.is_file() and _is_gguf(path) else sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if gguf_files and not (path / "config.json").is_file():
+        found = "is a GGUF file" if path.is_file() else f"holds a GGUF file ({gguf_files[0].name}) but no config.json"
+        raise UsageError(
+            f"the {what} {text} {found}, not a save_pretrained directory; import it first with: "
+            f"python -m conversion.gguf {gguf_files[0]} --output DIR, then give DIR"
+        )
     if not path.is_dir():
         raise UsageError(f"the {what} {text} is a file; give a save_pretrained directory")
     if not (path / "config.json").is_file():
@@ -181,6 +189,14 @@ def model_source(
             "save the tokenizer there with tokenizer.save_pretrained(DIR)"
         )
     return text
+
+
+def _is_gguf(path: Path) -> bool:
+    """Whether ``path`` is a GGUF file (llama.cpp's format), which ``python -m conversion.gguf`` imports."""
+    if path.suffix == ".gguf":
+        return True
+    with path.open("rb") as handle:
+        return handle.read(len(GGUF_MAGIC)) == GGUF_MAGIC
 
 
 def check_safetensors_file(path: Path) -> None:

@@ -149,8 +149,9 @@ def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dic
     }
 
 
-def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the manifest."""
+def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage, or only those up to ``last_target`` Mamba layers (a later call with the same
+    config continues the run from there); returns the manifest."""
     output_dir = Path(config.output_dir)
     # every input is checked before the first stage writes anything
     model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
@@ -169,6 +170,8 @@ def run_schedule(config: ScheduleConfig) -> dict[str, Any]:
     manifest = Manifest(output_dir / MANIFEST_FILE, header)
     base = Path(config.teacher)
     for index, target in enumerate(targets):
+        if last_target is not None and target > last_target:
+            return manifest.data
         stage = manifest.stage(index)
         stage_dir = output_dir / stage["name"]
         final_dir = stage_dir / "distill" / FINAL_DIR

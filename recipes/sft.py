@@ -70,6 +70,7 @@ class SFTRecipe:
     logging_steps: int = 10
     seed: int = 0
     bf16: bool = False
+    gradient_checkpointing: bool = True  # recompute activations in backward (TRL's default); off is faster
 
 
 def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRecipe:
@@ -126,7 +127,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
-        **{CHECKPOINTING_ARGUMENT: True},  # TRL's default, named so that transformers 5.24 does not warn
+        **{CHECKPOINTING_ARGUMENT: recipe.gradient_checkpointing},  # named so that transformers 5.24 does not warn
     )
     trainer = CompleteCheckpointsSFTTrainer(
         model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator
