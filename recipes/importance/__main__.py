@@ -77,7 +77,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_loo(args: argparse.Namespace) -> dict:
-    from recipes.importance.loo import leave_one_out
+    from recipes.importance.loo import describe_scores, leave_one_out
     from recipes.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
 
     metric = args.metric or ("accuracy" if args.choices else "kl")
@@ -92,7 +92,7 @@ def run_loo(args: argparse.Namespace) -> dict:
         data = text_data(texts, tokenizer, metric, args.batch_size, args.max_length, source)
     result = leave_one_out(model, data, args.layers, args.chunk_size, progress=not args.no_progress)
     payload = ranking_payload("loo", args.model, metric, result.importance)
-    print(f"unmodified model: {metric} performance {result.baseline + 0.0:.6g} on {data.source}")
+    print(describe_scores(result, data.source))
     return payload
 
 
