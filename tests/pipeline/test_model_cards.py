@@ -108,6 +108,27 @@ def test_demo_summary_table_and_plot_show_the_manifest(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_demo_summary_legends_hide_no_bar(tmp_path):
+    """The demo's real shape of results: a teacher far ahead and stages with low answer accuracy (0.148, 0.109, 0)."""
+    from recipes.demo import summary_figure
+
+    stages = [{"name": f"stage-{i}", "mamba_layers": list(range(i + 2)), "kd_loss_curve": [[5, 1.5], [80, 0.7]]}
+              for i in (1, 2, 3)]
+    rows = [{"model": name, "score": {"accuracy": answers, "token_accuracy": tokens, "cache_kib": 40.0}}
+            for name, answers, tokens in [("teacher", 0.68, 0.93), ("stage-1", 0.148, 0.80), ("stage-2", 0.109, 0.78),
+                                          ("stage-3", 0.0, 0.70), ("sft", 0.05, 0.75)]]
+    figure = summary_figure({"stages": stages, "evaluation": {"rows": rows}})
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        bars = [patch for patch in axes.patches if patch.get_height() > 0]
+        hidden = [patch.get_x() for patch in bars if box.overlaps(patch.get_window_extent(renderer))]
+        assert not hidden, f"the legend of {axes.get_title()!r} covers the bars at x = {hidden}"
+
+
 def test_card_of_a_released_layout_directory_reads_its_hybrid_block_layout(tmp_path):
     """A directory in the release's ``apriel_h`` layout (synthetic, tests/modeling/release_format.py) has no
     ``layer_types`` in its config.json: the pattern comes from ``hybrid_block_layout``, the widths from ssm_cfg."""
