@@ -41,7 +41,7 @@ from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
 # transformers 5.24 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing and warns when
-# the old name is set, as TRL's SFTConfig does by default; 5.17 knows only the old name.
+# the old name is set, as TRL's SFTConfig does by default (on); 5.17 knows only the old name.
 CHECKPOINTING_ARGUMENT = next(
     name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in fields(SFTConfig)}
 )
@@ -70,6 +70,10 @@ class SFTRecipe:
     logging_steps: int = 10
     seed: int = 0
     bf16: bool = False
+    # Recompute each layer's forward during backward to hold fewer activations: off, as in the distillation
+    # configs, because it costs a second forward per step (on the CPU reference path +60-70% step time, measured
+    # on the demo teacher's hybrid at 8 x 352 tokens); turn it on when long sequences run out of GPU memory.
+    gradient_checkpointing: bool = False
 
 
 def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRecipe:
@@ -128,7 +132,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
-        **{CHECKPOINTING_ARGUMENT: True},  # TRL's default, named so that transformers 5.24 does not warn
+        **{CHECKPOINTING_ARGUMENT: recipe.gradient_checkpointing},  # TRL defaults it on; named for 5.24 (above)
     )
     trainer = CompleteCheckpointsSFTTrainer(
         model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator
