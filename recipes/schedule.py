@@ -243,7 +243,9 @@ def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> Schedul
         raise UsageError(f"unknown schedule keys {unknown} ({where}); the keys are {sorted(known)}")
     values = checked_values(values, ScheduleConfig, origins)
     if values.get("mamba_init", "mil") not in MAMBA_INITS:
-        raise UsageError(f"mamba_init is {values['mamba_init']!r} ({origins['mamba_init']}); it must be one of {MAMBA_INITS}")
+        raise UsageError(
+            f"mamba_init is {values['mamba_init']!r} ({origins['mamba_init']}); it must be one of {MAMBA_INITS}"
+        )
     for key in ("first_importance", "later_importance"):
         if values.get(key, "loo") not in IMPORTANCE_METHODS:
             raise UsageError(f"{key} is {values[key]!r} ({origins[key]}); it must be one of {IMPORTANCE_METHODS}")
@@ -267,7 +269,9 @@ def _checked_distill(distill: dict[str, Any], origins: dict[str, str]) -> dict[s
     unknown = sorted(set(distill) - known)
     if unknown:
         where = "; ".join(dict.fromkeys(origins[key] for key in unknown))
-        raise UsageError(f"unknown distill keys {unknown} ({where}); the keys are those of the stage config: {sorted(known)}")
+        raise UsageError(
+            f"unknown distill keys {unknown} ({where}); the keys are those of the stage config: {sorted(known)}"
+        )
     return checked_values(distill, StageConfig, origins)
 
 

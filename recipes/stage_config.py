@@ -113,7 +113,8 @@ def checked_values(values: dict[str, object], config_class: type, origins: Origi
     return checked
 
 
-def load_stage_config(path: str | Path, overrides: list[str] = (), override_origins: Origins | None = None
+def load_stage_config(
+    path: str | Path, overrides: list[str] = (), override_origins: Origins | None = None
 ) -> StageConfig:
     """The stage config in ``path`` with ``overrides`` (``key=value`` strings) applied. Messages say where each
     value came from: the file, ``--set key=value``, or ``override_origins[key]`` for a caller's own overrides."""
