@@ -7,7 +7,7 @@
 A thin layer over ``lm_eval.simple_evaluate``: each model is scored by lm-eval's own task definitions and
 metrics, through the ``apriel_h1`` lm-eval model (``recipes/lm_eval_model.py``: generation in large batches on
 the fast decoder) or ``--backend hf`` (lm-eval's plain HF model). The local tasks (``recipes/lm_eval_tasks/``)
-need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manifest):
+need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manifest, else ``outputs/lm_eval``):
 
 * ``results.json`` and ``results.md``: one row per model, one column per task metric, and decode throughput;
 * ``quality_vs_throughput.png`` (the paper's Fig. 4): mean task score against generated tokens/s. Throughput is
@@ -40,6 +40,7 @@ from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR, require_lm_eval  # noq
 INSTALL_HINT = 'recipes.evaluate needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
 RESULTS_JSON, RESULTS_MD, PLOT_FILE, MODELS_DIR = "results.json", "results.md", "quality_vs_throughput.png", "models"
 THROUGHPUT = "decode tokens/s"
+DEFAULT_OUTPUT = Path("outputs") / "lm_eval"  # without a manifest: under outputs/, as every command's outputs
 
 
 def name_and_path(item: str) -> tuple[str, Path]:
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{manifest_path} is not a run manifest (no 'teacher'); give the run_manifest.json of recipes.schedule")
     models = models_to_evaluate(manifest, args.model)
     task_manager = task_manager_for(tasks)
-    output = args.output or (manifest_path.parent / "lm_eval" if manifest_path else Path("lm_eval_results"))
+    output = args.output or (manifest_path.parent / "lm_eval" if manifest_path else DEFAULT_OUTPUT)
     settings = {"tasks": tasks, "limit": args.limit, "backend": args.backend, "chat_template": args.chat_template,
                 "gen_kwargs": args.gen_kwargs}
     scored = {}
