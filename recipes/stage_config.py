@@ -64,11 +64,14 @@ class StageConfig:
 # them otherwise (max_steps <= 0 trains for num_train_epochs, 3 by default), so they must be at least 1.
 POSITIVE_SETTINGS = (
     "max_steps", "per_device_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "logging_steps", "save_steps", "eval_steps", "save_total_limit", "synthetic_examples", "max_seq_length",
+    "logging_steps", "save_steps", "eval_steps", "save_total_limit", "max_seq_length",
     "chunk_size", "gradient_checkpointing_layers", "learning_rate", "temperature",
 )
-# Settings where 0 means "none" (no warm-up, no held-out rows, no decay) and a negative value nothing.
-NON_NEGATIVE_SETTINGS = ("warmup_steps", "eval_examples", "weight_decay", "max_grad_norm", "jsd_beta")
+# Settings where 0 means "none" (no warm-up, no held-out rows, no decay, no synthetic rows for other data) and a
+# negative value nothing.
+NON_NEGATIVE_SETTINGS = (
+    "warmup_steps", "eval_examples", "weight_decay", "max_grad_norm", "jsd_beta", "synthetic_examples",
+)
 # Where a value came from, per key, for messages: "in recipes/configs/distill_tiny.yaml", "from --set max_steps=-5".
 Origins = Mapping[str, str]
 
