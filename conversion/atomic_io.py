@@ -16,13 +16,15 @@ def staged_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
     """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
 
     Beside, not in /tmp, so the final rename stays on one filesystem (atomic, no copy of a 30 GB checkpoint).
-    A failure removes the temporary directory and leaves an existing ``target`` untouched.
+    A failure removes the temporary directory and leaves an existing ``target`` untouched. The directory gets
+    the mode any new directory gets (the user's umask), not mkdtemp's private 0700.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {target} already exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.converting-", dir=target.parent))
+    staging.chmod(0o777 & ~current_umask())
     try:
         yield staging
     except BaseException:
@@ -35,6 +37,13 @@ def staged_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(target)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def write_json_atomically(path: str | Path, payload: dict) -> None:

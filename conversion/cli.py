@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
+from conversion.yaml_values import load_yaml
+
 TRACEBACK_VARIABLE = "APRIEL_H1_TRACEBACK"
 USAGE_EXIT_STATUS = 2  # what argparse exits with on a bad command line
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report an interrupted command
@@ -123,11 +125,12 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping in the YAML file ``path`` (empty for an empty file); a UsageError naming ``what`` if the file
-    is missing, is not YAML, or holds something other than ``key: value`` lines."""
+    """The mapping in the YAML file ``path`` (empty for an empty file; numbers read as users spell them, see
+    ``conversion.yaml_values``); a UsageError naming ``what`` if the file is missing, is not YAML, or holds
+    something other than ``key: value`` lines."""
     path = existing_path(path, what)
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UsageError(f"the {what} {path} is not valid YAML ({_one_line(str(error))}); fix its syntax") from None
     if values is None:

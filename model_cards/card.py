@@ -3,7 +3,12 @@
 Nothing in a card is typed by hand: the layer pattern comes from ``config.json`` (ours, or the released
 ``apriel_h`` layout, read through the package's config classes), the teacher and the
 initialisation from ``conversion.json``, and stages, tokens, losses, wall times and evaluation tables from the
-run manifest that ``recipes/schedule.py`` writes (``run_manifest.json``).
+run manifest that ``recipes/schedule.py`` writes (``run_manifest.json``). The manifest a card was written
+with is kept beside it (``card_manifest.json``), so that the Hub folder and a later evaluation rewrite the card
+from the same run without being given the manifest again.
+
+``base_model`` (the Hub's link to the model this one was made from) is the teacher's Hub id; a teacher read
+from a local directory has none, so the field is left out rather than pointing at a path of this machine.
 
     python -m model_cards.card --model out/final --manifest out/run_manifest.json
 """
@@ -20,11 +25,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
-from conversion.cli import command_line, model_source, read_json
+from conversion.atomic_io import write_json_atomically, write_text_atomically
+from conversion.cli import command_line, looks_like_hub_id, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
 MAMBA_TYPES = {"mamba", "linear_attention"}
+CARD_MANIFEST_FILE = "card_manifest.json"  # the run manifest the model's README.md was rendered from
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -37,6 +44,21 @@ def _count_parameters(model_dir: Path) -> str:
     reader = CheckpointReader(model_dir)
     total = sum(math.prod(reader.layout(name)[0]) for name in reader.names)
     return f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.2f}M"
+
+
+def _conversion_teacher(conversion: dict[str, Any] | None) -> str | None:
+    """The transformer the model was converted from, where ``conversion.json`` names it: a later stage of a staged
+    run is converted from the previous stage's hybrid (its record lists ancestors), which is not the teacher."""
+    if not conversion or conversion.get("ancestor_config_sha256s"):
+        return None
+    return conversion.get("teacher")
+
+
+def hub_id(teacher: str | None) -> str | None:
+    """``teacher`` if it names a Hub repository, None for a local path (which means nothing on the Hub)."""
+    if not teacher or Path(teacher).expanduser().exists() or not looks_like_hub_id(teacher):
+        return None
+    return teacher
 
 
 def _stage_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,7 +92,7 @@ def card_context(
     merge = _read_json(model_dir / "merge.json")
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     mamba_layers = [i for i, kind in enumerate(layer_types) if kind in MAMBA_TYPES]
-    teacher = (manifest or {}).get("teacher") or (conversion or {}).get("teacher")
+    teacher = (manifest or {}).get("teacher") or _conversion_teacher(conversion)
     stages = _stage_rows((manifest or {}).get("stages", []))
     mode = (manifest or {}).get("mode", "staged")
     mode_sentence = (
@@ -83,6 +105,7 @@ def card_context(
         "repo_id": repo_id or str(model_dir),
         "license": license,
         "teacher": teacher,
+        "base_model": hub_id(teacher),
         "num_layers": len(layer_types),
         "num_mamba": len(mamba_layers),
         "mamba_layers": mamba_layers or ["none"],
@@ -117,20 +140,35 @@ def render_model_card(
     return environment.get_template(TEMPLATE).render(**card_context(model_dir, manifest, repo_id))
 
 
-def write_model_card(model_dir: str | Path, manifest_path: str | Path | None = None, repo_id: str | None = None) -> Path:
-    """Render the card and write it as the model directory's README.md."""
-    manifest = read_json(manifest_path, "manifest") if manifest_path else None
+def stored_manifest(model_dir: str | Path) -> dict[str, Any] | None:
+    """The run manifest the model's card was last written with, if any."""
+    return _read_json(Path(model_dir) / CARD_MANIFEST_FILE)
+
+
+def write_card(model_dir: str | Path, manifest: dict[str, Any] | None, repo_id: str | None = None) -> Path:
+    """Render the card from ``manifest`` and write it as the model directory's README.md, keeping the manifest
+    beside it for the next writer (the Hub folder, an evaluation)."""
     card = render_model_card(model_dir, manifest, repo_id)
+    if manifest is not None:
+        write_json_atomically(Path(model_dir) / CARD_MANIFEST_FILE, manifest)
     path = Path(model_dir) / "README.md"
-    path.write_text(card)
+    write_text_atomically(path, card)
     return path
+
+
+def write_model_card(model_dir: str | Path, manifest_path: str | Path | None = None, repo_id: str | None = None) -> Path:
+    """Render the card from the run manifest at ``manifest_path`` (default: the one the card was last written
+    with) and write it as the model directory's README.md."""
+    manifest = read_json(manifest_path, "manifest") if manifest_path else stored_manifest(model_dir)
+    return write_card(model_dir, manifest, repo_id)
 
 
 @command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a save_pretrained directory of the hybrid")
-    parser.add_argument("--manifest", help="run_manifest.json written by recipes/schedule.py")
+    parser.add_argument("--manifest", help="run_manifest.json written by recipes/schedule.py "
+                        "(default: the one the model's card was last written with)")
     parser.add_argument("--repo-id", help="the Hub repository the card will live in (for the usage snippet)")
     args = parser.parse_args(argv)
     print(f"wrote {write_model_card(args.model, args.manifest, args.repo_id)}")

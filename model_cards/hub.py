@@ -1,7 +1,9 @@
 """Upload a hybrid to the Hub as a repository that loads anywhere: weights, remote code, tokenizer and card.
 
 ``prepare_hub_folder`` builds the exact folder that would be uploaded (tests load it in a clean process);
-``push_to_hub`` uploads that folder with ``huggingface_hub``.
+``push_to_hub`` uploads that folder with ``huggingface_hub``. The folder's card is the model's card rendered for
+the repository: from ``--manifest``, else from the manifest the model's card was written with
+(``model_cards.card``), so it keeps "How it was made" and the evaluation tables.
 
     python -m model_cards.hub --model out/final --manifest out/run_manifest.json --repo-id me/my-hybrid-h1
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import modeling_apriel_h1
 from conversion.cli import UsageError, command_line, model_source, read_json
-from model_cards.card import render_model_card
+from model_cards.card import CARD_MANIFEST_FILE, render_model_card, stored_manifest
 
 # The remote code a repository needs so that trust_remote_code=True works without this package.
 REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "modeling_apriel_h1.py", "mamba_reference.py")
@@ -35,13 +37,15 @@ AUTO_MAPS = {
 }
 # What a repository carries besides the remote code: weights, configs, tokenizer, provenance.
 UPLOADED_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
-SKIPPED_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+SKIPPED_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                 CARD_MANIFEST_FILE)  # the run's manifest names paths of this machine; the card carries its numbers
 
 
 def prepare_hub_folder(
     model_dir: str | Path, folder: str | Path, manifest: dict | None = None, repo_id: str | None = None
 ) -> Path:
-    """Copy what a Hub repository needs into ``folder``, refresh the remote code and auto_map, write the card."""
+    """Copy what a Hub repository needs into ``folder``, refresh the remote code and auto_map, write the card
+    (from ``manifest``, else from the one the model's card was written with)."""
     model_dir, folder = Path(model_dir), Path(folder)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -63,6 +67,7 @@ def prepare_hub_folder(
         shutil.copy2(package_dir / name, folder / name)
     config["auto_map"] = AUTO_MAPS[config["model_type"]]
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    manifest = manifest if manifest is not None else stored_manifest(model_dir)
     (folder / "README.md").write_text(render_model_card(model_dir, manifest, repo_id))
     return folder
 
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--repo-id", required=True)
-    parser.add_argument("--manifest", help="run_manifest.json for the card")
+    parser.add_argument("--manifest", help="run_manifest.json for the card (default: the one the model's card was "
+                        "written with by model_cards.card)")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", metavar="DIR", help="only write the folder that would be uploaded to DIR")
     args = parser.parse_args(argv)

@@ -84,9 +84,10 @@ def evaluate_models(models: dict[str, Path], tokenizer_dir: Path, num_problems: 
     }
 
 
-def plot_summary(manifest: dict, path: Path) -> Path:
-    """KD loss per stage over its steps; held-out quality and decode-cache size of every evaluated model."""
-    figure, (losses, scores, cache) = plt.subplots(1, 3, figsize=(16, 4.5))
+def summary_figure(manifest: dict) -> plt.Figure:
+    """KD loss per stage over its steps; held-out quality and decode-cache size of every evaluated model. Every
+    legend sits outside the bars, so no model's bar is hidden, however low its scores."""
+    figure, (losses, scores, cache) = plt.subplots(1, 3, figsize=(16, 4.8))
     for stage in manifest["stages"]:
         steps, values = zip(*stage["kd_loss_curve"]) if stage.get("kd_loss_curve") else ((), ())
         losses.plot(steps, values, marker="o", label=f"{stage['name']}: {len(stage['mamba_layers'])} Mamba layers")
@@ -94,15 +95,28 @@ def plot_summary(manifest: dict, path: Path) -> Path:
     losses.legend()
     rows = manifest.get("evaluation", {}).get("rows", [])
     names = [row["model"] for row in rows]
-    scores.bar(names, [row["score"]["token_accuracy"] for row in rows], color="tab:blue", label="token accuracy")
-    scores.bar(names, [row["score"]["accuracy"] for row in rows], color="tab:green", width=0.4, label="answer accuracy")
-    scores.set(title="Held-out quality", ylabel="accuracy", ylim=(0, 1))
-    scores.legend(loc="lower left", framealpha=0.9)
-    scores.tick_params(axis="x", rotation=20)
+    positions = range(len(rows))
+    width = 0.4
+    for offset, key, label, color in ((-width / 2, "token_accuracy", "token accuracy", "tab:blue"),
+                                      (width / 2, "accuracy", "answer accuracy", "tab:green")):
+        bars = scores.bar([p + offset for p in positions], [row["score"][key] for row in rows], width, color=color,
+                          label=label)
+        scores.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    scores.set_xticks(list(positions), names, rotation=20)
+    scores.set_ylim(0, 1.05)
+    scores.set_ylabel("accuracy")
+    scores.set_title("Held-out quality", pad=22)
+    scores.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
     cache.bar(names, [row["score"]["cache_kib"] for row in rows], color="tab:gray")
     cache.set(title=f"Decode cache per sequence at {CACHE_CONTEXT} tokens", ylabel="KiB")
     cache.tick_params(axis="x", rotation=20)
     figure.tight_layout()
+    return figure
+
+
+def plot_summary(manifest: dict, path: Path) -> Path:
+    """Write :func:`summary_figure` to ``path``."""
+    figure = summary_figure(manifest)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

@@ -98,7 +98,8 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
 
 
 def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
-    """Load, check, train, save; returns the trainer (its state holds the logs)."""
+    """Load, check, train, save; returns the trainer (its state holds the logs). With ``resume`` it continues
+    from the newest complete checkpoint in ``output_dir`` where there is one (the schedule always asks)."""
     # named and checked before anything loads, so that a wrong path is not sent to the Hub client
     model_source(
         config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR (or download a teacher)",
@@ -152,8 +153,8 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
         kd_loss_backend=config.kd_loss_backend,
     )
     checkpoint = latest_complete_checkpoint(config.output_dir) if resume else None
-    if resume:
-        print(f"--resume: {f'resuming from {checkpoint}' if checkpoint else 'no complete checkpoint, starting anew'}")
+    if checkpoint:
+        print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     final_dir = Path(config.output_dir) / FINAL_DIR
@@ -191,6 +192,8 @@ def summary(trainer: DistillationTrainer, config: StageConfig) -> str:
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     config = load_stage_config(arguments.config, arguments.overrides)
+    if arguments.resume and latest_complete_checkpoint(config.output_dir) is None:
+        print(f"--resume: no complete checkpoint in {config.output_dir}, starting anew")
     trainer = run_stage(config, arguments.resume)
     if trainer.is_world_process_zero():
         print(summary(trainer, config))

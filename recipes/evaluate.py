@@ -7,7 +7,7 @@
 A thin layer over ``lm_eval.simple_evaluate``: each model is scored by lm-eval's own task definitions and
 metrics, through the ``apriel_h1`` lm-eval model (``recipes/lm_eval_model.py``: generation in large batches on
 the fast decoder) or ``--backend hf`` (lm-eval's plain HF model). The local tasks (``recipes/lm_eval_tasks/``)
-need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manifest):
+need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manifest, else ``outputs/lm_eval``):
 
 * ``results.json`` and ``results.md``: one row per model, one column per task metric, and decode throughput;
 * ``quality_vs_throughput.png`` (the paper's Fig. 4): mean task score against generated tokens/s. Throughput is
@@ -15,8 +15,8 @@ need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manif
   alone and the table says "not measured";
 * ``models/<name>.json``: each model's lm-eval results, so an interrupted run resumes with the next model.
 
-With ``--manifest`` the table is also recorded in the manifest (key ``lm_eval``) and the final checkpoint's
-model card is rewritten with it. Needs the optional extra: ``pip install -e ".[eval]"``.
+The table also goes into the model card of each model named with ``--model`` (with only ``--manifest``: of
+the run's final checkpoint), and with ``--manifest`` into the manifest (key ``lm_eval``). Needs the optional extra: ``pip install -e ".[eval]"``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR, require_lm_eval  # noq
 INSTALL_HINT = 'recipes.evaluate needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
 RESULTS_JSON, RESULTS_MD, PLOT_FILE, MODELS_DIR = "results.json", "results.md", "quality_vs_throughput.png", "models"
 THROUGHPUT = "decode tokens/s"
+DEFAULT_OUTPUT = Path("outputs") / "lm_eval"  # without a manifest: under outputs/, as every command's outputs
+
+
+def name_and_path(item: str) -> tuple[str, Path]:
+    """``NAME=DIR`` (or ``DIR``, named after its last part) -> (name, directory)."""
+    name, _, path = item.rpartition("=")
+    return name or Path(path).name, Path(path)
 
 
 def models_to_evaluate(manifest: dict[str, Any] | None, extra: list[str]) -> dict[str, Path]:
@@ -51,8 +58,8 @@ def models_to_evaluate(manifest: dict[str, Any] | None, extra: list[str]) -> dic
             if stage.get("status") == "done":
                 models[stage["name"]] = Path(stage["checkpoint"])
     for item in extra:
-        name, _, path = item.rpartition("=")
-        models[name or Path(path).name] = Path(path)
+        name, path = name_and_path(item)
+        models[name] = path
     for name, path in models.items():
         model_source(path, what=f"checkpoint of {name}", tokenizer=True)
     if not models:
@@ -185,14 +192,19 @@ def plot_quality_vs_throughput(table: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def record_in_manifest(manifest_path: Path, manifest: dict[str, Any], table: dict[str, Any]) -> Path | None:
-    """Store the table in the manifest and rewrite the final checkpoint's model card with it."""
-    from model_cards.card import write_model_card
+def record_in_cards(
+    table: dict[str, Any], manifest_path: Path | None, manifest: dict[str, Any] | None, named: list[Path]
+) -> list[Path]:
+    """Store the table in the manifest (if any) and in the model cards of the models named with ``--model`` (with
+    only ``--manifest``: of the run's final checkpoint); a card keeps the manifest it was written with."""
+    from model_cards.card import stored_manifest, write_card
 
-    manifest["lm_eval"] = table
-    write_json_atomically(manifest_path, manifest)
-    final = manifest.get("final_checkpoint")
-    return write_model_card(final, manifest_path) if final and Path(final).is_dir() else None
+    if manifest is not None:
+        manifest["lm_eval"] = table
+        write_json_atomically(manifest_path, manifest)
+        final = manifest.get("final_checkpoint")
+        named = named or ([Path(final)] if final and Path(final).is_dir() else [])
+    return [write_card(path, {**(manifest or stored_manifest(path) or {}), "lm_eval": table}) for path in named]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{manifest_path} is not a run manifest (no 'teacher'); give the run_manifest.json of recipes.schedule")
     models = models_to_evaluate(manifest, args.model)
     task_manager = task_manager_for(tasks)
-    output = args.output or (manifest_path.parent / "lm_eval" if manifest_path else Path("lm_eval_results"))
+    output = args.output or (manifest_path.parent / "lm_eval" if manifest_path else DEFAULT_OUTPUT)
     settings = {"tasks": tasks, "limit": args.limit, "backend": args.backend, "chat_template": args.chat_template,
                 "gen_kwargs": args.gen_kwargs}
     scored = {}
@@ -224,9 +236,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomically(output / RESULTS_JSON, {"table": table, "models": scored})
     write_text_atomically(output / RESULTS_MD, markdown_table(table))
     plot = plot_quality_vs_throughput(table, output / PLOT_FILE)
-    card = record_in_manifest(manifest_path, manifest, table) if manifest is not None else None
+    named = [models[name_and_path(item)[0]] for item in args.model]
+    cards = record_in_cards(table, manifest_path, manifest, named)
     print(markdown_table(table))
-    print(f"wrote {output / RESULTS_JSON}, {output / RESULTS_MD}, {plot}" + (f"; card {card}" if card else ""))
+    print(f"wrote {output / RESULTS_JSON}, {output / RESULTS_MD}, {plot}"
+          + (f"; cards {', '.join(map(str, cards))}" if cards else ""))
     return table
 
 

@@ -29,12 +29,13 @@ from transformers import AutoConfig
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
 from conversion.cli import UsageError, command_line, model_source, read_yaml_mapping
+from recipes.importance.__main__ import check_arguments as check_importance_arguments
 from recipes.importance.__main__ import main as importance_main
 from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage
 from recipes.random_init import randomise_mixers
-from recipes.stage_config import StageConfig, check_field_types, load_stage_config, parse_override
+from recipes.stage_config import StageConfig, checked_values, load_stage_config, parse_override
 
 MANIFEST_FILE = "run_manifest.json"
 # Mamba layers out of 50 after each of the paper's stages.
@@ -42,6 +43,8 @@ PAPER_SCHEDULE = (25, 27, 30, 34, 37, 40)
 PAPER_DEPTH = 50
 # How a new Mamba mixer starts: "mil" from the attention it replaces (the recipe), "random" for the ablation.
 MAMBA_INITS = ("mil", "random")
+# How the layers to replace are ranked before a stage: leave-one-out or MIL-Mamba-Replacement (recipes.importance).
+IMPORTANCE_METHODS = ("loo", "mmr")
 
 
 @dataclasses.dataclass
@@ -112,18 +115,25 @@ class Manifest:
         write_json_atomically(self.path, self.data)
 
 
+def _importance_arguments(
+    method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig, options: dict[str, Any]
+) -> list[str]:
+    """The ``python -m recipes.importance`` command line that ranks ``model_dir``'s layers for a stage."""
+    arguments = [method, str(model_dir), "--output", str(stage_dir / f"importance_{method}.json")]
+    if method == "mmr":
+        arguments += ["--state-dir", str(stage_dir / "mmr_state"), "--seed", str(config.seed)]
+    for key, value in options.items():
+        arguments += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
+    return arguments
+
+
 def _rank_layers(method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig) -> Path:
     """Write the stage's importance ranking (JSON + plot) unless a previous attempt already did."""
     ranking = stage_dir / f"importance_{method}.json"
     if ranking.is_file():
         return ranking
-    arguments = [method, str(model_dir), "--output", str(ranking)]
     options = config.importance_options if method == "loo" else config.mmr_options
-    if method == "mmr":
-        arguments += ["--state-dir", str(stage_dir / "mmr_state"), "--seed", str(config.seed)]
-    for key, value in options.items():
-        arguments += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
-    if importance_main(arguments) != 0:
+    if importance_main(_importance_arguments(method, model_dir, stage_dir, config, options)) != 0:
         raise RuntimeError(f"importance estimation ({method}) failed for {model_dir}")
     return ranking
 
@@ -132,7 +142,9 @@ def _stage_config(config: ScheduleConfig, student_dir: Path, output_dir: Path) -
     """A stage's distillation config: the schedule's distill file and ``distill`` overrides, with its paths."""
     fixed = {"teacher": config.teacher, "student": str(student_dir), "output_dir": str(output_dir)}
     overrides = [f"{key}={json.dumps(value)}" for key, value in {**config.distill, **fixed}.items()]
-    return load_stage_config(config.distill_config, overrides)
+    origins = {**{key: f"distill.{key} of the schedule" for key in config.distill},
+               **{key: "set by the schedule for each stage" for key in fixed}}
+    return load_stage_config(config.distill_config, overrides, origins)
 
 
 def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
@@ -211,7 +223,11 @@ def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict
 
 
 def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> ScheduleConfig:
+    """The schedule in ``path`` with ``--set`` overrides (dotted for nested keys), every value checked before
+    anything is written: the keys and values of the distill group against the stage config, the importance
+    options against the importance command line. A message names where the wrong value came from."""
     values = read_yaml_mapping(path, "schedule config")
+    origins = {key: f"in {path}" for key in values}
     for override in overrides:
         key, value = parse_override(override)
         target = values
@@ -221,16 +237,65 @@ def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> Schedul
             if not isinstance(target, dict):
                 raise UsageError(f"--set {override}: {parent} is not a group of keys, so it has no {leaf}")
         target[leaf] = value
+        origins[key] = f"from --set {override}"
+        origins.setdefault(key.split(".")[0], f"from --set {override}")
     known = {field.name for field in dataclasses.fields(ScheduleConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown schedule keys {unknown} in {path}; the keys are {sorted(known)}")
-    check_field_types(values, ScheduleConfig, f"from {path} or --set")
+        where = "; ".join(dict.fromkeys(origins[key] for key in unknown))
+        raise UsageError(f"unknown schedule keys {unknown} ({where}); the keys are {sorted(known)}")
+    values = checked_values(values, ScheduleConfig, origins)
     if values.get("mamba_init", "mil") not in MAMBA_INITS:
-        raise ValueError(f"mamba_init is {values['mamba_init']!r} in {path}; it must be one of {MAMBA_INITS}")
+        raise UsageError(
+            f"mamba_init is {values['mamba_init']!r} ({origins['mamba_init']}); it must be one of {MAMBA_INITS}"
+        )
+    for key in ("first_importance", "later_importance"):
+        if values.get(key, "loo") not in IMPORTANCE_METHODS:
+            raise UsageError(f"{key} is {values[key]!r} ({origins[key]}); it must be one of {IMPORTANCE_METHODS}")
+    if "distill" in values:
+        values["distill"] = _checked_distill(values["distill"], _group_origins("distill", values["distill"], origins))
     if "distill_config" in values:  # relative to the schedule file, so the config pair can be copied together
         values["distill_config"] = str(Path(path).parent / values["distill_config"])
-    return ScheduleConfig(**values)
+    config = ScheduleConfig(**values)
+    _check_importance_options(config, origins)
+    return config
+
+
+def _group_origins(group: str, options: dict[str, Any], origins: dict[str, str]) -> dict[str, str]:
+    """Where each key of a nested group came from: its own ``--set group.key=...`` or the group's origin."""
+    return {key: origins.get(f"{group}.{key}", origins.get(group, "")) for key in options}
+
+
+def _checked_distill(distill: dict[str, Any], origins: dict[str, str]) -> dict[str, Any]:
+    """The distill group's overrides, each a key of the stage config with a value of its type and range."""
+    known = {field.name for field in dataclasses.fields(StageConfig)}
+    unknown = sorted(set(distill) - known)
+    if unknown:
+        where = "; ".join(dict.fromkeys(origins[key] for key in unknown))
+        raise UsageError(
+            f"unknown distill keys {unknown} ({where}); the keys are those of the stage config: {sorted(known)}"
+        )
+    return checked_values(distill, StageConfig, origins)
+
+
+def _check_importance_options(config: ScheduleConfig, origins: dict[str, str]) -> None:
+    """Parse the importance command lines the stages will run (each option alone, then all together), so that a
+    misspelt option fails before the first stage writes anything."""
+    methods = {config.first_importance, config.later_importance}
+    for method, group in (("loo", "importance_options"), ("mmr", "mmr_options")):
+        if method not in methods:
+            continue
+        options = getattr(config, group)
+        group_origins = _group_origins(group, options, origins)
+        stage_dir = Path(config.output_dir) / "stage"  # only named in the command line, never written
+        for key in options:
+            try:
+                check_importance_arguments(
+                    _importance_arguments(method, Path(config.teacher), stage_dir, config, {key: options[key]})
+                )
+            except ValueError as error:
+                raise UsageError(f"{group}.{key} ({group_origins[key]}): {error}") from None
+        check_importance_arguments(_importance_arguments(method, Path(config.teacher), stage_dir, config, options))
 
 
 @command_line

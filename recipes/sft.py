@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from conversion.atomic_io import staged_output_dir
 from conversion.cli import command_line, model_source, read_yaml_mapping
+from conversion.yaml_values import load_yaml
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.data import (
     DOCUMENTS,
@@ -36,12 +36,12 @@ from recipes.data import (
     packing_mode,
     training_collator,
 )
-from recipes.stage_config import check_field_types
+from recipes.stage_config import checked_values
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
 # transformers 5.24 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing and warns when
-# the old name is set, as TRL's SFTConfig does by default; 5.17 knows only the old name.
+# the old name is set, as TRL's SFTConfig does by default (on); 5.17 knows only the old name.
 CHECKPOINTING_ARGUMENT = next(
     name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in fields(SFTConfig)}
 )
@@ -63,27 +63,32 @@ class SFTRecipe:
     packing: bool | str = False  # true: packed conversations kept apart; cross_document: one sequence (recipes.data)
     learning_rate: float = 2e-5
     warmup_steps: float = 0.05  # an int is a step count, a float in [0, 1) a fraction of max_steps
-    max_steps: int = 100
+    max_steps: int = 100  # optimizer steps (at least 1; the length is set by steps only, there is no epoch count)
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     save_steps: int = 50
     logging_steps: int = 10
     seed: int = 0
     bf16: bool = False
-    gradient_checkpointing: bool = True  # recompute activations in backward (TRL's default); off is faster
+    # Recompute each layer's forward during backward to hold fewer activations: off, as in the distillation
+    # configs, because it costs a second forward per step (on the CPU reference path +60-70% step time, measured
+    # on the demo teacher's hybrid at 8 x 352 tokens); turn it on when long sequences run out of GPU memory.
+    gradient_checkpointing: bool = False
 
 
 def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRecipe:
-    values: dict[str, object] = {}
-    if config_path:
-        values.update(read_yaml_mapping(config_path, "SFT config"))
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    """The recipe: the YAML file's settings, then the command line's; each value checked against its field."""
+    values: dict[str, object] = dict(read_yaml_mapping(config_path, "SFT config")) if config_path else {}
+    origins = {key: f"in {config_path}" for key in values}
+    for key, value in overrides.items():
+        if value is not None:
+            values[key], origins[key] = value, f"from --{key.replace('_', '-')}"
     known = {field.name for field in fields(SFTRecipe)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown SFT settings {unknown}; the settings are {sorted(known)}")
-    check_field_types(values, SFTRecipe, f"from {config_path or 'the command line'}")
-    recipe = SFTRecipe(**values)
+        where = "; ".join(dict.fromkeys(origins[key] for key in unknown))
+        raise ValueError(f"unknown SFT settings {unknown} ({where}); the settings are {sorted(known)}")
+    recipe = SFTRecipe(**checked_values(values, SFTRecipe, origins))
     packing_mode(recipe.packing)  # an unknown packing mode fails here, before any model is loaded
     if not recipe.model:
         raise ValueError("no model to fine-tune: set `model` (a save_pretrained directory) in the config or --model")
@@ -127,7 +132,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
-        **{CHECKPOINTING_ARGUMENT: recipe.gradient_checkpointing},  # named so that transformers 5.24 does not warn
+        **{CHECKPOINTING_ARGUMENT: recipe.gradient_checkpointing},  # TRL defaults it on; named for 5.24 (above)
     )
     trainer = CompleteCheckpointsSFTTrainer(
         model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator
@@ -166,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
             parser.add_argument(flag, dest=field.name, type=lambda text: text.lower() in ("1", "true", "yes"))
-        elif field.type == "bool | str":  # packing: true, false or a mode name, read as YAML
-            parser.add_argument(flag, dest=field.name, type=yaml.safe_load)
+        elif field.type in ("bool | str", "int", "float"):  # read as YAML: 1e-3, 5e+2, true, a packing mode
+            parser.add_argument(flag, dest=field.name, type=load_yaml)  # load_recipe checks type and range
         else:
-            parser.add_argument(flag, dest=field.name, type=type(field.default) if field.default != "" else str)
+            parser.add_argument(flag, dest=field.name)
     args = vars(parser.parse_args(argv))
     config, resume = args.pop("config"), args.pop("resume")
     record = run_sft(load_recipe(config, args), resume=resume)

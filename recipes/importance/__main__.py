@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.cli import command_line, existing_path, looks_like_hub_id, model_source
+from conversion.cli import UsageError, command_line, existing_path, looks_like_hub_id, model_source
 from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 from recipes.importance.plots import plot_ranking
 
@@ -77,7 +77,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_loo(args: argparse.Namespace) -> dict:
-    from recipes.importance.loo import leave_one_out
+    from recipes.importance.loo import describe_scores, leave_one_out
     from recipes.importance.scoring import check_metric, choice_data, load_choice_questions, load_texts, text_data
 
     metric = args.metric or ("accuracy" if args.choices else "kl")
@@ -92,7 +92,7 @@ def run_loo(args: argparse.Namespace) -> dict:
         data = text_data(texts, tokenizer, metric, args.batch_size, args.max_length, source)
     result = leave_one_out(model, data, args.layers, args.chunk_size, progress=not args.no_progress)
     payload = ranking_payload("loo", args.model, metric, result.importance)
-    print(f"unmodified model: {metric} performance {result.baseline + 0.0:.6g} on {data.source}")
+    print(describe_scores(result, data.source))
     return payload
 
 
@@ -118,10 +118,10 @@ def run_mmr(args: argparse.Namespace) -> dict | None:
     )
 
 
-@command_line
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recipes.importance", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command line of every subcommand."""
+    parser = parser_class(prog="python -m recipes.importance", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     loo = commands.add_parser("loo", help="leave-one-out importance (paper eq. 4)")
@@ -160,7 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--plot", type=Path, default=None)
     plot.add_argument("--highlight", type=int, default=0)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise (for a caller that reports them) instead of exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def check_arguments(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed and checked as ``main`` would, without running anything: a UsageError for an unknown
+    option, a malformed value or a metric the data cannot give. The schedule checks its importance options with
+    this before it writes anything."""
+    from recipes.importance.scoring import check_metric
+
+    args = build_parser(_RaisingParser).parse_args(argv)
+    if args.command == "loo":
+        check_metric(args.metric or ("accuracy" if args.choices else "kl"), args.choices is not None)
+    return args
+
+
+@command_line
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "plot":
         payload = read_ranking(args.ranking)
         written = plot_ranking(payload, args.plot or args.ranking.with_suffix(".png"), args.highlight)

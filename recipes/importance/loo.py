@@ -74,3 +74,29 @@ def leave_one_out(
     scores = {variant: performance(data, RowSums(**totals[variant])) for variant in variants}
     baseline = scores.pop(None)
     return LooResult(data.metric, baseline, scores, {layer: baseline - value for layer, value in scores.items()})
+
+
+def describe_scores(result: LooResult, source: str) -> str:
+    """What the scores of a LOO run mean, for its output: what the unmodified model scores and what a layer's
+    importance measures, with the most and least important layers."""
+    ranked = sorted(result.importance, key=result.importance.get)
+    extremes = (
+        f"most important: layer {ranked[-1]} ({result.importance[ranked[-1]]:.4g}), "
+        f"least: layer {ranked[0]} ({result.importance[ranked[0]]:.4g})"
+    ) if ranked else "no layer scored"
+    if result.metric == "kl":
+        meaning = (
+            f"importance of a layer = KL(model without it || unmodified model) in nats per token on {source}, "
+            "the reverse KL that distillation minimises (the unmodified model's KL to itself is 0)"
+        )
+    elif result.metric == "loss":
+        meaning = (
+            f"unmodified model: loss {-result.baseline:.4g} nats per token on {source}; importance of a layer = "
+            "how much the loss rises without it"
+        )
+    else:
+        meaning = (
+            f"unmodified model: accuracy {result.baseline:.4g} on {source}; importance of a layer = how much the "
+            "accuracy drops without it"
+        )
+    return f"{meaning}; {extremes}"

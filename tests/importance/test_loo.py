@@ -103,22 +103,41 @@ def test_clear_errors(model, tok, tmp_path, texts):
         load_choice_questions(bad)
 
 
-def test_cli_writes_ranking_and_plot(model, tok, tmp_path):
+def test_cli_writes_ranking_and_plot(model, tok, tmp_path, monkeypatch, capsys):
     model.save_pretrained(tmp_path / "teacher")
     tok.save_pretrained(tmp_path / "teacher")
-    output = tmp_path / "loo.json"
-    code = main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--num-texts", "4",
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "outputs" / "tiny" / "loo.json"  # as the README's command writes it: only under outputs/
+    code = main(["loo", "teacher", "--output", "outputs/tiny/loo.json", "--num-texts", "4",
                  "--max-length", "48", "--no-progress", "--highlight", "1"])
     assert code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["outputs", "teacher"]
+    assert sorted(path.name for path in output.parent.iterdir()) == ["loo.json", "loo.png"]
+    said = capsys.readouterr().out
+    assert "performance" not in said and "KL(model without it || unmodified model)" in said
+    assert f"most important: layer {ESSENTIAL}" in said and f"least: layer {HARMLESS}" in said
     payload = read_ranking(output)
     assert set(payload) == {"method", "model", "metric", "scores", "ranking"}
     assert payload["method"] == "loo" and payload["metric"] == "kl"
     assert payload["ranking"][0] == HARMLESS and payload["ranking"][-1] == ESSENTIAL
     png = output.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
-    assert main(["loo", str(tmp_path / "teacher"), "--output", str(output), "--metric", "bleu"]) == 2
+    assert main(["loo", "teacher", "--output", str(output), "--metric", "bleu"]) == 2
     # the module entry point itself: redraw the plot from the ranking file
     redraw = subprocess.run([sys.executable, "-m", "recipes.importance", "plot", str(output), "--plot",
                              str(tmp_path / "again.png")], capture_output=True, text=True, timeout=120)
     assert redraw.returncode == 0, redraw.stderr
     assert (tmp_path / "again.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("metric, words", [
+    ("kl", ["KL(model without it || unmodified model)", "is 0"]),
+    ("loss", ["unmodified model: loss", "how much the loss rises without it"]),
+])
+def test_the_printed_scores_say_what_the_baseline_and_the_importance_are(model, tok, texts, metric, words):
+    from recipes.importance.loo import describe_scores
+
+    result = leave_one_out(model, text_data(texts, tok, metric, batch_size=4, max_length=96), progress=False)
+    line = describe_scores(result, "the bundled text")
+    assert all(word in line for word in words) and "performance" not in line, line
+    assert f"most important: layer {ESSENTIAL}" in line

@@ -49,7 +49,7 @@ def test_card_contains_the_numbers_of_the_manifest(hybrid_dir):
     _, path = hybrid_dir
     card = render_model_card(path, MANIFEST, repo_id="me/tiny-h1")
     assert card.startswith("---\nlicense: apache-2.0")
-    assert "base_model: /runs/teacher-tiny" in card
+    assert "base_model" not in card.split("---")[1] and "made with apriel-h1 from `/runs/teacher-tiny`" in card
     assert "`AMMA`" in card and "| Mamba layers | 1, 2 |" in card
     assert "| stage-1 | 1 | 2 | loo | 40 | 12,345 | 1.2345 -> 0.4321 | 62 s |" in card
     assert "| stage-2 | 2 | 1 | mmr | 40 | 23,456 | 0.9876 -> 0.5555 | 70 s |" in card
@@ -108,6 +108,27 @@ def test_demo_summary_table_and_plot_show_the_manifest(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_demo_summary_legends_hide_no_bar(tmp_path):
+    """The demo's real shape of results: a teacher far ahead and stages with low answer accuracy (0.148, 0.109, 0)."""
+    from recipes.demo import summary_figure
+
+    stages = [{"name": f"stage-{i}", "mamba_layers": list(range(i + 2)), "kd_loss_curve": [[5, 1.5], [80, 0.7]]}
+              for i in (1, 2, 3)]
+    rows = [{"model": name, "score": {"accuracy": answers, "token_accuracy": tokens, "cache_kib": 40.0}}
+            for name, answers, tokens in [("teacher", 0.68, 0.93), ("stage-1", 0.148, 0.80), ("stage-2", 0.109, 0.78),
+                                          ("stage-3", 0.0, 0.70), ("sft", 0.05, 0.75)]]
+    figure = summary_figure({"stages": stages, "evaluation": {"rows": rows}})
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        bars = [patch for patch in axes.patches if patch.get_height() > 0]
+        hidden = [patch.get_x() for patch in bars if box.overlaps(patch.get_window_extent(renderer))]
+        assert not hidden, f"the legend of {axes.get_title()!r} covers the bars at x = {hidden}"
+
+
 def test_card_of_a_released_layout_directory_reads_its_hybrid_block_layout(tmp_path):
     """A directory in the release's ``apriel_h`` layout (synthetic, tests/modeling/release_format.py) has no
     ``layer_types`` in its config.json: the pattern comes from ``hybrid_block_layout``, the widths from ssm_cfg."""
@@ -134,3 +155,46 @@ def test_a_released_layout_directory_goes_to_the_hub_with_our_remote_code(tmp_pa
     with torch.no_grad():
         expected = AprielHForCausalLM.from_pretrained(path).eval()(ids).logits
     assert_remote_code_reproduces(folder, ids, expected, tmp_path)
+
+
+def test_the_hub_dry_run_keeps_the_cards_run_and_names_no_local_path_as_base_model(hybrid_dir, tmp_path):
+    """The README's step 4: ``model_cards.card --manifest`` then ``model_cards.hub --dry-run`` without it."""
+    from model_cards.hub import main as hub_main
+
+    _, path = hybrid_dir
+    manifest_path = tmp_path / "run_manifest.json"
+    manifest_path.write_text(json.dumps(MANIFEST))
+    write_model_card(path, manifest_path)
+    assert hub_main(["--model", str(path), "--repo-id", "me/tiny-h1", "--dry-run", str(tmp_path / "up")]) is None
+    card = (tmp_path / "up" / "README.md").read_text()
+    assert "## How it was made" in card and "| stage-2 | 2 | 1 | mmr |" in card and "SFT: 20 steps" in card
+    assert 'from_pretrained("me/tiny-h1"' in card
+    front_matter = card.split("---")[1]
+    assert "base_model" not in front_matter and "/runs/teacher-tiny" not in front_matter
+    assert not (tmp_path / "up" / "card_manifest.json").exists()  # local paths stay on this machine
+
+
+@pytest.mark.parametrize("teacher, base_model", [
+    ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
+    ("/runs/teacher-tiny", None),
+    ("outputs/tiny/teacher", None),
+])
+def test_base_model_is_the_teachers_hub_id_or_absent(hybrid_dir, teacher, base_model):
+    _, path = hybrid_dir
+    card = render_model_card(path, {**MANIFEST, "teacher": teacher}, repo_id="me/tiny-h1")
+    front_matter = card.split("---")[1]
+    if base_model:
+        assert f"base_model: {base_model}\n" in front_matter
+    else:
+        assert "base_model" not in front_matter
+
+
+def test_a_later_stage_does_not_name_the_previous_stage_as_its_teacher(hybrid_dir):
+    """A staged run converts stage 2 from stage 1's hybrid; without the manifest the transformer is unknown."""
+    _, path = hybrid_dir
+    (path / "conversion.json").write_text(json.dumps({
+        "teacher": "outputs/tiny/schedule/stage-1/distill/final", "init_method": "mil", "package_version": "0.1.0",
+        "ancestor_config_sha256s": ["0" * 64],
+    }))
+    card = render_model_card(path, repo_id="me/tiny-h1")
+    assert "stage-1/distill/final" not in card and "from a transformer teacher" in card

@@ -97,3 +97,26 @@ def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_
 def test_sft_packing_mode_is_validated():
     with pytest.raises(ValueError, match="cross_document"):
         load_recipe(None, {"model": "x", "packing": "sometimes"})
+
+
+def test_sft_recomputes_no_activations_unless_asked(tiny_hybrid_dir, tmp_path, monkeypatch):
+    """TRL's SFTConfig turns activation checkpointing on by default: a second forward of every layer in each
+    step (SFT ran 1.5x the time of a distillation step on the same batch, which also runs the teacher). The
+    recipe keeps it off unless ``gradient_checkpointing`` is set, as the distillation configs do."""
+    from recipes.sft import CompleteCheckpointsSFTTrainer
+
+    seen = []
+    original = CompleteCheckpointsSFTTrainer.training_step
+
+    def recording(self, model, *args, **kwargs):
+        seen.append(model.is_gradient_checkpointing)
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(CompleteCheckpointsSFTTrainer, "training_step", recording)
+    for asked in (False, True):
+        recipe = SFTRecipe(model=str(tiny_hybrid_dir), output_dir=str(tmp_path / f"sft-{asked}"), synthetic_examples=8,
+                           max_seq_length=96, max_steps=1, per_device_train_batch_size=2, save_steps=1,
+                           gradient_checkpointing=asked)
+        run_sft(recipe)
+    assert seen == [False, True]
+    assert SFTRecipe().gradient_checkpointing is False

@@ -12,6 +12,7 @@ import pytest
 from conversion import convert_checkpoint
 from conversion.cli import UsageError
 from recipes.checkpoints import STATE_FILE, read_checkpoint_state
+from recipes.distill_stage import main as distill_main
 from recipes.distill_stage import run_stage
 from recipes.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
@@ -94,3 +95,12 @@ def test_a_student_with_another_tokenizer_is_refused(teacher_dir, student_dir, t
 def test_a_missing_student_names_the_command_that_makes_it(teacher_dir, tmp_path):
     with pytest.raises(UsageError, match="student .* does not exist; create it with: python -m conversion.convert"):
         run_stage(stage_config(teacher_dir, tmp_path / "nowhere" / "student", tmp_path / "run"), resume=False)
+
+
+def test_a_first_run_says_nothing_of_resuming_unless_resume_was_given(teacher_dir, student_dir, tmp_path, capsys):
+    one_step = ["max_steps=1", "save_steps=1", "eval_examples=0"]
+    run_stage(stage_config(teacher_dir, student_dir, tmp_path / "scheduled", *one_step), resume=True)  # as the schedule
+    assert "resum" not in capsys.readouterr().out
+    overrides = [f"teacher={teacher_dir}", f"student={student_dir}", f"output_dir={tmp_path / 'asked'}", *QUICK, *one_step]
+    assert distill_main(["--config", str(TINY_CONFIG), "--resume", *(f"--set={item}" for item in overrides)]) is None
+    assert f"--resume: no complete checkpoint in {tmp_path / 'asked'}, starting anew" in capsys.readouterr().out

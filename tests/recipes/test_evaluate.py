@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,37 @@ def test_on_a_gpu_throughput_is_measured_and_plotted_against_quality(run_manifes
     table = json.loads((run_manifest.parent / "lm_eval" / evaluate.RESULTS_JSON).read_text())["table"]
     for row in table["rows"]:
         assert row["tokens_per_s"] > 0 and row["metrics"][evaluate.THROUGHPUT].endswith("(DecodeEngine)")
+
+
+def stand_in_for_lm_eval(monkeypatch) -> None:
+    """lm-eval's scores replaced by fixed ones: what is tested is where they are written."""
+    monkeypatch.setattr(evaluate, "load_lm", lambda *args: None)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda lm, tasks, manager, settings: {
+        "results": {CHOICES_TASK: {"acc,none": 0.25}},
+        "throughput": {"tokens_per_s": None, "not_measured": "no GPU", "device": "cpu"},
+    })
+
+
+def test_without_a_manifest_the_results_go_under_outputs(student_dir, tmp_path, monkeypatch):
+    stand_in_for_lm_eval(monkeypatch)
+    student = Path(shutil.copytree(student_dir, tmp_path / "work" / "student"))  # its card is written
+    monkeypatch.chdir(tmp_path / "work")
+    assert evaluate.main(["--model", "student", "--tasks", CHOICES_TASK, *ARGS]) == 0
+    assert sorted(path.name for path in student.parent.iterdir()) == ["outputs", "student"]
+    assert (student / "README.md").is_file()
+    assert (tmp_path / "work" / "outputs" / "lm_eval" / evaluate.RESULTS_JSON).is_file()
+
+
+def test_the_results_go_into_the_card_of_the_model_named_with_model(run_manifest, student_dir, tmp_path, monkeypatch):
+    """``--model merged=DIR`` next to ``--manifest`` (the README's step 5): DIR's card gets the table, and the run's
+    final checkpoint, which was not named, keeps its files."""
+    merged = tmp_path / "merged"
+    shutil.copytree(student_dir, merged)
+    final = json.loads(run_manifest.read_text())["final_checkpoint"]
+    stand_in_for_lm_eval(monkeypatch)
+    arguments = ["--manifest", str(run_manifest), "--model", f"merged={merged}", "--tasks", CHOICES_TASK, *ARGS]
+    assert evaluate.main(arguments) == 0
+    card = (merged / "README.md").read_text()
+    assert "Evaluation with lm-evaluation-harness" in card and "| merged |" in card and "| stage-1 |" in card
+    assert "## How it was made" in card  # the run's manifest went into the card too
+    assert not (Path(final) / "README.md").exists()
