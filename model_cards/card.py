@@ -20,11 +20,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
+from modeling_apriel_h1.configuration_apriel_h1 import mamba_layers_in
 from conversion.cli import command_line, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
-MAMBA_TYPES = {"mamba", "linear_attention"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -69,7 +69,7 @@ def card_context(
     conversion = _read_json(model_dir / "conversion.json")
     merge = _read_json(model_dir / "merge.json")
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    mamba_layers = [i for i, kind in enumerate(layer_types) if kind in MAMBA_TYPES]
+    mamba_layers = mamba_layers_in(layer_types)
     teacher = (manifest or {}).get("teacher") or (conversion or {}).get("teacher")
     stages = _stage_rows((manifest or {}).get("stages", []))
     mode = (manifest or {}).get("mode", "staged")
@@ -86,7 +86,7 @@ def card_context(
         "num_layers": len(layer_types),
         "num_mamba": len(mamba_layers),
         "mamba_layers": mamba_layers or ["none"],
-        "pattern": "".join("M" if kind in MAMBA_TYPES else "A" for kind in layer_types),
+        "pattern": "".join("M" if index in mamba_layers else "A" for index in range(len(layer_types))),
         "hidden_size": config.hidden_size,
         "d_state": getattr(config, "mamba_d_state", None),
         "d_inner": getattr(config, "mamba_d_inner", None),

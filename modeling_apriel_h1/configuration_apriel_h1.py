@@ -20,6 +20,13 @@ LAYER_TYPE_ALIASES = {"attention": ATTENTION, ATTENTION: ATTENTION, "mamba": MAM
 KERNEL_BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 
 
+def mamba_layers_in(layer_types: list[str] | None) -> list[int]:
+    """Indices of the Mamba layers in an Apriel-H1 ``layer_types`` list, whichever of our spellings it uses (the
+    user's ``"mamba"`` or the stored ``"linear_attention"``); None, a transformer's missing list, has none. The one
+    definition that the config, conversion, layer ranking and model cards ask."""
+    return [index for index, kind in enumerate(layer_types or ()) if LAYER_TYPE_ALIASES.get(kind) == MAMBA]
+
+
 @strict
 class AprielH1Config(PreTrainedConfig):
     r"""
@@ -169,11 +176,7 @@ class AprielH1Config(PreTrainedConfig):
 
     @property
     def mamba_layer_indices(self) -> list[int]:
-        return [index for index, kind in enumerate(self.layer_types) if kind == MAMBA]
-
-    @property
-    def attention_layer_indices(self) -> list[int]:
-        return [index for index, kind in enumerate(self.layer_types) if kind == ATTENTION]
+        return mamba_layers_in(self.layer_types)
 
 
 # ----- the released format (ServiceNow-AI/Apriel-H1-15b-Thinker-SFT, configuration_apriel_h.py) ------------------
