@@ -5,16 +5,13 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from modeling_apriel_h1 import AprielH1Config
-from modeling_apriel_h1.configuration_apriel_h1 import MAMBA
 
 from .importance_file import ImportanceRanking
 
 
 def existing_mamba_layers(config: PretrainedConfig) -> list[int]:
     """Mamba layers the teacher already has (only an Apriel-H1 teacher, ours or a released one, has any)."""
-    if not isinstance(config, AprielH1Config):
-        return []
-    return [index for index, kind in enumerate(config.layer_types) if kind == MAMBA]
+    return config.mamba_layer_indices if isinstance(config, AprielH1Config) else []
 
 
 def check_layers_to_replace(config: PretrainedConfig, layers: list[int]) -> None:

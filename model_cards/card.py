@@ -25,12 +25,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
+from modeling_apriel_h1.configuration_apriel_h1 import mamba_layers_in
 from conversion.atomic_io import write_json_atomically, write_text_atomically
 from conversion.cli import command_line, looks_like_hub_id, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
-MAMBA_TYPES = {"mamba", "linear_attention"}
 CARD_MANIFEST_FILE = "card_manifest.json"  # the run manifest the model's README.md was rendered from
 
 
@@ -91,7 +91,7 @@ def card_context(
     conversion = _read_json(model_dir / "conversion.json")
     merge = _read_json(model_dir / "merge.json")
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    mamba_layers = [i for i, kind in enumerate(layer_types) if kind in MAMBA_TYPES]
+    mamba_layers = mamba_layers_in(layer_types)
     teacher = (manifest or {}).get("teacher") or _conversion_teacher(conversion)
     stages = _stage_rows((manifest or {}).get("stages", []))
     mode = (manifest or {}).get("mode", "staged")
@@ -109,7 +109,7 @@ def card_context(
         "num_layers": len(layer_types),
         "num_mamba": len(mamba_layers),
         "mamba_layers": mamba_layers or ["none"],
-        "pattern": "".join("M" if kind in MAMBA_TYPES else "A" for kind in layer_types),
+        "pattern": "".join("M" if index in mamba_layers else "A" for index in range(len(layer_types))),
         "hidden_size": config.hidden_size,
         "d_state": getattr(config, "mamba_d_state", None),
         "d_inner": getattr(config, "mamba_d_inner", None),

@@ -20,6 +20,13 @@ LAYER_TYPE_ALIASES = {"attention": ATTENTION, ATTENTION: ATTENTION, "mamba": MAM
 KERNEL_BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 
 
+def mamba_layers_in(layer_types: list[str] | None) -> list[int]:
+    """Indices of the Mamba layers in an Apriel-H1 ``layer_types`` list, whichever of our spellings it uses (the
+    user's ``"mamba"`` or the stored ``"linear_attention"``); None, a transformer's missing list, has none. The one
+    definition that the config, conversion, layer ranking and model cards ask."""
+    return [index for index, kind in enumerate(layer_types or ()) if LAYER_TYPE_ALIASES.get(kind) == MAMBA]
+
+
 @strict
 class AprielH1Config(PreTrainedConfig):
     r"""
@@ -169,18 +176,15 @@ class AprielH1Config(PreTrainedConfig):
 
     @property
     def mamba_layer_indices(self) -> list[int]:
-        return [index for index, kind in enumerate(self.layer_types) if kind == MAMBA]
-
-    @property
-    def attention_layer_indices(self) -> list[int]:
-        return [index for index, kind in enumerate(self.layer_types) if kind == ATTENTION]
+        return mamba_layers_in(self.layer_types)
 
     @property
     def length_layer_index(self) -> int:
         """The layer at which a cache measures how many tokens it holds: the first attention layer, whose keys
         grow by one entry a token. A Mamba layer's state has one size whatever the length, which is why a hybrid
         keeps at least one attention layer."""
-        return self.attention_layer_indices[0]
+        mamba_layers = set(self.mamba_layer_indices)
+        return next(index for index in range(len(self.layer_types)) if index not in mamba_layers)
 
 
 # ----- the released format (ServiceNow-AI/Apriel-H1-15b-Thinker-SFT, configuration_apriel_h.py) ------------------

@@ -1,7 +1,7 @@
 """The distillation loss through liger-kernel's fused linear JSD, an opt-in alternative to ``recipes.kd_loss``.
 
 Why: at Apriel-15B's vocabulary and width, liger's loss alone peaks 3.6-6.7 GiB lower than our chunked loss and
-runs 13% faster at 16k tokens (benchmarks/RESULTS.md, issue 17), which can let more layers go unchecked at 16k.
+runs 13% faster at 16k tokens (benchmarks/RESULTS.md, distillation step), which can let more layers go unchecked at 16k.
 What it does not give: the student's cross-entropy and the top-1 agreement our loss computes from the same chunk
 logits (logged every step), LM heads with a bias, and GKD's generalised JSD. So it is a choice
 (``kd_loss_backend: liger``), not the default.

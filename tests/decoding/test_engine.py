@@ -154,11 +154,23 @@ def test_sliding_window_models_are_refused():
         DecodeEngine(MistralForCausalLM(tiny_mistral_config(sliding_window=16)).eval())
 
 
-def test_bytes_per_sequence_is_what_the_state_allocates_per_slot():
+def test_bytes_per_sequence_counts_kv_for_attention_and_conv_plus_ssm_state_for_mamba():
+    """The tiny hybrid (attention, mamba, mamba, attention; 2 KV heads of 16, mixer width 4 x 16 = 64, conv
+    width 4, state 8), worked out by hand: what bytes_per_sequence says and what the state allocates per slot."""
     from modeling_apriel_h1.decode_state import DecodeState, bytes_per_sequence
 
     model = AprielH1ForCausalLM(tiny_config()).eval()
-    assert DecodeState(model, slots=3, max_len=40).cache_bytes() == 3 * bytes_per_sequence(model, 40)
+    kv_per_attention_layer = 2 * 40 * 2 * 16 * 4  # keys and values, 40 positions, 2 heads x 16, fp32
+    conv_per_mamba_layer = 64 * 4 * 4  # 64 channels x 4 taps, fp32
+    ssm_per_mamba_layer = {torch.float32: 64 * 8 * 4, torch.bfloat16: 64 * 8 * 2}
+    for ssm_dtype, ssm_bytes in ssm_per_mamba_layer.items():
+        expected = 2 * kv_per_attention_layer + 2 * (conv_per_mamba_layer + ssm_bytes)
+        assert bytes_per_sequence(model, 40, ssm_dtype) == expected
+        state = DecodeState(model, slots=3, max_len=40, ssm_dtype=ssm_dtype)
+        assert state.cache_bytes() == 3 * expected
+        assert sorted(state.keys) == sorted(state.values) == [0, 3] and sorted(state.conv) == sorted(state.ssm) == [1, 2]
+        assert state.keys[0].shape == (3, 40, 2, 16) and state.conv[1].shape == (3, 64, 4)
+        assert state.ssm[2].shape == (3, 64, 8) and state.ssm[2].dtype == ssm_dtype
 
 
 def test_a_bf16_mamba_state_tracks_the_fp32_state_and_halves_its_bytes():

@@ -51,14 +51,39 @@ def test_loo_ranks_harmless_layer_least_and_essential_layer_most_important(model
         assert ranking[0] == HARMLESS
 
 
+def own_picks(model, tok, questions: list[dict]) -> list[int]:
+    """The choice the model finds most likely for each question, from its full logits (not the chunked scoring
+    under test): the sum of log p(" <choice>" tokens | "Question: ...\\nAnswer:")."""
+    picks = []
+    with torch.no_grad():
+        for question in questions:
+            prompt = tok(f"Question: {question['question']}\nAnswer:", add_special_tokens=True)["input_ids"]
+            scores = []
+            for choice in question["choices"]:
+                continuation = tok(f" {choice}", add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt + continuation])
+                log_probs = model(ids).logits[0, :-1].float().log_softmax(-1)
+                targets = ids[0, len(prompt):]
+                scores.append(log_probs[len(prompt) - 1 :].gather(-1, targets[:, None]).sum().item())
+            picks.append(max(range(len(scores)), key=scores.__getitem__))
+    return picks
+
+
 def test_loo_accuracy_on_multiple_choice_file(model, tok, tmp_path):
-    # the "correct" answers are the unmodified model's own picks, so its accuracy is 1 and any drop is the layer's
+    # the "correct" answers are the unmodified model's own picks, so its accuracy is exactly 1, and removing the
+    # harmless layer (zero output projections) changes no pick
+    picks = own_picks(model, tok, QUESTIONS)
     path = tmp_path / "mc.jsonl"
-    path.write_text("\n".join(json.dumps(q) for q in QUESTIONS))
+    path.write_text("\n".join(json.dumps({**q, "answer": pick}) for q, pick in zip(QUESTIONS, picks)))
     data = choice_data(load_choice_questions(path), tok, batch_size=3)
     sums = leave_one_out(model, data, layers=[HARMLESS], progress=False)
-    assert 0.0 <= sums.baseline <= 1.0
-    assert sums.importance[HARMLESS] == 0.0
+    assert sums.baseline == 1.0
+    assert sums.performance[HARMLESS] == 1.0 and sums.importance[HARMLESS] == 0.0
+    # with every answer moved to another choice, the unmodified model gets none right
+    path.write_text("\n".join(json.dumps({**q, "answer": (pick + 1) % len(q["choices"])})
+                              for q, pick in zip(QUESTIONS, picks)))
+    data = choice_data(load_choice_questions(path), tok, batch_size=3)
+    assert leave_one_out(model, data, layers=[HARMLESS], progress=False).baseline == 0.0
 
 
 def test_skipped_layer_is_restored_even_when_the_forward_fails(model, tok):
@@ -70,7 +95,21 @@ def test_skipped_layer_is_restored_even_when_the_forward_fails(model, tok):
     assert model.model.layers[ESSENTIAL] is original
 
 
+def reverse_kl_without(model, layer: int, batch: dict[str, torch.Tensor]) -> float:
+    """Mean over the scored tokens of KL(p_without_layer || p_unmodified), from the full logits."""
+    with torch.no_grad():
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        unmodified = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+        with skip_layer(model, layer):
+            without = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+    per_token = (without.exp() * (without - unmodified)).sum(-1)
+    scored = batch["labels"] != -100
+    return (per_token[scored].sum() / scored.sum()).item()
+
+
 def test_loo_works_on_an_apriel_h1_hybrid(tok, texts):
+    """Each layer's importance under the KL metric is the mean reverse KL of the model without it, computed
+    here from full logits; the unmodified model scores 0."""
     torch.manual_seed(0)
     config = AprielH1Config(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -78,10 +117,12 @@ def test_loo_works_on_an_apriel_h1_hybrid(tok, texts):
         pad_token_id=tok.pad_token_id,
     )
     hybrid = AprielH1ForCausalLM(config).eval()
-    data = text_data(texts[:4], tok, "kl", batch_size=2, max_length=48)
+    data = text_data(texts[:4], tok, "kl", batch_size=4, max_length=48)
+    (batch,) = data.batches
     result = leave_one_out(hybrid, data, progress=False)
-    assert sorted(result.importance) == [0, 1, 2]
-    assert all(value > 0 for value in result.importance.values())
+    assert result.baseline == 0.0 and sorted(result.importance) == [0, 1, 2]
+    for layer, value in result.importance.items():
+        assert value == pytest.approx(reverse_kl_without(hybrid, layer, batch), rel=1e-4), layer
 
 
 def test_clear_errors(model, tok, tmp_path, texts):

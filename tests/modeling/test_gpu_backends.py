@@ -1,6 +1,6 @@
 """The whole model on a GPU: every fast kernel backend gives the reference's logits, gradients and generations.
 
-Skipped without CUDA (CI has none); run on the lent GPU with ``pytest -m gpu tests/modeling``.
+Skipped without CUDA (CI has none); run on a GPU with ``pytest -m gpu tests/modeling``.
 """
 
 from __future__ import annotations

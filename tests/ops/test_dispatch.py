@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,8 +51,46 @@ def test_environment_variable_overrides_the_preference(monkeypatch):
         resolve_ops(CPU, "auto")
 
 
+OPERATIONS = ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update")
+BACKEND_FILES = {"triton": "triton_backend.py", "mamba_ssm": "mamba_ssm_backend.py"}
+
+
+def reference_parameters(op: str, with_document_starts: bool) -> list[tuple[str, object]]:
+    """(name, default or inspect.Parameter.empty) of the reference operation, in order."""
+    parameters = inspect.signature(getattr(reference, op)).parameters.values()
+    return [(p.name, p.default) for p in parameters if with_document_starts or p.name != "document_starts"]
+
+
+def parameters_in_source(path: Path) -> tuple[dict[str, list[tuple[str, object]]], bool]:
+    """Each module-level operation's (name, default) list, and SUPPORTS_DOCUMENT_STARTS, read from the source
+    (a backend's packages need not be installed to check what it promises)."""
+    tree = ast.parse(path.read_text())
+    operations, supports_starts = {}, None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in OPERATIONS:
+            names = [arg.arg for arg in node.args.posonlyargs + node.args.args]
+            defaults = [inspect.Parameter.empty] * (len(names) - len(node.args.defaults))
+            defaults += [ast.literal_eval(default) for default in node.args.defaults]
+            operations[node.name] = list(zip(names, defaults))
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SUPPORTS_DOCUMENT_STARTS" for t in node.targets):
+            supports_starts = ast.literal_eval(node.value)
+    return operations, supports_starts
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_FILES))
+def test_every_backend_takes_the_reference_arguments_with_its_defaults(backend):
+    """A backend is a drop-in for the reference: the four operations, the same argument names in the same order,
+    the same defaults (document_starts only where the backend supports it). Read from the source, so it is
+    checked here without CUDA, triton or mamba-ssm."""
+    operations, supports_starts = parameters_in_source(Path(reference.__file__).parent / BACKEND_FILES[backend])
+    assert supports_starts is not None, "SUPPORTS_DOCUMENT_STARTS is not set"
+    assert sorted(operations) == sorted(OPERATIONS)
+    for op in OPERATIONS:
+        assert operations[op] == reference_parameters(op, supports_starts), f"{backend}.{op}"
+
+
 def test_every_backend_module_that_imports_here_has_the_reference_functions():
-    """The modules resolve_ops may return expose the four operations under the reference's names."""
+    """The modules resolve_ops may return expose the four operations under the reference's names and signatures."""
     from modeling_apriel_h1.ops import _load
 
     for name in ("reference", "triton", "mamba_ssm"):
@@ -56,15 +98,15 @@ def test_every_backend_module_that_imports_here_has_the_reference_functions():
         if module is None:
             continue
         assert module.NAME == name
-        for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
-            assert callable(getattr(module, op)), f"{name}.{op}"
+        for op in OPERATIONS:
+            parameters = inspect.signature(getattr(module, op)).parameters.values()
+            assert [(p.name, p.default) for p in parameters] == reference_parameters(op, module.SUPPORTS_DOCUMENT_STARTS)
 
 
 def test_packed_rows_go_to_a_backend_that_restarts_at_document_starts():
     """Backends that declare document-start support take ``document_starts`` in the scan and the conv; any
     other (mamba-ssm, whose Mamba-1 scan cannot restart) hands packed rows to Triton, or the reference without
     it."""
-    import inspect
     import types
 
     from modeling_apriel_h1.ops import _load, backend_for_packed_rows

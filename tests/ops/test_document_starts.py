@@ -52,7 +52,7 @@ BACKENDS = [
         pytest.mark.skipif(not TRITON_RUNS_HERE, reason="needs triton and a CUDA device (or TRITON_INTERPRET=1)"),
     ]),
 ]
-DTYPES = {"reference": [torch.float32], "triton": [torch.float32, torch.bfloat16]}
+DTYPES = {"reference": [torch.float32], "triton": [torch.float32] if INTERPRETED else [torch.float32, torch.bfloat16]}
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 SERIES = {"u", "delta", "B", "C", "z", "x"}  # inputs with a time axis, split by document
 SCAN_DIM = 8 if INTERPRETED else 32  # the interpreter runs each (batch, channel) program in Python

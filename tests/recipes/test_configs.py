@@ -1,23 +1,44 @@
-"""The shipped configs load: every stage config has every key, the accelerate configs are ones accelerate reads."""
+"""The shipped configs load: every stage config sets and documents every key, the schedules override only stage keys,
+the accelerate configs are ones accelerate reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
-from recipes.stage_config import load_stage_config
+from recipes.stage_config import StageConfig, load_stage_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "recipes" / "configs"
 
 
+STAGE_KEYS = {field.name for field in dataclasses.fields(StageConfig)}
+
+
 @pytest.mark.parametrize("name", ["distill_tiny.yaml", "distill_15b.yaml"])
 def test_stage_configs_have_every_key(name):
-    config = load_stage_config(CONFIGS / name)
-    assert config.loss == "reverse_kl" and config.teacher_inference_mode is False
+    """Each shipped stage config sets exactly the StageConfig fields, each on its own documented line (a comment
+    after the value, or on the lines above it), and loads to the values the file holds."""
+    path = CONFIGS / name
+    values = yaml.safe_load(path.read_text())
+    assert set(values) == STAGE_KEYS, f"missing {sorted(STAGE_KEYS - set(values))}, unknown {sorted(set(values) - STAGE_KEYS)}"
+    lines = path.read_text().splitlines()
+    for key in STAGE_KEYS:
+        (number,) = [n for n, line in enumerate(lines) if line.startswith(f"{key}:")]
+        assert "#" in lines[number] or lines[number - 1].lstrip().startswith("#"), f"{name}: {key} is not documented"
+    assert dataclasses.asdict(load_stage_config(path)) == values
+
+
+@pytest.mark.parametrize("name", ["schedule_tiny.yaml", "schedule_demo.yaml"])
+def test_schedule_configs_override_only_stage_keys(name):
+    schedule = yaml.safe_load((CONFIGS / name).read_text())
+    assert set(schedule.get("distill", {})) <= STAGE_KEYS
+    assert set(load_stage_config(CONFIGS / schedule["distill_config"]).__dict__) == STAGE_KEYS
 
 
 def test_the_15b_stage_is_the_papers_step():
