@@ -183,18 +183,16 @@ def _read_model(gguf_file: Path, config, dtype: torch.dtype | None):
 
 
 def _provenance(gguf_file: Path, sha256: str, dtype: str) -> dict[str, Any]:
-    from transformers.integrations.gguf import GgufHeader
-    from transformers.integrations.gguf.dequant import GGML_NAME
-
-    header = GgufHeader.from_file(str(gguf_file))
-    tensor_types = Counter(GGML_NAME.get(info.ggml_type, _FLOAT_TYPES.get(info.ggml_type, str(info.ggml_type)))
-                           for info in header.tensors)
+    """What ``gguf_import.json`` records: the file (name, size, sha256), what it holds (architecture, model name,
+    llama.cpp's file type and the count of tensors per storage type) and the versions that read it."""
+    metadata, tensor_types = _gguf_contents(gguf_file)
     return {
         "gguf_file": gguf_file.name,
         "sha256": sha256,
         "size_bytes": gguf_file.stat().st_size,
-        "architecture": header.architecture,
-        "quantization": tensor_types.most_common(1)[0][0],
+        "architecture": metadata["general.architecture"],
+        "model_name": metadata.get("general.name"),
+        "quantization": _file_type(metadata.get("general.file_type"), tensor_types),
         "tensor_types": dict(tensor_types.most_common()),
         "dtype": dtype,
         "versions": {name: _version(name) for name in ("transformers", "gguf", "torch")}
@@ -202,7 +200,35 @@ def _provenance(gguf_file: Path, sha256: str, dtype: str) -> dict[str, Any]:
     }
 
 
-_FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}
+def _gguf_contents(gguf_file: Path) -> tuple[dict[str, Any], Counter]:
+    """The file's metadata (string arrays as counts) and how many tensors each ggml type stores, read with
+    transformers' header reader (a second or so; the gguf package's reader parses the vocabulary too)."""
+    from gguf import GGMLQuantizationType
+    from transformers.integrations.gguf import GgufHeader, read_gguf_metadata
+
+    metadata, _ = read_gguf_metadata(str(gguf_file))
+    header = GgufHeader.from_file(str(gguf_file))
+    return metadata, Counter(_type_name(GGMLQuantizationType, info.ggml_type) for info in header.tensors)
+
+
+def _type_name(kinds, value: int) -> str:
+    try:
+        return kinds(value).name
+    except ValueError:
+        return str(value)
+
+
+def _file_type(value: int | None, tensor_types: Counter) -> str:
+    """llama.cpp's name of the file's quantization (``general.file_type``, e.g. Q4_1), or else the type most
+    of its tensors are stored in."""
+    from gguf import LlamaFileType
+
+    if value is not None:
+        try:
+            return LlamaFileType(value).name.removeprefix("MOSTLY_")
+        except ValueError:
+            pass
+    return tensor_types.most_common(1)[0][0]
 
 
 def _version(package: str) -> str:
@@ -257,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     gguf_file = smollm2_gguf() if args.smollm2 else Path(args.gguf_file)
+    existed = Path(args.output).exists() and not args.overwrite
     output = import_gguf(gguf_file, Path(args.output), dtype=DTYPES.get(args.dtype), overwrite=args.overwrite)
     provenance = json.loads((output / PROVENANCE_FILE).read_text())
     print(
-        f"wrote {output}: {provenance['architecture']} from {provenance['gguf_file']} "
+        f"{'already imported' if existed else 'wrote'} {output}: {provenance['architecture']} from {provenance['gguf_file']} "
         f"({provenance['quantization']}, sha256 {provenance['sha256'][:12]}...) as {provenance['dtype']}; "
         f"use it as a teacher, e.g. python -m conversion.convert --teacher {output} ..."
     )
