@@ -32,8 +32,8 @@ from transformers.models.mistral.modeling_mistral import (
     MistralMLP,
     MistralRMSNorm,
     MistralRotaryEmbedding,
-    apply_rotary_pos_emb,
     eager_attention_forward,
+    rotate_half,
 )
 from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
@@ -237,8 +237,40 @@ class AprielH1Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
 
+class AprielH1RotaryEmbedding(MistralRotaryEmbedding):
+    """Mistral's rotary embedding, with ``partial_rotary_factor`` honoured by the default rope type too (Phi-3's
+    equation): cos and sin then cover only the first ``config.rotary_dim`` dimensions of a head. transformers'
+    scaled rope types (llama3, longrope, yarn, ...) read the factor themselves."""
+
+    @staticmethod
+    def compute_default_rope_parameters(config: AprielH1Config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.rotary_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        return inv_freq, 1.0
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q and k (batch, heads, seq, head_dim) with cos, sin (batch, seq, rotary_dim). When
+    rotary_dim < head_dim (partial rotary) only the first rotary_dim dimensions turn, the rest pass through, as
+    in transformers' Phi-3; with the whole head it is Mistral's equation exactly."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == q.shape[-1]:
+        return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
+    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
+    return q_embed, k_embed
+
+
 class AprielH1Attention(nn.Module):
-    """The teacher's grouped-query attention with RoPE, optionally with q/k/v (Qwen2) or output biases."""
+    """The teacher's grouped-query attention with RoPE, optionally with q/k/v (Qwen2) or output biases, per-head
+    q/k RMSNorms (Qwen3) and a rotary embedding over part of each head (Phi-4-mini)."""
 
     def __init__(self, config: AprielH1Config, layer_idx: int):
         super().__init__()
@@ -256,6 +288,9 @@ class AprielH1Attention(nn.Module):
         self.o_proj = nn.Linear(
             config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_out_bias
         )
+        if config.attention_qk_norm:
+            self.q_norm = MistralRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = MistralRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(
         self,
@@ -269,8 +304,12 @@ class AprielH1Attention(nn.Module):
         that ``output_attentions`` records; the fused implementations return None for them."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, dim)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states = self.q_proj(hidden_states).view(hidden_shape)  # (batch, seq, heads, dim)
+        key_states = self.k_proj(hidden_states).view(hidden_shape)
+        if self.config.attention_qk_norm:
+            query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+        query_states = query_states.transpose(1, 2)  # (batch, heads, seq, dim)
+        key_states = key_states.transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -397,7 +436,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
             [AprielH1DecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.rotary_emb = AprielH1RotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.kernels_device: torch.device | None = None
         self.post_init()
