@@ -31,9 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from transformers import DynamicCache
-from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from .decode_state import DecodeState, decoder_layers, is_mamba_layer
+from .modeling_apriel_h1 import apply_rotary_pos_emb
 from .ops.decode_attention import resolve_decode_attention
 from .packed_linears import LinearGroup
 from .sampling import SamplingParams, choose_tokens
@@ -87,6 +87,7 @@ class DecodeEngine:
         if ssm_state_dtype not in SSM_STATE_DTYPES:
             raise ValueError(f"ssm_state_dtype is {ssm_state_dtype}; use one of {', '.join(map(str, SSM_STATE_DTYPES))}")
         _check_supported(model)
+        _check_rope_fits(model.config, max_seq_len)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
@@ -175,9 +176,11 @@ class DecodeEngine:
             else:
                 attn = layer.self_attn
                 q, k, v = mixer_inputs(normed)
+                norms = (attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.variance_epsilon) if hasattr(
+                    attn, "q_norm") else ()
                 q = rotary_to_cache(
                     q, k, v, cos, sin, write_at, state.keys[index], state.values[index],
-                    config.num_attention_heads, state.keys[index].shape[-1],
+                    config.num_attention_heads, state.keys[index].shape[-1], *norms,
                 )
                 out = self._attention(q, state.keys[index], state.values[index], write_at + 1, attn.scaling)
                 mixed = attn.o_proj(out.reshape(rows, -1))
@@ -209,10 +212,12 @@ class DecodeEngine:
         rows = hidden.shape[0]
         config = self.model.config
         head_dim = self.state.keys[index].shape[-1]
-        q = attn.q_proj(hidden).view(rows, 1, config.num_attention_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(hidden).view(rows, 1, config.num_key_value_heads, head_dim).transpose(1, 2)
+        q = attn.q_proj(hidden).view(rows, 1, config.num_attention_heads, head_dim)
+        k = attn.k_proj(hidden).view(rows, 1, config.num_key_value_heads, head_dim)
         v = attn.v_proj(hidden).view(rows, 1, config.num_key_value_heads, head_dim)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (rows, heads, 1, head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3's per-head norms, before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (rows, heads, 1, head_dim)
         row_index = self.state.row_index[:rows]
         self.state.keys[index][row_index, write_at] = k[:, :, 0]
         self.state.values[index][row_index, write_at] = v[:, 0]
@@ -417,6 +422,26 @@ def _check_supported(model: nn.Module) -> None:
         )
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise ValueError(f"{type(model).__name__} has no model.layers: the engine needs a Mistral/Llama-style causal LM")
+    attention = [layer.self_attn for layer in decoder_layers(model) if not is_mamba_layer(layer)]
+    if any(not hasattr(attn, "q_proj") for attn in attention):
+        raise ValueError(
+            f"{type(model).__name__} has fused q/k/v projections (Phi-3's qkv_proj), which the engine does not read; "
+            "convert it with 0 Mamba layers (conversion.model.convert_model(model, [])) and decode that"
+        )
+
+
+def _check_rope_fits(config, max_seq_len: int) -> None:
+    """longrope (Phi-3 128k, Phi-4-mini) turns every position by other angles once a sequence passes
+    ``original_max_position_embeddings`` tokens, and the model then recomputes its whole cache (generate() does,
+    as transformers' Phi-3 does); keys already in the engine's slots cannot follow, so sequences stay below."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    limit = rope.get("original_max_position_embeddings")
+    if rope.get("rope_type") == "longrope" and limit is not None and max_seq_len > limit:
+        raise ValueError(
+            f"this model's longrope rotary changes its angles past {limit} tokens (original_max_position_embeddings) "
+            f"and needs its cache recomputed there, which the engine's slots cannot do; build the engine with "
+            f"max_seq_len <= {limit}, or use model.generate() for longer sequences"
+        )
 
 
 def _can_fuse(model: nn.Module, device: torch.device) -> bool:
