@@ -15,7 +15,7 @@ import torch
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig, AprielHForCausalLM
 
-from .mil import ATTENTION_NAMES, mil_mixer_tensors
+from .mil import ATTENTION_NAMES, FOLD_QK_NORMS, mil_mixer_tensors
 
 _ATTENTION_TENSOR = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(\w+)\.(weight|bias)$")
 # Fused projections (Phi-3) and the separate ones our layout holds, stacked in this order along the rows
@@ -71,6 +71,7 @@ def plan_student_tensors(
     new_mamba_layers: list[int],
     seed: int,
     dtype: torch.dtype,
+    fold_qk_norms: bool = FOLD_QK_NORMS,
 ) -> list[tuple[str, PlannedTensor]]:
     """For each student tensor, in teacher order: (the teacher tensor it comes from or is placed beside, plan).
 
@@ -92,7 +93,7 @@ def plan_student_tensors(
         if match and int(match.group(1)) in replaced:
             layer = int(match.group(1))
             if layer not in mixers:
-                mixers[layer] = _plan_mixer(config, layer, teacher_names, read, seed, dtype)
+                mixers[layer] = _plan_mixer(config, layer, teacher_names, read, seed, dtype, fold_qk_norms)
                 plan += [
                     (sources[name], PlannedTensor(mixer_name, expected[mixer_name], dtype, _taker(mixers[layer], mixer_name)))
                     for mixer_name in expected
@@ -179,6 +180,7 @@ def _plan_mixer(
     read: Callable[[str], torch.Tensor],
     seed: int,
     dtype: torch.dtype,
+    fold_qk_norms: bool,
 ) -> _LayerMixer:
     prefix = f"model.layers.{layer}.self_attn."
     sources = [name for name in teacher_names if name.startswith(prefix)]
@@ -188,6 +190,6 @@ def _plan_mixer(
 
     def make() -> dict[str, torch.Tensor]:
         attention = {name.removeprefix(prefix): read(name) for name in sources}
-        return mil_mixer_tensors(attention, config, layer, seed, dtype)
+        return mil_mixer_tensors(attention, config, layer, seed, dtype, fold_qk_norms)
 
     return _LayerMixer(make)

@@ -15,8 +15,9 @@ smaller per-step reads never show. Here (after mamba_ssm's ``utils/generation.py
   (``packed_linears``: the modules' weights become views of one packed matrix, no copy is kept), and a Mamba
   layer's conv and state update as one kernel (``ops.triton_kernels.mamba_decode_step``).
 
-Works for any causal LM with the Mistral/Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``), so a
-teacher and its hybrids are measured by the same code. Reachable as ``DecodeEngine(model).generate_batch(...)``
+Works for any causal LM with the Mistral/Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``, and
+``q_norm``/``k_norm`` where the model has them, as Qwen3 does), so a teacher and its hybrids are measured by the
+same code. Reachable as ``DecodeEngine(model).generate_batch(...)``
 and through ``model.generate(..., custom_generate=engine_generate)``.
 """
 
@@ -128,6 +129,11 @@ class DecodeEngine:
     @torch.no_grad()
     def _step(self, rows: int, params: SamplingParams) -> None:
         """Advance rows 0..rows-1 by one token, entirely on the device (capturable)."""
+        self._record(rows, choose_tokens(self._step_logits(rows), params, self._temperature, self._top_p))
+
+    def _step_logits(self, rows: int) -> torch.Tensor:
+        """The next-token logits (rows, vocab) of rows 0..rows-1, fp32, writing their new keys, values and Mamba
+        states into the slots: the step before sampling, through the fused kernels or the model's modules."""
         state, model = self.state, self.model
         positions = state.lengths[:rows]
         hidden = model.model.embed_tokens(state.last_token[:rows]).unsqueeze(1)  # (rows, 1, hidden)
@@ -137,8 +143,7 @@ class DecodeEngine:
             hidden = self._fused_layers(hidden[:, 0], cos[:, 0], sin[:, 0], write_at)
         else:
             hidden = self._module_layers(hidden, cos, sin, write_at)[:, 0]
-        logits = model.lm_head(hidden).float()
-        self._record(rows, choose_tokens(logits, params, self._temperature, self._top_p))
+        return model.lm_head(hidden).float()
 
     def _module_layers(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_at: torch.Tensor
