@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt")
     batches = [collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
                for start in range(0, len(dataset), 8)]
-    gains = {
-        f"layer {index} {norm}": [round(v, 3) for v in (layer.self_attn.q_norm if norm == "q_norm" else
-                                                       layer.self_attn.k_norm).weight.aminmax()]
+    gains = {  # how far training moved the norm weights from their initial ones
+        f"layer {index} {norm}": [round(value.item(), 3) for value in getattr(layer.self_attn, norm).weight.aminmax()]
         for index, layer in enumerate(teacher.model.layers) for norm in ("q_norm", "k_norm")
     }
     layer_sets = [[index] for index in range(spec.num_hidden_layers)] + [list(range(1, spec.num_hidden_layers, 2))]

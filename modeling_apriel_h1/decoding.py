@@ -181,11 +181,11 @@ class DecodeEngine:
             else:
                 attn = layer.self_attn
                 q, k, v = mixer_inputs(normed)
-                norms = (attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.variance_epsilon) if hasattr(
+                head_norms = (attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.variance_epsilon) if hasattr(
                     attn, "q_norm") else ()
                 q = rotary_to_cache(
                     q, k, v, cos, sin, write_at, state.keys[index], state.values[index],
-                    config.num_attention_heads, state.keys[index].shape[-1], *norms,
+                    config.num_attention_heads, state.keys[index].shape[-1], *head_norms,
                 )
                 out = self._attention(q, state.keys[index], state.values[index], write_at + 1, attn.scaling)
                 mixed = attn.o_proj(out.reshape(rows, -1))
