@@ -42,12 +42,15 @@ def _longrope(rotary_dim: int) -> dict:
 
 
 def teacher_config(family: str, **overrides) -> PretrainedConfig:
-    """Tiny (head_dim 16); ``phi4_mini`` is Phi-4-mini's attention: partial rotary 0.75, longrope, tied embeddings."""
+    """Tiny (head_dim 16); ``phi4_mini`` is Phi-4-mini's attention: partial rotary 0.75, longrope, tied embeddings;
+    ``phi3_partial`` rotates half of each head with the default rope."""
     fields = {key: value for key, value in TINY.items() if key != "head_dim"}
     if family == "qwen3":
         return Qwen3Config(**{**fields, "head_dim": 16, **overrides})
     if family == "phi3":
         return Phi3Config(**{**fields, **overrides})
+    if family == "phi3_partial":  # partial rotary with the default rope type
+        return Phi3Config(**{**fields, "partial_rotary_factor": 0.5, **overrides})
     if family == "phi4_mini":
         return Phi3Config(**{**fields, **LONGROPE, "tie_word_embeddings": True,
                              "rope_parameters": _longrope(12), **overrides})
@@ -69,7 +72,7 @@ def ids(batch: int = 2, length: int = 40, seed: int = 0, vocab: int = TINY["voca
     return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", (*FAMILIES, "phi3_partial"))
 def test_converting_no_layer_gives_the_teacher_logits(family):
     """40 tokens: past Phi-4-mini's longrope switch (24), so the long factors are checked too."""
     teacher = build_teacher(teacher_config(family))
