@@ -20,8 +20,14 @@ written) over the device-to-device copy bandwidth measured in the same run. ``--
 runs the hybrids' engine rows once per Mamba state dtype (``DecodeEngine(ssm_state_dtype=...)``; the teacher has
 no Mamba state and runs once).
 
+``--shape qwen3-14b`` measures at Qwen3-14B's shape instead (40 layers, hidden 5120, 40 heads / 8 KV heads,
+head_dim 128, MLP 17408, vocab 151936, per-head q/k norms; the hybrids keep 30/50 and 40/50 of the layers as
+Mamba, i.e. 24 and 32 of 40, and the stock static-cache teacher is transformers' Qwen3); explicit width options
+still override a shape's values.
+
     python benchmarks/decode_throughput.py --part engine --json $OUT/engine.json
     python benchmarks/decode_throughput.py --part stock --json $OUT/stock.json
+    python benchmarks/decode_throughput.py --part engine --shape qwen3-14b --batches 1 --contexts 2048 --json $OUT/qwen3.json
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import json
 import time
 
 import torch
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 from modeling_apriel_h1.decode_state import bytes_per_sequence
@@ -42,6 +48,13 @@ from modeling_apriel_h1.sampling import SamplingParams
 GIB = 2**30
 MODELS = {"teacher": 0, "H1-30": 30, "H1-40": 40}  # Mamba layers of 50 (scaled to --layers)
 SSM_STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Teacher shapes other than Apriel-15B's (the option defaults): the values ``--shape`` gives the model options
+SHAPES = {
+    "apriel-15b": dict(layers=50, hidden=5120, intermediate=14336, heads=32, kv_heads=8, head_dim=128, vocab=131072,
+                       qk_norm=False),
+    "qwen3-14b": dict(layers=40, hidden=5120, intermediate=17408, heads=40, kv_heads=8, head_dim=128, vocab=151936,
+                      qk_norm=True),
+}
 
 
 def evenly_spread(count: int, layers: int) -> list[int]:
@@ -61,6 +74,11 @@ def dims(args: argparse.Namespace) -> dict:
     )
 
 
+def attention_fields(args: argparse.Namespace) -> dict:
+    """The AprielH1Config attention fields beyond the widths (q/k norms for a Qwen3 shape)."""
+    return dict(attention_qk_norm=getattr(args, "qk_norm", False))
+
+
 def add_model_dims(parser: argparse.ArgumentParser, layer_widths_only: bool = False) -> None:
     """The model-shape options (Apriel-15B's by default), shared with ``decode_profile.py`` and, the widths inside
     a layer only (no layer count or vocabulary), ``decode_kernel_tiles.py``."""
@@ -76,17 +94,20 @@ def add_model_dims(parser: argparse.ArgumentParser, layer_widths_only: bool = Fa
 
 
 def build(kind: str, args: argparse.Namespace, stock_mistral: bool = False) -> torch.nn.Module:
-    """A random bf16 model made on the GPU: the teacher (optionally as stock Mistral) or a hybrid."""
+    """A random bf16 model made on the GPU: the teacher (optionally as stock transformers: Mistral, or Qwen3 for a
+    q/k-norm shape) or a hybrid."""
     mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"):
+            if stock_mistral and getattr(args, "qk_norm", False):
+                return Qwen3ForCausalLM(Qwen3Config(**dims(args))).eval()
             if stock_mistral:
                 return MistralForCausalLM(MistralConfig(**dims(args), sliding_window=None)).eval()
             layer_types = ["mamba" if i in mamba else "attention" for i in range(args.layers)]
-            config = AprielH1Config(**dims(args), layer_types=layer_types, mamba_dt_rank="auto")
+            config = AprielH1Config(**dims(args), **attention_fields(args), layer_types=layer_types, mamba_dt_rank="auto")
             return AprielH1ForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(default_dtype)
@@ -300,7 +321,8 @@ def _line(row: dict) -> str:
     return " ".join(fields)
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with ``--shape``'s model values as the defaults that explicit width options override."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["engine", "stock"], required=True)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -321,8 +343,16 @@ def main() -> None:
     parser.add_argument("--ssm-state-dtypes", nargs="+", default=["float32"], choices=list(SSM_STATE_DTYPES),
                         help="engine part: run the hybrids once per Mamba state dtype (DecodeEngine(ssm_state_dtype))")
     add_model_dims(parser)
+    parser.add_argument("--shape", choices=list(SHAPES), default="apriel-15b",
+                        help="the teacher's shape: sets the model options' defaults (see the module docstring)")
     parser.add_argument("--json", help="write every row here")
-    args = parser.parse_args()
+    shape, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**SHAPES[shape.shape])
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA device")
     bandwidth = copy_bandwidth()

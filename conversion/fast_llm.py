@@ -78,12 +78,26 @@ def released_config_from(config: AprielH1Config) -> AprielHConfig:
             "the released Apriel-H1 format has bias-free attention (MistralDecoderLayer); this model has attention "
             "biases, which that format cannot hold"
         )
-    ours = ("layer_types", "attention_bias", "attention_out_bias", "mamba_dt_bias_in_projection", *RELEASED_SSM_FIELDS.values())
+    _refuse_attention_beyond_mistral(config, "the released Apriel-H1 format (MistralDecoderLayer)")
+    ours = ("layer_types", "attention_bias", "attention_out_bias", "attention_qk_norm", "mamba_dt_bias_in_projection",
+            *RELEASED_SSM_FIELDS.values())
     fields = {key: value for key, value in config.to_dict().items() if key not in ours and key not in _SOURCE_IDENTITY_KEYS}
     ssm = {key: getattr(config, name) for key, name in RELEASED_SSM_FIELDS.items()}
     ssm.update(repeat_kv_before_conv=True, activation="silu")  # what the mixer computes (the release hard-codes SiLU)
     to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
     return AprielHConfig(**fields, hybrid_block_layout=[to_entry[kind] for kind in config.layer_types], ssm_cfg=ssm)
+
+
+def _refuse_attention_beyond_mistral(config: AprielH1Config, target: str) -> None:
+    """Raise, naming the feature, when the attention has q/k norms (Qwen3) or rotates part of each head (Phi-4-mini):
+    Mistral attention, all that ``target`` holds, has neither, so the export would compute another model."""
+    if config.attention_qk_norm:
+        raise ValueError(f"this model's attention has per-head q/k norms (a Qwen3 teacher); {target} cannot hold them")
+    if config.rotary_dim != config.head_dim:
+        raise ValueError(
+            f"this model's rotary embedding turns {config.rotary_dim} of {config.head_dim} head dimensions "
+            f"(partial_rotary_factor, a Phi-4-mini teacher); {target} rotates whole heads"
+        )
 
 
 def tensor_mismatches(reader: CheckpointReader, config: AprielH1Config) -> list[str]:
@@ -206,6 +220,7 @@ def fast_llm_mamba_mixer(config: AprielH1Config) -> dict[str, Any]:
 def fast_llm_attention_mixer(config: AprielH1Config) -> dict[str, Any]:
     """Fast-LLM's ``mixer`` block config for our attention layers, as its Mistral/Llama converters map it
     (fast_llm/models/gpt/conversion/llama.py ``LlamaAttentionConverter``, mistral.py)."""
+    _refuse_attention_beyond_mistral(config, "the exported Fast-LLM attention block (written as Mistral's)")
     rope = dict(config.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     if rope.get("rope_type", "default") != "default":
         raise ValueError(

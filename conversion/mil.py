@@ -23,6 +23,9 @@ from modeling_apriel_h1 import AprielH1Config
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 INIT_METHOD = "mil"
+# Qwen3's per-head q/k RMSNorm weights: scale C's and B's rows by them (True) or copy W_Q and W_K as they are
+# (False). Chosen by the KL to the teacher right after conversion, docs/mil_initialisation.md.
+FOLD_QK_NORMS = True
 # Fast-LLM's mixer adds dt_proj.bias twice (once in dt_proj, once as the scan's delta_bias); ours adds it once
 # unless the config says otherwise (mamba_dt_bias_in_projection, the released layout). Storing twice Mamba's
 # inverse-softplus draw where ours counts it once makes the converted mixer compute what Apriel-H1's did at init.
@@ -39,17 +42,36 @@ def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -
     return (torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
 
 
+def fold_head_norms(attention: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``attention`` with ``q_proj`` / ``k_proj`` (weights and biases) scaled per output row by the per-head norm
+    weights (``q_norm.weight``, ``k_norm.weight``, one gain per head dimension, the same for every head)."""
+    folded = dict(attention)
+    for projection, norm in (("q_proj", "q_norm"), ("k_proj", "k_norm")):
+        gain = attention[f"{norm}.weight"].float()
+        for kind in ("weight", "bias"):
+            name = f"{projection}.{kind}"
+            if name in attention:
+                tensor = attention[name].float()
+                rows = tensor.reshape(-1, gain.shape[0], *tensor.shape[1:])  # (heads, head_dim, ...)
+                scaled = rows * gain.reshape(1, -1, *([1] * (tensor.dim() - 1)))
+                folded[name] = scaled.reshape(tensor.shape).to(attention[name].dtype)
+    return folded
+
+
 def mil_mixer_tensors(
     attention: dict[str, torch.Tensor],
     config: AprielH1Config,
     layer_index: int,
     seed: int,
     dtype: torch.dtype,
+    fold_qk_norms: bool = FOLD_QK_NORMS,
 ) -> dict[str, torch.Tensor]:
     """The ``mixer.*`` tensors of a Mamba layer initialised from that layer's attention.
 
-    ``attention`` maps ``q_proj.weight`` ... ``o_proj.weight`` (and ``*.bias`` where the teacher has them) to the
-    teacher's tensors. Returns names relative to the mixer (``in_proj.weight``, ``A_log``, ...).
+    ``attention`` maps ``q_proj.weight`` ... ``o_proj.weight`` (and ``*.bias`` where the teacher has them, and
+    ``q_norm.weight`` / ``k_norm.weight`` for a Qwen3 teacher) to the teacher's tensors. Returns names relative
+    to the mixer (``in_proj.weight``, ``A_log``, ...). With ``fold_qk_norms`` the q/k norm weights scale C's and
+    B's rows (the norm's per-channel gain; its division by the head's RMS has no linear counterpart).
     """
     hidden, d_inner, d_xb = config.hidden_size, config.mamba_d_inner, config.mamba_d_xb
     d_state, d_conv, dt_rank = config.mamba_d_state, config.mamba_d_conv, config.mamba_dt_rank
@@ -61,6 +83,8 @@ def mil_mixer_tensors(
                 f"layer {layer_index}: {name}.weight has shape {actual} but MIL needs {shape} "
                 f"(mamba_d_inner={d_inner} = heads * head_dim, mamba_d_xb={d_xb} = kv_heads * head_dim)"
             )
+    if fold_qk_norms and "q_norm.weight" in attention:
+        attention = fold_head_norms(attention)
     generator = layer_generator(seed, layer_index)
     # nn.Linear's default (kaiming-uniform, a=sqrt(5)) bound, what Mamba and Fast-LLM's MIL script leave z and dt_in_proj with
     linear_bound = 1 / math.sqrt(hidden)

@@ -3,6 +3,10 @@
 A teacher's attention layers are copied as they are, so every attention feature it uses must exist in
 ``AprielH1Config``; anything else (MLP biases, per-layer sliding windows, an unknown architecture) is refused
 here, before any weight is touched, with a message that names the feature.
+
+Families: Mistral, Llama (llama3 rope scaling, attention biases), Qwen2 (q/k/v biases), Qwen3 (per-head q/k
+RMSNorms, ``attention_qk_norm``), Phi-3 / Phi-4 (fused ``qkv_proj`` and ``gate_up_proj``, split by the plan;
+partial rotary and longrope through ``rope_parameters``), and Apriel-H1 hybrids.
 """
 
 from __future__ import annotations
@@ -15,7 +19,21 @@ from modeling_apriel_h1 import AprielH1Config, AprielHConfig
 from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA, RELEASED_LAYOUT
 
 # apriel_h: a released Apriel-H1 checkpoint, which can be converted further (more layers to Mamba)
-SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "apriel_h1", "apriel_h")
+SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "qwen3", "phi3", "apriel_h1", "apriel_h")
+# Architectures people ask for that the hybrid cannot represent, and what they have that it lacks
+MISSING_FEATURES = {
+    "gemma3": "interleaved sliding-window and global attention layers, and sandwich norms around each block",
+    "gemma3_text": "interleaved sliding-window and global attention layers, and sandwich norms around each block",
+    "gemma2": "interleaved sliding-window and global attention layers, sandwich norms and logit soft-capping",
+    "mixtral": "mixture-of-experts MLPs (a router and several experts per layer)",
+    "qwen2_moe": "mixture-of-experts MLPs (a router and several experts per layer)",
+    "qwen3_moe": "mixture-of-experts MLPs (a router and several experts per layer)",
+    "deepseek_v2": "multi-head latent attention (low-rank compressed keys and values) and mixture-of-experts MLPs",
+    "deepseek_v3": "multi-head latent attention (low-rank compressed keys and values) and mixture-of-experts MLPs",
+    "phimoe": "mixture-of-experts MLPs (a router and several experts per layer)",
+}
+# Model types whose attention uses per-head RMSNorms on q and k
+_QK_NORM_MODEL_TYPES = ("qwen3",)
 # Keys of a saved config that describe its file, not the model
 _FILE_KEYS = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
 # Apriel-H1's mixer: state size 16 (paper section 3.3), dt rank ceil(hidden / 16) (Mamba's "auto").
@@ -37,6 +55,11 @@ class UnsupportedTeacherError(ValueError):
 def check_supported(config: PretrainedConfig) -> None:
     """Raise ``UnsupportedTeacherError`` naming the architecture or feature we cannot convert."""
     model_type = getattr(config, "model_type", None)
+    if model_type in MISSING_FEATURES:
+        raise UnsupportedTeacherError(
+            f"teacher model_type {model_type!r} is not supported: it uses {MISSING_FEATURES[model_type]}, which "
+            f"the Apriel-H1 model does not have; supported teachers are {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedTeacherError(
             f"teacher model_type {model_type!r} is not supported; supported teachers are "
@@ -51,8 +74,17 @@ def check_supported(config: PretrainedConfig) -> None:
 
 
 def _sliding_window(config: PretrainedConfig) -> int | None:
-    """The one sliding window all attention layers share, or None; per-layer windows cannot be represented."""
-    if config.model_type == "qwen2":
+    """The one sliding window all attention layers share, or None; per-layer windows cannot be represented.
+    A window at least ``max_position_embeddings`` long masks nothing the model can see (Phi-4-mini's 262144
+    at 131072 positions) and becomes None, so that the decode engine, which runs full attention, takes it."""
+    window = _declared_sliding_window(config)
+    if window is not None and window >= config.max_position_embeddings:
+        return None
+    return window
+
+
+def _declared_sliding_window(config: PretrainedConfig) -> int | None:
+    if config.model_type in ("qwen2", "qwen3"):
         kinds = set(config.layer_types or ["full_attention"])
         if kinds == {"full_attention"}:
             return None
@@ -70,8 +102,8 @@ def _attention_biases(config: PretrainedConfig) -> tuple[bool, bool]:
     """(q/k/v bias, output bias) of the teacher's attention."""
     if config.model_type == "qwen2":
         return True, False  # Qwen2 always has q/k/v biases and a bias-free o_proj
-    if config.model_type == "llama":
-        return bool(config.attention_bias), bool(config.attention_bias)  # Llama's flag covers o_proj too
+    if config.model_type in ("llama", "qwen3"):
+        return bool(config.attention_bias), bool(config.attention_bias)  # their flag covers o_proj too
     if isinstance(config, AprielH1Config):
         return config.attention_bias, config.attention_out_bias
     return False, False
@@ -106,6 +138,7 @@ def hybrid_config_from_teacher(
         sliding_window=_sliding_window(config),
         attention_bias=qkv_bias,
         attention_out_bias=out_bias,
+        attention_qk_norm=config.model_type in _QK_NORM_MODEL_TYPES,
         layer_types=layer_types,
         mamba_d_state=DEFAULT_MAMBA_D_STATE if d_state is None else d_state,
         mamba_dt_rank=math.ceil(config.hidden_size / 16),

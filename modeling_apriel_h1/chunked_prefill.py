@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
-from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from .decode_state import DecodeState, decoder_layers, is_mamba_layer
+from .modeling_apriel_h1 import apply_rotary_pos_emb
 
 MambaStates = dict[int, tuple[torch.Tensor, torch.Tensor]]  # Mamba layer index -> (conv window, SSM state)
 
@@ -42,10 +42,12 @@ def project_attention(
     (rows, n, kv_heads, head_dim), from hidden (rows, n, hidden). The one projection of the engine's decode step
     and of its chunked prefill, so that the two cannot compute different attention inputs."""
     rows, length, _ = hidden.shape
-    q = attn.q_proj(hidden).view(rows, length, heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(hidden).view(rows, length, kv_heads, head_dim).transpose(1, 2)
+    q = attn.q_proj(hidden).view(rows, length, heads, head_dim)
+    k = attn.k_proj(hidden).view(rows, length, kv_heads, head_dim)
     v = attn.v_proj(hidden).view(rows, length, kv_heads, head_dim)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if hasattr(attn, "q_norm"):  # Qwen3's per-head norms, before the rotation
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # partial rotary where configured
     return q, k, v
 
 

@@ -31,7 +31,7 @@ def mamba_layers_in(layer_types: list[str] | None) -> list[int]:
 class AprielH1Config(PreTrainedConfig):
     r"""
     Configuration for [`AprielH1ForCausalLM`]. The attention fields are those of the teacher (Mistral / Llama /
-    Qwen2 style); the ``mamba_*`` fields describe the Mamba-1 mixer of Apriel-H1 (M1-style GQA handling: x and B
+    Qwen2 / Qwen3 / Phi-3 style); the ``mamba_*`` fields describe the Mamba-1 mixer of Apriel-H1 (M1-style GQA handling: x and B
     are projected at KV width and repeated to every head, C at full width).
 
     Args:
@@ -40,6 +40,12 @@ class AprielH1Config(PreTrainedConfig):
             `"linear_attention"`). Defaults to all attention, i.e. the teacher itself.
         attention_bias (`bool`): bias on the q/k/v projections (Qwen2 teachers have it).
         attention_out_bias (`bool`): bias on the attention output projection.
+        attention_qk_norm (`bool`): an RMSNorm over each head's query and key (weights `q_norm` / `k_norm` of size
+            `head_dim`, epsilon `rms_norm_eps`) between the projections and the rotary embedding, as in Qwen3.
+            `False` (Mistral, Llama, Qwen2, Phi-3 and every checkpoint saved before the field existed) has none.
+        rope_parameters (`dict`, *optional*): transformers' rotary settings (`rope_theta`, `rope_type` and its
+            scaling keys). `partial_rotary_factor` < 1 rotates only the first `int(head_dim * factor)` dimensions of
+            each head and passes the rest through unrotated (Phi-4-mini: 0.75); absent, the whole head rotates.
         mamba_d_state (`int`): SSM state size per channel (16 in Apriel-H1).
         mamba_d_inner (`int`, *optional*): mixer width; defaults to `num_attention_heads * head_dim` so that C and
             the output projection can take W_Q and W_O (Mamba-in-Llama initialisation).
@@ -92,6 +98,7 @@ class AprielH1Config(PreTrainedConfig):
     attention_dropout: float | int = 0.0
     attention_bias: bool = False
     attention_out_bias: bool = False
+    attention_qk_norm: bool = False
     layer_types: list[str] | None = None
     mamba_d_state: int = 16
     mamba_d_inner: int | None = None
@@ -151,6 +158,12 @@ class AprielH1Config(PreTrainedConfig):
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads})"
             )
+        rotary_dim = self.rotary_dim
+        if rotary_dim % 2 or not 0 < rotary_dim <= self.head_dim:
+            raise ValueError(
+                f"rope_parameters' partial_rotary_factor gives {rotary_dim} rotary dimensions of head_dim "
+                f"{self.head_dim}; it must be an even number between 2 and head_dim"
+            )
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(f"kernel_backend is {self.kernel_backend!r}; choose one of {KERNEL_BACKENDS}")
         if MAMBA not in self.layer_types:
@@ -173,6 +186,13 @@ class AprielH1Config(PreTrainedConfig):
             raise ValueError(f"mamba_dt_rank is {self.mamba_dt_rank!r}; use a positive integer or 'auto'")
         if self.mamba_d_conv < 1:
             raise ValueError(f"mamba_d_conv is {self.mamba_d_conv}; the convolution needs a width of at least 1")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head the rotary embedding turns: all of them unless ``partial_rotary_factor`` < 1,
+        computed as transformers' rotary functions compute it."""
+        factor = (self.rope_parameters or {}).get("partial_rotary_factor", 1.0)
+        return int(self.head_dim * factor)
 
     @property
     def mamba_layer_indices(self) -> list[int]:
@@ -261,6 +281,8 @@ class AprielHConfig(AprielH1Config):
             )
         if self.attention_bias or self.attention_out_bias:
             raise ValueError("the released format has Mistral's bias-free attention; attention_bias must be false")
+        if self.attention_qk_norm:
+            raise ValueError("the released format has no q/k norms (Mistral attention); attention_qk_norm must be false")
         for key, name in RELEASED_SSM_FIELDS.items():
             setattr(self, name, ssm[key])
         if ssm["d_inner"] is None:  # the release's Mamba2: d_inner = expand * d_model
@@ -272,6 +294,11 @@ class AprielHConfig(AprielH1Config):
         self.mamba_dt_bias_in_projection = True
         self.ssm_cfg = ssm
         super().__post_init__(**kwargs)
+        if self.rotary_dim != self.head_dim:
+            raise ValueError(
+                f"the released format rotates whole heads (Mistral attention); partial_rotary_factor "
+                f"{self.rope_parameters['partial_rotary_factor']} cannot be stored in it"
+            )
 
     def _check_layout(self, layout: list[str]) -> None:
         if not layout:
@@ -304,7 +331,7 @@ class AprielHConfig(AprielH1Config):
         to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
         output["hybrid_block_layout"] = [to_entry[kind] for kind in output.pop("layer_types")]
         output["ssm_cfg"] = {**output["ssm_cfg"], **{key: output.pop(name) for key, name in RELEASED_SSM_FIELDS.items()}}
-        for name in ("mamba_dt_bias_in_projection", "attention_bias", "attention_out_bias"):
+        for name in ("mamba_dt_bias_in_projection", "attention_bias", "attention_out_bias", "attention_qk_norm"):
             output.pop(name)
         rope = dict(output.pop("rope_parameters") or {})
         if "rope_theta" in rope:

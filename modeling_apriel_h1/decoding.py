@@ -20,8 +20,9 @@ smaller per-step reads never show. Here (after mamba_ssm's ``utils/generation.py
   (``packed_linears``: the modules' weights become views of one packed matrix, no copy is kept), and a Mamba
   layer's conv and state update as one kernel (``ops.triton_kernels.mamba_decode_step``).
 
-Works for any causal LM with the Mistral/Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``), so a
-teacher and its hybrids are measured by the same code. Reachable as ``DecodeEngine(model).generate_batch(...)``
+Works for any causal LM with the Mistral/Llama layout (``model.model.layers[i].self_attn.{q,k,v,o}_proj``, and
+``q_norm``/``k_norm`` where the model has them, as Qwen3 does), so a teacher and its hybrids are measured by the
+same code. Reachable as ``DecodeEngine(model).generate_batch(...)``
 and through ``model.generate(..., custom_generate=engine_generate)``.
 """
 
@@ -120,6 +121,7 @@ class DecodeEngine:
         if ssm_state_dtype not in SSM_STATE_DTYPES:
             raise ValueError(f"ssm_state_dtype is {ssm_state_dtype}; use one of {', '.join(map(str, SSM_STATE_DTYPES))}")
         _check_supported(model)
+        _check_rope_fits(model.config, max_seq_len)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
@@ -166,6 +168,11 @@ class DecodeEngine:
     @torch.no_grad()
     def _step(self, rows: int, params: SamplingParams) -> None:
         """Advance rows 0..rows-1 by one token, entirely on the device (capturable)."""
+        self._record(rows, choose_tokens(self._step_logits(rows), params, self._temperature, self._top_p))
+
+    def _step_logits(self, rows: int) -> torch.Tensor:
+        """The next-token logits (rows, vocab) of rows 0..rows-1, fp32, writing their new keys, values and Mamba
+        states into the slots: the step before sampling, through the fused kernels or the model's modules."""
         state, model = self.state, self.model
         positions = state.lengths[:rows]
         hidden = model.model.embed_tokens(state.last_token[:rows]).unsqueeze(1)  # (rows, 1, hidden)
@@ -175,8 +182,7 @@ class DecodeEngine:
             hidden = self._fused_layers(hidden[:, 0], cos[:, 0], sin[:, 0], write_at)
         else:
             hidden = self._module_layers(hidden, cos, sin, write_at)[:, 0]
-        logits = model.lm_head(hidden).float()
-        self._record(rows, choose_tokens(logits, params, self._temperature, self._top_p))
+        return model.lm_head(hidden).float()
 
     def _module_layers(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_at: torch.Tensor
@@ -214,9 +220,11 @@ class DecodeEngine:
             else:
                 attn = layer.self_attn
                 q, k, v = mixer_inputs(normed)
+                head_norms = (attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.variance_epsilon) if hasattr(
+                    attn, "q_norm") else ()
                 q = rotary_to_cache(
                     q, k, v, cos, sin, write_at, state.keys[index], state.values[index],
-                    config.num_attention_heads, state.keys[index].shape[-1],
+                    config.num_attention_heads, state.keys[index].shape[-1], *head_norms,
                 )
                 out = self._attention(q, state.keys[index], state.values[index], write_at + 1, attn.scaling)
                 mixed = attn.o_proj(out.reshape(rows, -1))
@@ -559,6 +567,26 @@ def _check_supported(model: nn.Module) -> None:
         )
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise ValueError(f"{type(model).__name__} has no model.layers: the engine needs a Mistral/Llama-style causal LM")
+    attention = [layer.self_attn for layer in decoder_layers(model) if not is_mamba_layer(layer)]
+    if any(not hasattr(attn, "q_proj") for attn in attention):
+        raise ValueError(
+            f"{type(model).__name__} has fused q/k/v projections (Phi-3's qkv_proj), which the engine does not read; "
+            "convert it with 0 Mamba layers (conversion.model.convert_model(model, [])) and decode that"
+        )
+
+
+def _check_rope_fits(config, max_seq_len: int) -> None:
+    """longrope (Phi-3 128k, Phi-4-mini) turns every position by other angles once a sequence passes
+    ``original_max_position_embeddings`` tokens, and the model then recomputes its whole cache (generate() does,
+    as transformers' Phi-3 does); keys already in the engine's slots cannot follow, so sequences stay below."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    limit = rope.get("original_max_position_embeddings")
+    if rope.get("rope_type") == "longrope" and limit is not None and max_seq_len > limit:
+        raise ValueError(
+            f"this model's longrope rotary changes its angles past {limit} tokens (original_max_position_embeddings) "
+            f"and needs its cache recomputed there, which the engine's slots cannot do; build the engine with "
+            f"max_seq_len <= {limit}, or use model.generate() for longer sequences"
+        )
 
 
 def _can_fuse(model: nn.Module, device: torch.device) -> bool:

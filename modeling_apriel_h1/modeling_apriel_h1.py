@@ -33,8 +33,8 @@ from transformers.models.mistral.modeling_mistral import (
     MistralMLP,
     MistralRMSNorm,
     MistralRotaryEmbedding,
-    apply_rotary_pos_emb,
     eager_attention_forward,
+    rotate_half,
 )
 from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
@@ -284,8 +284,40 @@ class AprielH1Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2)), new_conv_state, new_ssm_state
 
 
+class AprielH1RotaryEmbedding(MistralRotaryEmbedding):
+    """Mistral's rotary embedding, with ``partial_rotary_factor`` honoured by the default rope type too (Phi-3's
+    equation): cos and sin then cover only the first ``config.rotary_dim`` dimensions of a head. transformers'
+    scaled rope types (llama3, longrope, yarn, ...) read the factor themselves."""
+
+    @staticmethod
+    def compute_default_rope_parameters(config: AprielH1Config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.rotary_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        return inv_freq, 1.0
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q and k (batch, heads, seq, head_dim) with cos, sin (batch, seq, rotary_dim). When
+    rotary_dim < head_dim (partial rotary) only the first rotary_dim dimensions turn, the rest pass through, as
+    in transformers' Phi-3; with the whole head it is Mistral's equation exactly."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == q.shape[-1]:
+        return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
+    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
+    return q_embed, k_embed
+
+
 class AprielH1Attention(nn.Module):
-    """The teacher's grouped-query attention with RoPE, optionally with q/k/v (Qwen2) or output biases."""
+    """The teacher's grouped-query attention with RoPE, optionally with q/k/v (Qwen2) or output biases, per-head
+    q/k RMSNorms (Qwen3) and a rotary embedding over part of each head (Phi-4-mini)."""
 
     def __init__(self, config: AprielH1Config, layer_idx: int):
         super().__init__()
@@ -303,6 +335,9 @@ class AprielH1Attention(nn.Module):
         self.o_proj = nn.Linear(
             config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_out_bias
         )
+        if config.attention_qk_norm:
+            self.q_norm = MistralRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = MistralRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(
         self,
@@ -316,8 +351,12 @@ class AprielH1Attention(nn.Module):
         that ``output_attentions`` records; the fused implementations return None for them."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, dim)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states = self.q_proj(hidden_states).view(hidden_shape)  # (batch, seq, heads, dim)
+        key_states = self.k_proj(hidden_states).view(hidden_shape)
+        if self.config.attention_qk_norm:
+            query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+        query_states = query_states.transpose(1, 2)  # (batch, heads, seq, dim)
+        key_states = key_states.transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -444,7 +483,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
             [AprielH1DecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.rotary_emb = AprielH1RotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.kernels_device: torch.device | None = None
         self.post_init()
@@ -548,6 +587,22 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs) -> dict:
+        """longrope (Phi-3 128k, Phi-4-mini teachers) turns every position by other angles once the sequence is
+        longer than ``original_max_position_embeddings``; as transformers' Phi-3 does, the step that crosses it
+        drops the cache and recomputes the whole sequence (Mamba states included), so that generate() stays the
+        teacher's computation."""
+        rope = self.config.rope_parameters or {}
+        limit = rope.get("original_max_position_embeddings")
+        cache = kwargs.get(_CACHE_FIELD)
+        if (
+            rope.get("rope_type") == "longrope" and limit is not None and cache is not None
+            and input_ids.shape[1] >= limit + 1 and cache.get_seq_length() <= limit
+        ):
+            kwargs[_CACHE_FIELD] = None
+            kwargs["next_sequence_length"] = None
+        return super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings

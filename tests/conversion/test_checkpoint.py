@@ -173,7 +173,7 @@ def test_cli_refuses_an_unsupported_architecture_naming_the_supported_ones(tmp_p
 
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97)).save_pretrained(tmp_path / "gpt2")
     assert main(["--teacher", str(tmp_path / "gpt2"), "--output", str(tmp_path / "out"), "--mamba-layers", "1"]) == 2
-    assert "model_type 'gpt2' is not supported; supported teachers are mistral, llama, qwen2, apriel_h1" in capsys.readouterr().err
+    assert "model_type 'gpt2' is not supported; supported teachers are mistral, llama, qwen2, qwen3, phi3, apriel_h1" in capsys.readouterr().err
 
 
 def test_converting_a_converted_model_keeps_the_lineage_back_to_the_transformer(teacher_dir, tmp_path):

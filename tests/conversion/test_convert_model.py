@@ -150,7 +150,7 @@ def test_replacing_a_layer_that_is_already_mamba_is_refused():
 def test_unsupported_architectures_are_refused_naming_the_supported_ones():
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedTeacherError, match="model_type 'gpt2' is not supported; supported teachers are mistral, llama, qwen2, apriel_h1"):
+    with pytest.raises(UnsupportedTeacherError, match="model_type .gpt2. is not supported; supported teachers are mistral, llama, qwen2, qwen3, phi3, apriel_h1"):
         hybrid_config_from_teacher(GPT2Config(), [])
 
 

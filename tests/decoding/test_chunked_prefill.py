@@ -24,11 +24,19 @@ CONV_WIDTH = 4  # the tiny config's mamba_d_conv
 SENSITIVE = dict(initializer_range=0.1)  # weights large enough that every layer's state moves the greedy tokens
 
 
-@pytest.fixture(scope="module", params=["hybrid", "mamba-first", "mistral"])
+# Qwen3's per-head q/k norms and Phi's partial rotary, which the chunk's attention projection must apply too
+QK_NORM_PARTIAL_ROTARY = dict(
+    attention_qk_norm=True, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+)
+
+
+@pytest.fixture(scope="module", params=["hybrid", "mamba-first", "mistral", "qk-norm-partial-rotary"])
 def model(request):
     torch.manual_seed(0)
     if request.param == "mistral":
         return MistralForCausalLM(tiny_mistral_config(**SENSITIVE)).eval()
+    if request.param == "qk-norm-partial-rotary":
+        return AprielH1ForCausalLM(tiny_config(**QK_NORM_PARTIAL_ROTARY, **SENSITIVE)).eval()
     layer_types = None if request.param == "hybrid" else ["mamba", "attention", "mamba", "mamba"]
     return AprielH1ForCausalLM(tiny_config(layer_types, **SENSITIVE)).eval()
 

@@ -70,3 +70,36 @@ def test_silu_mul_is_the_gated_activation(dtype):
     gate = torch.randn(4, 3000, device=DEVICE, dtype=dtype) * 3
     up = torch.randn(4, 3000, device=DEVICE, dtype=dtype)
     close(silu_mul(gate, up), F.silu(gate) * up)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("head_dim", "rotary_dim", "qk_norm"), [(64, 64, True), (64, 48, False), (96, 72, True)])
+def test_rotary_to_cache_with_qk_norms_and_partial_rotary_equals_the_modules(dtype, head_dim, rotary_dim, qk_norm):
+    """Qwen3's per-head q/k RMSNorm before the rotation, Phi-4-mini's rotation of the first dims only, and a head
+    width that is not a power of two (Phi-3-mini's 96): what the hybrid's attention modules compute."""
+    from modeling_apriel_h1.modeling_apriel_h1 import apply_rotary_pos_emb as partial_rotary
+    from modeling_apriel_h1.ops.triton_kernels.decode_fused import rotary_to_cache
+
+    rows, q_heads, kv_heads, max_len = 3, 4, 2, 20
+    q = torch.randn(rows, q_heads * head_dim, device=DEVICE, dtype=dtype)
+    k = torch.randn(rows, kv_heads * head_dim, device=DEVICE, dtype=dtype)
+    v = torch.randn(rows, kv_heads * head_dim, device=DEVICE, dtype=dtype)
+    angles = torch.rand(rows, rotary_dim // 2, device=DEVICE) * 6
+    cos = torch.cat([angles.cos()] * 2, dim=-1).to(dtype)
+    sin = torch.cat([angles.sin()] * 2, dim=-1).to(dtype)
+    norms = [MistralRMSNorm(head_dim, eps=1e-6).to(DEVICE, dtype) for _ in range(2)]
+    for norm in norms:
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+    positions = torch.tensor([0, 7, 19], device=DEVICE)
+    k_cache = torch.zeros(rows, max_len, kv_heads, head_dim, device=DEVICE, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    weights = (norms[0].weight, norms[1].weight, 1e-6) if qk_norm else ()
+    q_out = rotary_to_cache(q, k, v, cos, sin, positions, k_cache, v_cache, q_heads, head_dim, *weights)
+    q_in, k_in = q.view(rows, 1, q_heads, head_dim), k.view(rows, 1, kv_heads, head_dim)
+    if qk_norm:
+        q_in, k_in = norms[0](q_in), norms[1](k_in)
+    q_ref, k_ref = partial_rotary(q_in.transpose(1, 2), k_in.transpose(1, 2), cos[:, None], sin[:, None])
+    close(q_out, q_ref[:, :, 0])
+    rows_index = torch.arange(rows, device=DEVICE)
+    close(k_cache[rows_index, positions], k_ref[:, :, 0])
+    torch.testing.assert_close(v_cache[rows_index, positions], v.view(rows, kv_heads, head_dim), rtol=0, atol=0)
