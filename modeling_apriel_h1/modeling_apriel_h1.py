@@ -588,7 +588,9 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs) -> dict:
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, *args, inputs_embeds: torch.Tensor | None = None, **kwargs
+    ) -> dict:
         """longrope (Phi-3 128k, Phi-4-mini teachers) turns every position by other angles once the sequence is
         longer than ``original_max_position_embeddings``; as transformers' Phi-3 does, the step that crosses it
         drops the cache and recomputes the whole sequence (Mamba states included), so that generate() stays the
@@ -598,11 +600,12 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
         cache = kwargs.get(_CACHE_FIELD)
         if (
             rope.get("rope_type") == "longrope" and limit is not None and cache is not None
-            and input_ids.shape[1] >= limit + 1 and cache.get_seq_length() <= limit
+            and input_ids.shape[1] >= limit + 1 and cache.get_seq_length(self.config.length_layer_index) <= limit
         ):
             kwargs[_CACHE_FIELD] = None
             kwargs["next_sequence_length"] = None
-        return super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        # inputs_embeds named in the signature: generate() accepts inputs_embeds only where it finds it there
+        return super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
