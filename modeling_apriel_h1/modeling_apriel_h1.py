@@ -10,6 +10,7 @@ released checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from types import ModuleType
@@ -603,7 +604,8 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
             and input_ids.shape[1] >= limit + 1 and cache.get_seq_length(self.config.length_layer_index) <= limit
         ):
             kwargs[_CACHE_FIELD] = None
-            kwargs["next_sequence_length"] = None
+            if "next_sequence_length" in inspect.signature(super().prepare_inputs_for_generation).parameters:
+                kwargs["next_sequence_length"] = None  # transformers >= 5.24 sizes the step's input by it
         # inputs_embeds named in the signature: generate() accepts inputs_embeds only where it finds it there
         return super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
 

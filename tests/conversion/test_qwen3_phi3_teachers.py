@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import transformers
+from packaging import version
 import torch
 from datasets import Dataset
 from transformers import (
@@ -136,6 +138,11 @@ def test_generate_equals_the_decode_engine_with_mamba_layers(family):
         assert tokens == out[0, len(prompt):].tolist()
 
 
+@pytest.mark.skipif(
+    version.parse(transformers.__version__) < version.parse("5.24"),
+    reason="under transformers 5.17 the teacher's own generate() across the longrope switch gives other tokens than "
+    "ours (its Phi-3 drops the cache there without resizing the step's input); the reference holds from 5.24",
+)
 def test_generate_across_the_longrope_switch_recomputes_as_the_teacher_does():
     """Phi-4-mini's longrope changes every angle past 24 tokens here; generate() from 18 tokens to 30 crosses it."""
     teacher = build_teacher(teacher_config("phi4_mini"))
