@@ -30,7 +30,8 @@ import torch
 from transformers import AutoConfig
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfig
-from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA, RELEASED_LAYOUT, RELEASED_SSM_FIELDS
+from modeling_apriel_h1.configuration_apriel_h1 import RELEASED_SSM_FIELDS
+from modeling_apriel_h1.layer_types import MAMBA, released_layout, user_name
 
 from .atomic_io import staged_output_dir
 from .checkpoint import TEACHER_FILES_TO_COPY, write_config_and_code
@@ -84,8 +85,7 @@ def released_config_from(config: AprielH1Config) -> AprielHConfig:
     fields = {key: value for key, value in config.to_dict().items() if key not in ours and key not in _SOURCE_IDENTITY_KEYS}
     ssm = {key: getattr(config, name) for key, name in RELEASED_SSM_FIELDS.items()}
     ssm.update(repeat_kv_before_conv=True, activation="silu")  # what the mixer computes (the release hard-codes SiLU)
-    to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
-    return AprielHConfig(**fields, hybrid_block_layout=[to_entry[kind] for kind in config.layer_types], ssm_cfg=ssm)
+    return AprielHConfig(**fields, hybrid_block_layout=released_layout(config.layer_types), ssm_cfg=ssm)
 
 
 def _refuse_attention_beyond_mistral(config: AprielH1Config, target: str) -> None:
@@ -191,9 +191,6 @@ def _rewrite_weights(reader: CheckpointReader, directory: Path, convert) -> None
 
 # ----- Fast-LLM block-pattern config ---------------------------------------------------------------------------
 
-FAST_LLM_MAMBA_TYPES = ("mamba", "mamba_2")  # "mamba_2" is the deprecated name Fast-LLM still accepts
-
-
 # transformers' hidden_act -> Fast-LLM's ActivationType (fast_llm/functional/config.py, _ACTIVATION_HF_NAMES)
 FAST_LLM_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu", "relu": "relu", "relu2": "squared_relu", "sigmoid": "sigmoid"}
 
@@ -263,80 +260,12 @@ def fast_llm_decoder_from_config(config: AprielH1Config) -> dict[str, Any]:
         "add_linear_biases": False,  # Fast-LLM's default is True; Mistral's MLP has none
     }
     normalization = {"type": "rms_norm", "epsilon": config.rms_norm_eps}
-    names = {ATTENTION: "attention", MAMBA: "mamba"}
     mixers = {"attention": fast_llm_attention_mixer(config)}
     if MAMBA in config.layer_types:
         mixers["mamba"] = fast_llm_mamba_mixer(config)
     return {
         "type": "pattern",
         "blocks": {name: {"mixer": mixer, "mlp": dict(mlp), "normalization": dict(normalization)} for name, mixer in mixers.items()},
-        "pattern": [names[kind] for kind in config.layer_types],
+        "pattern": [user_name(kind) for kind in config.layer_types],
         "num_blocks": config.num_hidden_layers,
-    }
-
-
-def layer_types_from_fast_llm_decoder(decoder: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """Our ``layer_types`` and ``mamba_*`` config fields for a Fast-LLM ``decoder`` config.
-
-    The pattern repeats over ``num_blocks`` as in Fast-LLM (block i is ``pattern[i % len(pattern)]``). All Mamba
-    blocks must share one mixer config, since AprielH1Config has one set of Mamba fields.
-    """
-    kind = decoder.get("type", "fixed")
-    if kind == "fixed":
-        names, blocks = ["block"], {"block": decoder.get("block", {})}
-    elif kind == "pattern":
-        names, blocks = decoder.get("pattern") or [], decoder.get("blocks") or {}
-        if not names or not blocks:
-            raise ValueError("a pattern decoder needs both 'blocks' and a non-empty 'pattern'")
-        undefined = sorted(set(names) - set(blocks))
-        if undefined:
-            raise ValueError(f"pattern names blocks {undefined} that 'blocks' does not define")
-    else:
-        raise ValueError(f"decoder type {kind!r} is not supported; use 'fixed' or 'pattern'")
-    num_blocks = decoder.get("num_blocks")
-    if not isinstance(num_blocks, int) or num_blocks < 1:
-        raise ValueError(f"decoder num_blocks is {num_blocks!r}; give the number of layers")
-    layer_types, mamba_fields = [], None
-    for index in range(num_blocks):
-        mixer = blocks[names[index % len(names)]].get("mixer", {})
-        mixer_type = mixer.get("type", "attention")  # Fast-LLM's default mixer is attention
-        if mixer_type == "attention":
-            layer_types.append(ATTENTION)
-        elif mixer_type in FAST_LLM_MAMBA_TYPES:
-            fields = _mamba_fields_from_mixer(mixer)
-            if mamba_fields is not None and fields != mamba_fields:
-                raise ValueError("the Mamba blocks have different mixer configs; AprielH1 has one Mamba config for all layers")
-            mamba_fields = fields
-            layer_types.append(MAMBA)
-        else:
-            raise ValueError(
-                f"block {index} has mixer type {mixer_type!r}; only 'attention' and 'mamba' (or its old name "
-                "'mamba_2') map to Apriel-H1 layers"
-            )
-    return layer_types, mamba_fields or {}
-
-
-def _mamba_fields_from_mixer(mixer: dict[str, Any]) -> dict[str, Any]:
-    missing = [key for key in ("d_inner", "d_xb", "dt_rank") if mixer.get(key) is None]
-    if missing:
-        raise ValueError(f"Mamba mixer config lacks {missing}; Fast-LLM's defaults for these changed between versions, so give them explicitly")
-    if not mixer.get("repeat_kv_before_conv", True):
-        raise ValueError("repeat_kv_before_conv is False; only True (the released Apriel-H1 setting) is supported")
-    biases = mixer.get("add_linear_biases", True)  # Fast-LLM's default
-    for layer in ("z_layer", "x_layer", "b_layer", "c_layer", "dt_input_layer", "output_layer"):
-        enabled = mixer.get(layer, {}).get("bias", {}).get("enabled")
-        if enabled not in (None, biases):
-            raise ValueError(f"{layer}.bias.enabled={enabled} differs from add_linear_biases={biases}; AprielH1 has one flag for the z/x/B/C, dt input and output biases")
-    conv = mixer.get("convolution_layer", {})
-    conv_bias = conv.get("bias", {}).get("enabled")
-    dt_bias = mixer.get("dt_layer", {}).get("bias", {}).get("enabled")
-    return {
-        "mamba_d_state": mixer.get("state_size", 16),
-        "mamba_d_inner": mixer["d_inner"],
-        "mamba_d_xb": mixer["d_xb"],
-        "mamba_dt_rank": mixer["dt_rank"],
-        "mamba_d_conv": conv.get("kernel_size", 4),
-        "mamba_proj_bias": biases,
-        "mamba_conv_bias": biases if conv_bias is None else conv_bias,
-        "mamba_dt_proj_bias": biases if dt_bias is None else dt_bias,
     }

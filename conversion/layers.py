@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from modeling_apriel_h1 import AprielH1Config
+from modeling_apriel_h1.layer_types import mamba_layers_of
 
 from .importance_file import ImportanceRanking
-
-
-def existing_mamba_layers(config: PretrainedConfig) -> list[int]:
-    """Mamba layers the teacher already has (only an Apriel-H1 teacher, ours or a released one, has any)."""
-    return config.mamba_layer_indices if isinstance(config, AprielH1Config) else []
 
 
 def check_layers_to_replace(config: PretrainedConfig, layers: list[int]) -> None:
@@ -28,13 +23,13 @@ def check_layers_to_replace(config: PretrainedConfig, layers: list[int]) -> None
     duplicates = sorted({index for index in layers if layers.count(index) > 1})
     if duplicates:
         raise ValueError(f"layers {duplicates} are listed more than once; list each layer to replace once")
-    already = sorted(set(layers) & set(existing_mamba_layers(config)))
+    already = sorted(set(layers) & set(mamba_layers_of(config)))
     if already:
         raise ValueError(
             f"layers {already} are already Mamba in the teacher; replace only attention layers (the teacher's "
-            f"Mamba layers are {existing_mamba_layers(config)} and are kept as they are)"
+            f"Mamba layers are {mamba_layers_of(config)} and are kept as they are)"
         )
-    if len(set(layers) | set(existing_mamba_layers(config))) >= num_layers:
+    if len(set(layers) | set(mamba_layers_of(config))) >= num_layers:
         raise ValueError(
             f"replacing layers {sorted(layers)} would leave no attention layer; the model needs at least one, so "
             "keep at least one layer as attention"
@@ -47,7 +42,7 @@ def least_important_layers(config: PretrainedConfig, ranking: ImportanceRanking,
     For an AprielH1 teacher the existing Mamba layers count towards the total (the staged schedule goes
     25 -> 27 -> 30 ... Mamba layers), and the new ones are the least important attention layers of the ranking.
     """
-    existing = existing_mamba_layers(config)
+    existing = mamba_layers_of(config)
     needed = total_mamba - len(existing)
     if needed < 0:
         raise ValueError(

@@ -16,7 +16,7 @@ import math
 from transformers import PretrainedConfig
 
 from modeling_apriel_h1 import AprielH1Config, AprielHConfig
-from modeling_apriel_h1.configuration_apriel_h1 import ATTENTION, MAMBA, RELEASED_LAYOUT
+from modeling_apriel_h1.layer_types import ATTENTION, MAMBA, released_layout
 
 # apriel_h: a released Apriel-H1 checkpoint, which can be converted further (more layers to Mamba)
 SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "qwen3", "phi3", "apriel_h1", "apriel_h")
@@ -160,8 +160,7 @@ def _hybrid_from_hybrid(config: AprielH1Config, mamba_layers: list[int], d_state
     for index in mamba_layers:
         layer_types[index] = MAMBA
     if isinstance(config, AprielHConfig):
-        to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
-        student = AprielHConfig(**{**fields, "hybrid_block_layout": [to_entry[kind] for kind in layer_types]})
+        student = AprielHConfig(**{**fields, "hybrid_block_layout": released_layout(layer_types)})
     else:
         student = AprielH1Config(**{**fields, "layer_types": layer_types})
     if mamba_layers and student.attention_bias and not student.mamba_proj_bias:

@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
-from modeling_apriel_h1.configuration_apriel_h1 import mamba_layers_in
+from modeling_apriel_h1.layer_types import mamba_layers_of
 from conversion.atomic_io import write_json_atomically, write_text_atomically
 from conversion.cli import command_line, looks_like_hub_id, model_source, read_json
 from conversion.safetensors_io import CheckpointReader
@@ -90,8 +90,7 @@ def card_context(
     config = AutoConfig.from_pretrained(model_dir)
     conversion = _read_json(model_dir / "conversion.json")
     merge = _read_json(model_dir / "merge.json")
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    mamba_layers = mamba_layers_in(layer_types)
+    mamba_layers = mamba_layers_of(config)
     teacher = (manifest or {}).get("teacher") or _conversion_teacher(conversion)
     stages = _stage_rows((manifest or {}).get("stages", []))
     mode = (manifest or {}).get("mode", "staged")
@@ -106,10 +105,10 @@ def card_context(
         "license": license,
         "teacher": teacher,
         "base_model": hub_id(teacher),
-        "num_layers": len(layer_types),
+        "num_layers": config.num_hidden_layers,
         "num_mamba": len(mamba_layers),
         "mamba_layers": mamba_layers or ["none"],
-        "pattern": "".join("M" if index in mamba_layers else "A" for index in range(len(layer_types))),
+        "pattern": "".join("M" if index in mamba_layers else "A" for index in range(config.num_hidden_layers)),
         "hidden_size": config.hidden_size,
         "d_state": getattr(config, "mamba_d_state", None),
         "d_inner": getattr(config, "mamba_d_inner", None),

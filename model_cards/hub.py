@@ -20,8 +20,6 @@ import modeling_apriel_h1
 from conversion.cli import UsageError, command_line, model_source, read_json
 from model_cards.card import CARD_MANIFEST_FILE, render_model_card, stored_manifest
 
-# The remote code a repository needs so that trust_remote_code=True works without this package.
-REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "modeling_apriel_h1.py", "mamba_reference.py")
 # per model_type: ours, and the released layout (apriel_h: hybrid_block_layout, ssm_cfg), which our code loads too
 AUTO_MAPS = {
     "apriel_h1": {
@@ -63,7 +61,7 @@ def prepare_hub_folder(
         if item.is_file() and item.suffix in UPLOADED_SUFFIXES and item.name not in SKIPPED_FILES:
             shutil.copy2(item, folder / item.name)
     package_dir = Path(modeling_apriel_h1.__file__).parent
-    for name in REMOTE_CODE_FILES:
+    for name in modeling_apriel_h1.REMOTE_CODE_FILES:  # what trust_remote_code=True needs without this package
         shutil.copy2(package_dir / name, folder / name)
     config["auto_map"] = AUTO_MAPS[config["model_type"]]
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

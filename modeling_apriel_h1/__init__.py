@@ -17,6 +17,11 @@ from .modeling_apriel_h1 import (
     AprielHModel,
 )
 
+# What ships to the Hub as remote code: the files of this folder (not of its subpackages), which import only each
+# other, transformers and torch. save_pretrained copies them by following the relative imports of the two files
+# auto_map names; model_cards.hub copies this list.
+REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "layer_types.py", "mamba_reference.py", "modeling_apriel_h1.py")
+
 AutoConfig.register(AprielH1Config.model_type, AprielH1Config, exist_ok=True)
 AutoModel.register(AprielH1Config, AprielH1Model, exist_ok=True)
 AutoModelForCausalLM.register(AprielH1Config, AprielH1ForCausalLM, exist_ok=True)
@@ -29,6 +34,7 @@ AprielH1Model.register_for_auto_class("AutoModel")
 AprielH1ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "REMOTE_CODE_FILES",
     "AprielH1Config",
     "AprielH1ForCausalLM",
     "AprielH1Model",

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from .decode_state import DecodeState, decoder_layers, is_mamba_layer
+from .decode_state import DecodeState
+from .layer_types import decoder_layers, is_mamba_layer
 from .modeling_apriel_h1 import apply_rotary_pos_emb
 
 MambaStates = dict[int, tuple[torch.Tensor, torch.Tensor]]  # Mamba layer index -> (conv window, SSM state)

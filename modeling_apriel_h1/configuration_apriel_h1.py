@@ -12,19 +12,18 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
-ATTENTION = "full_attention"
-MAMBA = "linear_attention"
-# What users may write in ``layer_types``; the stored names are transformers' cache-layer conventions, so that
-# ``DynamicCache(config=...)`` builds a KV layer for attention and a state layer for Mamba by itself.
-LAYER_TYPE_ALIASES = {"attention": ATTENTION, ATTENTION: ATTENTION, "mamba": MAMBA, MAMBA: MAMBA}
+from .layer_types import (
+    ATTENTION,
+    FAST_LLM_LAYER_TYPES,
+    MAMBA,
+    RELEASED_LAYOUT,
+    layer_types_from_released,
+    mamba_layers_in,
+    released_layout,
+    stored_layer_type,
+)
+
 KERNEL_BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
-
-
-def mamba_layers_in(layer_types: list[str] | None) -> list[int]:
-    """Indices of the Mamba layers in an Apriel-H1 ``layer_types`` list, whichever of our spellings it uses (the
-    user's ``"mamba"`` or the stored ``"linear_attention"``); None, a transformer's missing list, has none. The one
-    definition that the config, conversion, layer ranking and model cards ask."""
-    return [index for index, kind in enumerate(layer_types or ()) if LAYER_TYPE_ALIASES.get(kind) == MAMBA]
 
 
 @strict
@@ -128,18 +127,9 @@ class AprielH1Config(PreTrainedConfig):
             self.mamba_dt_rank = -(-self.hidden_size // 16)
         if self.layer_types is None:
             self.layer_types = [ATTENTION] * self.num_hidden_layers
-        self.layer_types = [self._normalise_layer_type(index, kind) for index, kind in enumerate(self.layer_types)]
+        self.layer_types = [stored_layer_type(index, kind) for index, kind in enumerate(self.layer_types)]
         self._check_dimensions()
         super().__post_init__(**kwargs)
-
-    @staticmethod
-    def _normalise_layer_type(index: int, kind: str) -> str:
-        if kind not in LAYER_TYPE_ALIASES:
-            raise ValueError(
-                f"layer_types[{index}] is {kind!r}, which is not a layer type; use 'attention' or 'mamba' "
-                f"(or transformers' names {ATTENTION!r} / {MAMBA!r})"
-            )
-        return LAYER_TYPE_ALIASES[kind]
 
     def _check_dimensions(self) -> None:
         """Reject configurations the model cannot build, naming the field, its value and what would work."""
@@ -209,10 +199,6 @@ class AprielH1Config(PreTrainedConfig):
 
 # ----- the released format (ServiceNow-AI/Apriel-H1-15b-Thinker-SFT, configuration_apriel_h.py) ------------------
 
-# hybrid_block_layout entries this model has; the release also knows "i" (identity) and Fast-LLM "m2d", "gdn", ...
-RELEASED_LAYOUT = {"t": ATTENTION, "m2": MAMBA}
-# The names Fast-LLM's AprielHybridSSMConfig writes into ``layer_types`` for those entries (one per entry, for vLLM)
-FAST_LLM_LAYER_TYPES = {"t": "full_attention", "m2": "mamba2"}
 # The release's ``ssm_config_default``: a key missing from a file's ssm_cfg takes this value. ``dt_proj_bias`` and
 # ``repeat_kv_before_conv`` are not in it; its Mamba2.__init__ defaults them to True.
 RELEASED_SSM_DEFAULTS = {
@@ -272,7 +258,7 @@ class AprielHConfig(AprielH1Config):
             kwargs["auto_map"] = _our_auto_map(kwargs["auto_map"])
         layout = list(self.hybrid_block_layout or [])
         self._check_layout(layout)
-        self.layer_types = [RELEASED_LAYOUT[entry] for entry in layout]
+        self.layer_types = layer_types_from_released(layout)
         ssm = {**RELEASED_SSM_DEFAULTS, **(self.ssm_cfg or {})}
         if ssm["repeat_kv_before_conv"] is not True:
             raise ValueError(
@@ -328,8 +314,7 @@ class AprielHConfig(AprielH1Config):
         """The released layout: ``hybrid_block_layout``, ``ssm_cfg`` and ``rope_theta`` (+ ``rope_scaling``)
         instead of our ``layer_types``, ``mamba_*`` and ``rope_parameters``."""
         output = super().to_dict()
-        to_entry = {kind: entry for entry, kind in RELEASED_LAYOUT.items()}
-        output["hybrid_block_layout"] = [to_entry[kind] for kind in output.pop("layer_types")]
+        output["hybrid_block_layout"] = released_layout(output.pop("layer_types"))
         output["ssm_cfg"] = {**output["ssm_cfg"], **{key: output.pop(name) for key, name in RELEASED_SSM_FIELDS.items()}}
         for name in ("mamba_dt_bias_in_projection", "attention_bias", "attention_out_bias", "attention_qk_norm"):
             output.pop(name)

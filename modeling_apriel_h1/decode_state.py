@@ -13,16 +13,9 @@ import math
 import torch
 from torch import nn
 
+from .layer_types import decoder_layers, is_mamba_layer
+
 MAX_STOP_TOKENS = 8  # EOS ids one call may ask for (the captured step compares against a fixed-size buffer)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM with the Mistral/Llama layout (``model.model.layers``)."""
-    return model.model.layers
-
-
-def is_mamba_layer(layer: nn.Module) -> bool:
-    return getattr(layer, "is_mamba", False)
 
 
 def head_dim(config) -> int:

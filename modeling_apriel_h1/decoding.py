@@ -40,7 +40,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from .chunked_prefill import ChunkedPrefill, project_attention
-from .decode_state import DecodeState, decoder_layers, is_mamba_layer
+from .decode_state import DecodeState
+from .layer_types import decoder_layers, is_mamba_layer
 from .ops.decode_attention import resolve_decode_attention
 from .packed_linears import LinearGroup
 from .prefix_cache import ROOT, PrefixCache

@@ -41,7 +41,8 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_apriel_h1 import ATTENTION, MAMBA, AprielH1Config, AprielHConfig
+from .configuration_apriel_h1 import AprielH1Config, AprielHConfig
+from .layer_types import ATTENTION, MAMBA, is_mamba
 
 try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
     from modeling_apriel_h1.ops import backend_for_packed_rows, resolve_ops
@@ -389,7 +390,7 @@ class AprielH1DecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: AprielH1Config, layer_idx: int):
         super().__init__()
-        self.is_mamba = config.layer_types[layer_idx] == MAMBA
+        self.is_mamba = is_mamba(config.layer_types[layer_idx])
         if self.is_mamba:
             self.mixer = AprielH1Mamba(config, layer_idx)
         else:

@@ -27,11 +27,11 @@ from typing import Any
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from modeling_apriel_h1.layer_types import mamba_layers_of
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
 from conversion.cli import UsageError, command_line, model_source, read_yaml_mapping
 from recipes.importance.__main__ import check_arguments as check_importance_arguments
 from recipes.importance.__main__ import main as importance_main
-from conversion.layers import existing_mamba_layers
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage
 from recipes.random_init import randomise_mixers
@@ -169,7 +169,7 @@ def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict
     model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
     _stage_config(config, output_dir, output_dir)
     teacher_config = AutoConfig.from_pretrained(config.teacher)
-    already_mamba = len(existing_mamba_layers(teacher_config))
+    already_mamba = len(mamba_layers_of(teacher_config))
     targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
     output_dir.mkdir(parents=True, exist_ok=True)
     header = {
@@ -208,7 +208,7 @@ def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict
             importance_method=method,
             importance_file=str(ranking_path),
             layers_added=sorted(new_layers),
-            mamba_layers=sorted(existing_mamba_layers(base_config) + list(new_layers)),
+            mamba_layers=sorted(mamba_layers_of(base_config) + list(new_layers)),
             status="distilling",
             wall_time_s=time.perf_counter() - began,
         )

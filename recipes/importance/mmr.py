@@ -33,7 +33,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from conversion import convert_model
 from conversion.atomic_io import write_json_atomically
-from modeling_apriel_h1.configuration_apriel_h1 import mamba_layers_in
+from modeling_apriel_h1.layer_types import mamba_layers_of
 from recipes.data import build_dataset, load_conversations
 from recipes.importance.layers import check_layer_indices, decoder_layers
 from recipes.importance.ranking import ranking_payload
@@ -87,11 +87,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def attention_layers(model: nn.Module) -> list[int]:
     """The layers whose mixer is attention: all of a transformer's, the non-Mamba ones of a hybrid."""
-    num_layers = len(decoder_layers(model))
-    if getattr(model.config, "model_type", None) not in ("apriel_h1", "apriel_h"):  # not ours or a released hybrid
-        return list(range(num_layers))
-    mamba = set(mamba_layers_in(model.config.layer_types))
-    return [index for index in range(num_layers) if index not in mamba]
+    mamba = set(mamba_layers_of(model.config))
+    return [index for index in range(len(decoder_layers(model))) if index not in mamba]
 
 
 # ----------------------------------------------------------------------------------------------- data

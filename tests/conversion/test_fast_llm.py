@@ -16,7 +16,6 @@ from conversion.fast_llm import (
     export_released_checkpoint,
     fast_llm_decoder_from_config,
     import_released_checkpoint,
-    layer_types_from_fast_llm_decoder,
     released_config_from,
 )
 from conversion.released import main
@@ -25,6 +24,7 @@ from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM, AprielHConfi
 from ..modeling.release_format import RELEASED, random_released_weights, released_logits, write_released_dir
 from ..modeling.tiny import TINY
 from ..remote_code import assert_remote_code_reproduces
+from .fast_llm_decoder import layer_types_from_fast_llm_decoder
 from .teachers import input_ids
 
 # What Fast-LLM's current exporter writes (SYNTHETIC, after fast_llm_external_models/apriel_hybrid_ssm/

@@ -9,7 +9,7 @@ import torch
 
 from model_cards.card import render_model_card, write_model_card
 from model_cards.hub import prepare_hub_folder
-from modeling_apriel_h1 import AprielH1ForCausalLM
+from modeling_apriel_h1 import REMOTE_CODE_FILES, AprielH1ForCausalLM
 from tests.modeling.tiny import tiny_config
 from tests.remote_code import assert_remote_code_reproduces
 
@@ -69,8 +69,7 @@ def test_hub_folder_loads_as_remote_code_in_a_clean_process(hybrid_dir, tmp_path
     model, path = hybrid_dir
     folder = prepare_hub_folder(path, tmp_path / "upload", MANIFEST, repo_id="me/tiny-h1")
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "README.md", "conversion.json", "modeling_apriel_h1.py",
-            "configuration_apriel_h1.py", "mamba_reference.py"} <= names
+    assert {"config.json", "model.safetensors", "README.md", "conversion.json", *REMOTE_CODE_FILES} <= names
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
         "modeling_apriel_h1.AprielH1ForCausalLM"
     )
