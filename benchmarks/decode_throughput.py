@@ -43,6 +43,7 @@ from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3Fo
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 from modeling_apriel_h1.decode_state import bytes_per_sequence
 from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.layer_types import decoder_layers, is_mamba_layer
 from modeling_apriel_h1.sampling import SamplingParams
 
 GIB = 2**30
@@ -143,8 +144,8 @@ def step_bytes(model: torch.nn.Module, rows: int, context: int, ssm_dtype: torch
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     kv_per_token = 2 * config.num_key_value_heads * config.head_dim * 2  # K and V, bf16
     moved = 0
-    for layer in model.model.layers:
-        if getattr(layer, "is_mamba", False):
+    for layer in decoder_layers(model):
+        if is_mamba_layer(layer):
             mixer = layer.mixer
             moved += rows * mixer.d_inner * (mixer.d_state * ssm_dtype.itemsize + mixer.d_conv * 2) * 2
         else:

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
+from cli import read_json_if_present  # noqa: E402
 
 COMMANDS = """```bash
 # one H200; each part resumes from what the earlier ones wrote under outputs/study (rerun a part to continue it)
@@ -72,15 +73,12 @@ def compare(recipe: list[float], alternative: list[float], problems: int) -> str
 
 
 def load_results(output: Path) -> dict:
-    def read(path: Path):
-        return json.loads(path.read_text()) if path.is_file() else None
-
     ablations: dict[str, list[dict]] = {}
     for path in sorted((output / "ablations").glob("*/seed-*.json")):
         result = json.loads(path.read_text())
         ablations.setdefault(result["arm"], []).append(result)
-    return {"teacher": read(output / TEACHER_FILE), "recipe": read(output / RECIPE_FILE), "ablations": ablations,
-            "speeds": read(output / SPEEDS_FILE)}
+    return {"teacher": read_json_if_present(output / TEACHER_FILE), "recipe": read_json_if_present(output / RECIPE_FILE), "ablations": ablations,
+            "speeds": read_json_if_present(output / SPEEDS_FILE)}
 
 
 def result_files(output: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from conversion.cli import UsageError
+from cli import UsageError
 from conversion.gguf import file_sha256, import_gguf, smollm2_gguf
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft
 

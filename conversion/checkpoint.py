@@ -20,7 +20,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from modeling_apriel_h1 import AprielH1Config
 
-from .cli import model_source
+from cli import model_source
 from .mil import INIT_METHOD
 from .atomic_io import staged_output_dir
 from .plan import PlannedTensor, causal_lm_class, plan_student_tensors

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig
 
 from .checkpoint import convert_checkpoint
-from .cli import command_line
+from cli import command_line
 from .importance_file import read_importance
 from .layers import least_important_layers
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .atomic_io import staged_output_dir, write_json_atomically
-from .cli import GGUF_MAGIC, UsageError, command_line, existing_path
+from cli import GGUF_MAGIC, UsageError, command_line, existing_path
 from .record import package_version
 from .teachers import SUPPORTED_MODEL_TYPES, UnsupportedTeacherError, check_supported
 

@@ -19,7 +19,7 @@ from transformers import AutoConfig
 
 from modeling_apriel_h1 import AprielH1Config
 
-from .cli import UsageError, command_line, existing_path, model_source, read_json
+from cli import UsageError, command_line, existing_path, model_source, read_json
 from .fast_llm import export_released_checkpoint, fast_llm_decoder_from_config, import_released_checkpoint
 
 

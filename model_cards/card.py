@@ -27,16 +27,11 @@ from transformers import AutoConfig
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
 from modeling_apriel_h1.layer_types import mamba_layers_of
 from conversion.atomic_io import write_json_atomically, write_text_atomically
-from conversion.cli import command_line, looks_like_hub_id, model_source, read_json
+from cli import command_line, looks_like_hub_id, model_source, read_json, read_json_if_present
 from conversion.safetensors_io import CheckpointReader
 
 TEMPLATE = "template.md.jinja"
 CARD_MANIFEST_FILE = "card_manifest.json"  # the run manifest the model's README.md was rendered from
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON in ``path``, or None where the run did not write that file."""
-    return read_json(path, path.name) if path.is_file() else None
 
 
 def _count_parameters(model_dir: Path) -> str:
@@ -88,8 +83,8 @@ def card_context(
     model_dir = Path(model_source(model_dir, "model"))
     read_json(model_dir / "config.json", "config")  # a missing or broken file is named in one line
     config = AutoConfig.from_pretrained(model_dir)
-    conversion = _read_json(model_dir / "conversion.json")
-    merge = _read_json(model_dir / "merge.json")
+    conversion = read_json_if_present(model_dir / "conversion.json")
+    merge = read_json_if_present(model_dir / "merge.json")
     mamba_layers = mamba_layers_of(config)
     teacher = (manifest or {}).get("teacher") or _conversion_teacher(conversion)
     stages = _stage_rows((manifest or {}).get("stages", []))
@@ -141,7 +136,7 @@ def render_model_card(
 
 def stored_manifest(model_dir: str | Path) -> dict[str, Any] | None:
     """The run manifest the model's card was last written with, if any."""
-    return _read_json(Path(model_dir) / CARD_MANIFEST_FILE)
+    return read_json_if_present(Path(model_dir) / CARD_MANIFEST_FILE)
 
 
 def write_card(model_dir: str | Path, manifest: dict[str, Any] | None, repo_id: str | None = None) -> Path:

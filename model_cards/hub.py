@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import modeling_apriel_h1
-from conversion.cli import UsageError, command_line, model_source, read_json
+from cli import UsageError, command_line, model_source, read_json
 from model_cards.card import CARD_MANIFEST_FILE, render_model_card, stored_manifest
 
 # per model_type: ours, and the released layout (apriel_h: hybrid_block_layout, ssm_cfg), which our code loads too

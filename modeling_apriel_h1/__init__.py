@@ -20,7 +20,9 @@ from .modeling_apriel_h1 import (
 # What ships to the Hub as remote code: the files of this folder (not of its subpackages), which import only each
 # other, transformers and torch. save_pretrained copies them by following the relative imports of the two files
 # auto_map names; model_cards.hub copies this list.
-REMOTE_CODE_FILES = ("configuration_apriel_h1.py", "layer_types.py", "mamba_reference.py", "modeling_apriel_h1.py")
+REMOTE_CODE_FILES = (
+    "configuration_apriel_h1.py", "layer_types.py", "mamba_reference.py", "modeling_apriel_h1.py", "transformers_compat.py",
+)
 
 AutoConfig.register(AprielH1Config.model_type, AprielH1Config, exist_ok=True)
 AutoModel.register(AprielH1Config, AprielH1Model, exist_ok=True)

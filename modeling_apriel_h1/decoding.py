@@ -29,7 +29,6 @@ and through ``model.generate(..., custom_generate=engine_generate)``.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from .ops.decode_attention import resolve_decode_attention
 from .packed_linears import LinearGroup
 from .prefix_cache import ROOT, PrefixCache
 from .sampling import SamplingParams, choose_tokens
+from .transformers_compat import cache_argument
 
 SYNC_EVERY = 8  # steps between looks from the host (finished rows, stop strings, refills)
 SSM_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -129,8 +129,7 @@ class DecodeEngine:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
         self.prefill_chunk_size = prefill_chunk_size
-        # transformers 5.24 renamed the forward's cache argument from past_key_values to cache
-        self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_argument = cache_argument(model.forward)
         self.state = DecodeState(model, max_batch_size, max_seq_len, ssm_state_dtype)
         self._chunks = ChunkedPrefill(model, self.state)
         self._batched_last = False  # whether the last piece of prefill was a batch of short prompts

@@ -10,7 +10,6 @@ released checkpoints.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from types import ModuleType
@@ -43,6 +42,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_apriel_h1 import AprielH1Config, AprielHConfig
 from .layer_types import ATTENTION, MAMBA, is_mamba
+from .transformers_compat import CACHE_FIELD, GENERATE_TAKES_NEXT_SEQUENCE_LENGTH, one_cache
 
 try:  # the installed package: every kernel backend (mamba-ssm, Triton, reference) behind one dispatch
     from modeling_apriel_h1.ops import backend_for_packed_rows, resolve_ops
@@ -61,17 +61,6 @@ except ImportError:  # remote code on a machine without the package: the PyTorch
 
     def backend_for_packed_rows(ops):
         return ops  # the reference resets at document starts
-
-
-# transformers 5.24 renamed the cache argument and output field from ``past_key_values`` to ``cache``. Forwards
-# accept both names and outputs use the installed version's field, so that generate() of either finds it.
-_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    if cache is not None and past_key_values is not None:
-        raise ValueError("Pass the cache once: as `cache` or as `past_key_values` (its name before transformers 5.24).")
-    return cache if cache is not None else past_key_values
 
 
 def _count_stepped_token(cache_layer) -> None:
@@ -543,7 +532,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = _one_cache(cache, past_key_values)
+        cache = one_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -572,7 +561,7 @@ class AprielH1Model(AprielH1PreTrainedModel):
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, **{_CACHE_FIELD: cache if use_cache else None}
+            last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None}
         )
 
 
@@ -599,14 +588,14 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
         teacher's computation."""
         rope = self.config.rope_parameters or {}
         limit = rope.get("original_max_position_embeddings")
-        cache = kwargs.get(_CACHE_FIELD)
+        cache = kwargs.get(CACHE_FIELD)
         if (
             rope.get("rope_type") == "longrope" and limit is not None and cache is not None
             and input_ids.shape[1] >= limit + 1 and cache.get_seq_length(self.config.length_layer_index) <= limit
         ):
-            kwargs[_CACHE_FIELD] = None
-            if "next_sequence_length" in inspect.signature(super().prepare_inputs_for_generation).parameters:
-                kwargs["next_sequence_length"] = None  # transformers >= 5.24 sizes the step's input by it
+            kwargs[CACHE_FIELD] = None
+            if GENERATE_TAKES_NEXT_SEQUENCE_LENGTH:
+                kwargs["next_sequence_length"] = None
         # inputs_embeds named in the signature: generate() accepts inputs_embeds only where it finds it there
         return super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
 
@@ -631,7 +620,7 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_dict=True,  # read by field below, whatever ``config.return_dict`` says; can_return_tuple applies it
@@ -648,7 +637,7 @@ class AprielH1ForCausalLM(AprielH1PreTrainedModel, GenerationMixin):
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 

@@ -9,13 +9,13 @@ per stage: the tokens seen so far.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from transformers.trainer_utils import rotate_checkpoints
 
+from cli import read_json_if_present
 from conversion.atomic_io import write_json_atomically
 
 STATE_FILE = "checkpoint_state.json"
@@ -29,8 +29,7 @@ def mark_checkpoint_complete(checkpoint_dir: Path, state: dict) -> None:
 
 def read_checkpoint_state(checkpoint_dir: Path) -> dict | None:
     """The recorded state of a complete checkpoint, or None for an incomplete one."""
-    path = Path(checkpoint_dir) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_if_present(Path(checkpoint_dir) / STATE_FILE)
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:

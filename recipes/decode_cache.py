@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from modeling_apriel_h1.transformers_compat import cache_of
+
 
 def _tensors(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
@@ -43,4 +45,4 @@ def decode_cache_bytes(model: PreTrainedModel, context_length: int) -> int:
     model.eval()
     ids = torch.zeros((1, context_length), dtype=torch.long, device=model.device)
     output = model(input_ids=ids, use_cache=True)
-    return cache_tensor_bytes(output["cache"] if "cache" in output else output["past_key_values"])  # 5.24 / 5.17 name
+    return cache_tensor_bytes(cache_of(output))

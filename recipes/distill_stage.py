@@ -29,7 +29,7 @@ from transformers import (
 )
 
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
-from conversion.cli import command_line, model_source
+from cli import command_line, model_source
 from conversion.record import RECORD_FILE
 from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.data import build_dataset, flattens_packed_rows, load_conversations, training_collator

@@ -28,17 +28,18 @@ from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from recipes.checkpoints import CompleteCheckpointsMixin
-from recipes.kd_loss import LOSS_KINDS, DistillationSums, HeadWeights, chunked_distillation_sums
+from recipes.kd_loss import (
+    LOSS_KINDS,
+    MODEL_INPUTS,
+    DistillationSums,
+    HeadWeights,
+    chunked_distillation_sums,
+    final_hidden_states,
+)
 from recipes.kd_loss_liger import LigerDistillation
 from recipes.zero3 import register_for_zero3
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 KD_LOSS_BACKENDS = ("chunked", "liger")
-
-
-def final_hidden_states(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The base model's last hidden state (batch, seq, hidden): what the LM head would project."""
-    return model.get_decoder()(**inputs, use_cache=False).last_hidden_state
 
 
 def lm_head_weights(head: nn.Module) -> HeadWeights:
@@ -152,7 +153,7 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        model_inputs = {key: inputs[key] for key in _MODEL_INPUTS if key in inputs}
+        model_inputs = {key: inputs[key] for key in MODEL_INPUTS if key in inputs}
         labels = inputs["labels"][:, 1:]  # position t predicts token t + 1
         student = self.accelerator.unwrap_model(model)
         sums = self._forward_redirection(model, student, self._distillation_sums, student, model_inputs, labels)
@@ -169,7 +170,7 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         self, student: PreTrainedModel, model_inputs: dict[str, torch.Tensor], labels: torch.Tensor
     ) -> DistillationSums:
         """Runs inside the student wrapper's forward (see ``compute_loss``)."""
-        student_hidden = final_hidden_states(student, model_inputs)[:, :-1]
+        student_hidden = final_hidden_states(student, model_inputs)
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with self.teacher_grad_mode():
             teacher_hidden, teacher_weights = self._forward_redirection(
@@ -184,13 +185,13 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
                 teacher_weights = lm_head_weights(teacher_head)
             if self.liger is not None:
                 return self.liger(
-                    student_hidden, lm_head_weights(student_head), teacher_hidden[:, :-1].to(student_hidden.device),
+                    student_hidden, lm_head_weights(student_head), teacher_hidden.to(student_hidden.device),
                     teacher_weights, labels,
                 )
             return chunked_distillation_sums(
                 student_hidden,
                 lm_head_weights(student_head),
-                teacher_hidden[:, :-1].to(student_hidden.device),
+                teacher_hidden.to(student_hidden.device),
                 teacher_weights,
                 labels,
                 kind=self.loss_kind,

@@ -22,7 +22,6 @@ the run's final checkpoint), and with ``--manifest`` into the manifest (key ``lm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from conversion.atomic_io import write_json_atomically, write_text_atomically  # noqa: E402
-from conversion.cli import UsageError, command_line, model_source, read_json  # noqa: E402
+from cli import UsageError, command_line, model_source, read_json, read_json_if_present  # noqa: E402
 from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR, require_lm_eval  # noqa: E402
 
 INSTALL_HINT = 'recipes.evaluate needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
@@ -222,7 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scored = {}
     for name, checkpoint in models.items():
         cached = output / MODELS_DIR / f"{name}.json"
-        previous = json.loads(cached.read_text()) if cached.is_file() else None
+        previous = read_json_if_present(cached)
         if previous and previous["settings"] == {**settings, "checkpoint": str(checkpoint)}:
             scored[name] = previous
             continue

@@ -22,9 +22,19 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 LOSS_KINDS = ("reverse_kl", "forward_kl", "jsd")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what a batch passes to the decoder
 HeadWeights = tuple[torch.Tensor, torch.Tensor | None]  # an LM head's (weight (V, H), bias (V,) or None)
+
+
+def final_hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, seq - 1, hidden): the decoder's last hidden states at the positions that predict a next token (the
+    last position predicts none), what the LM head projects to score ``labels``. One forward of the decoder
+    without a cache; of ``batch`` only ``MODEL_INPUTS`` are passed."""
+    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    return model.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1]
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from conversion.cli import command_line
+from cli import command_line
 from recipes.lm_eval_tasks import TASKS_DIR, require_lm_eval
 
 INSTALL_HINT = 'apriel-h1-lm-eval needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes: no trust_remote_code)
-from conversion.cli import model_source
+from cli import model_source
 from modeling_apriel_h1.decoding import DecodeEngine
 from modeling_apriel_h1.sampling import SamplingParams
 

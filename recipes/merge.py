@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import command_line, model_source, read_json
+from cli import command_line, model_source, read_json
 from conversion.safetensors_io import INDEX_FILE, CheckpointReader
 
 # Files copied from the first checkpoint: config, remote code, tokenizer, generation settings, provenance.

@@ -29,7 +29,7 @@ from transformers import AutoConfig
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
 from modeling_apriel_h1.layer_types import mamba_layers_of
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
-from conversion.cli import UsageError, command_line, model_source, read_yaml_mapping
+from cli import UsageError, command_line, model_source, read_json_if_present, read_yaml_mapping
 from recipes.importance.__main__ import check_arguments as check_importance_arguments
 from recipes.importance.__main__ import main as importance_main
 from conversion.atomic_io import write_json_atomically
@@ -98,7 +98,7 @@ class Manifest:
 
     def __init__(self, path: Path, header: dict[str, Any]):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {**header, "stages": []}
+        self.data = read_json_if_present(path, "run manifest") or {**header, "stages": []}
         for key in ("teacher_config_sha256", "targets", "mode"):
             if self.data.get(key) != header[key]:
                 raise ValueError(

@@ -23,9 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
+from modeling_apriel_h1.transformers_compat import activation_checkpointing_argument
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import command_line, model_source, read_yaml_mapping
-from conversion.yaml_values import load_yaml
+from cli import command_line, model_source, read_yaml_mapping
+from cli.yaml_values import load_yaml
 from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.data import (
     DOCUMENTS,
@@ -40,11 +41,8 @@ from recipes.stage_config import checked_values
 from recipes.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
-# transformers 5.24 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing and warns when
-# the old name is set, as TRL's SFTConfig does by default (on); 5.17 knows only the old name.
-CHECKPOINTING_ARGUMENT = next(
-    name for name in ("activation_checkpointing", "gradient_checkpointing") if name in {f.name for f in fields(SFTConfig)}
-)
+# TRL's SFTConfig turns checkpointing on by default; named as the installed transformers names it (no warning)
+CHECKPOINTING_ARGUMENT = activation_checkpointing_argument()
 
 
 class CompleteCheckpointsSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):

@@ -21,13 +21,8 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel
 
-
-def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The model's repeated decoder blocks (``model.model.layers`` for every causal LM this package trains)."""
-    layers = getattr(model.get_decoder(), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__} has no decoder `layers` list, so its layers cannot be selected.")
-    return layers
+from modeling_apriel_h1.layer_types import decoder_layers, is_mamba_layer
+from modeling_apriel_h1.transformers_compat import enable_activation_checkpointing
 
 
 def checkpoint_first_layers(model: PreTrainedModel, count: int | None) -> list[int]:
@@ -42,8 +37,7 @@ def checkpoint_first_layers(model: PreTrainedModel, count: int | None) -> list[i
             f"gradient_checkpointing_layers is {count}, but the student has {len(layers)} decoder layers; "
             f"use a number from 0 to {len(layers)}, or null for all of them."
         )
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})  # transformers 5.24 renamed the method; the argument is the kwargs dict
+    enable_activation_checkpointing(model, {"use_reentrant": False})
     for layer in layers[count:] if count is not None else ():
         layer.gradient_checkpointing = False
     return [index for index, layer in enumerate(layers) if layer.gradient_checkpointing]
@@ -51,7 +45,7 @@ def checkpoint_first_layers(model: PreTrainedModel, count: int | None) -> list[i
 
 def _compiled_regions(layer: nn.Module) -> list[nn.Module]:
     """What of one decoder layer to compile: the whole layer when it has no Mamba mixer, else its norms and MLP."""
-    if getattr(layer, "is_mamba", False):
+    if is_mamba_layer(layer):
         return [module for name, module in layer.named_children() if name != "mixer"]
     return [layer]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from conversion.cli import UsageError, read_yaml_mapping
-from conversion.yaml_values import load_yaml
+from cli import UsageError, read_yaml_mapping
+from cli.yaml_values import load_yaml
 
 
 @dataclass(frozen=True)

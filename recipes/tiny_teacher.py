@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from conversion.atomic_io import staged_output_dir
-from conversion.cli import UsageError, command_line
+from cli import UsageError, command_line, read_json_if_present
 from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
@@ -169,13 +169,11 @@ def ensure_tiny_teacher(directory: str | Path, spec: TinyTeacherSpec = TinyTeach
 
 def training_record(directory: str | Path) -> dict | None:
     """What training did for the teacher in ``directory`` (steps, epochs, losses); None for an untrained one."""
-    path = Path(directory) / TRAINING_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_if_present(Path(directory) / TRAINING_FILE)
 
 
 def _stamp(directory: Path) -> dict | None:
-    path = directory / STAMP_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_if_present(directory / STAMP_FILE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Imports point down: modeling_apriel_h1 <- conversion <- recipes, and model_cards may import conversion.
+"""Imports point down: modeling_apriel_h1 <- conversion <- recipes, and model_cards may import conversion; cli, the
+command-line checks every command shares, imports none of them.
 
 A module that imports upward makes the lower package unusable without the higher one (the remote code that
 ships beside saved weights must not pull training packages; conversion must run without the recipes). This
@@ -15,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_PACKAGES = {"trl", "datasets", "peft", "accelerate"}
 FORBIDDEN = {
+    "cli": {"modeling_apriel_h1", "conversion", "recipes", "model_cards"} | TRAINING_PACKAGES,
     "modeling_apriel_h1": {"conversion", "recipes", "model_cards"} | TRAINING_PACKAGES,
     "conversion": {"recipes", "model_cards"},
     "model_cards": {"recipes"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.cli import UsageError, command_line, existing_path, looks_like_hub_id, model_source
+from cli import UsageError, command_line, existing_path, looks_like_hub_id, model_source
 from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 from recipes.importance.plots import plot_ranking
 

@@ -1,4 +1,4 @@
-"""The decoder layers of a causal LM, checked layer indices, and skipping one layer for a forward pass.
+"""Checked layer indices, and skipping one decoder layer for a forward pass.
 
 Works on any transformers causal LM whose decoder keeps its blocks in ``model.model.layers`` (Mistral, Llama,
 Qwen2 teachers and Apriel-H1 hybrids): the decoder calls each block with the hidden states first and uses the
@@ -13,17 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """``model.model.layers``, or a clear error naming what the model has instead."""
-    decoder = getattr(model, "model", None)
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__} has no decoder blocks at model.model.layers; layer importance works on "
-            "causal LMs laid out like Mistral/Llama/Qwen2 (ForCausalLM -> model -> layers)"
-        )
-    return layers
+from modeling_apriel_h1.layer_types import decoder_layers
 
 
 def check_layer_indices(layers: Iterable[int] | None, num_layers: int, allowed: Iterable[int] | None = None) -> list[int]:

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from recipes.importance.layers import check_layer_indices, decoder_layers, skip_layer
-from recipes.importance.scoring import RowSums, ScoringData, final_hidden_states, head_weights, performance, row_sums
+from modeling_apriel_h1.layer_types import decoder_layers
+from recipes.importance.layers import check_layer_indices, skip_layer
+from recipes.importance.scoring import RowSums, ScoringData, head_weights, performance, row_sums
+from recipes.kd_loss import final_hidden_states
 
 
 @dataclass

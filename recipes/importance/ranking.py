@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from conversion.atomic_io import write_json_atomically
-from conversion.cli import read_json
+from cli import read_json
 from conversion.importance_file import parse_importance
 
 METHODS = ("loo", "mmr")

@@ -193,13 +193,6 @@ def text_data(texts: list[str], tokenizer, metric: str, batch_size: int = 8, max
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-def final_hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(batch, seq - 1, hidden): the states that predict ``batch['labels']``; one forward of the decoder."""
-    decoder = model.get_decoder()
-    output = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return output.last_hidden_state[:, :-1]
-
-
 def head_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     head = model.get_output_embeddings()
     return head.weight, head.bias

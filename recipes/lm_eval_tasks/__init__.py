@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conversion.cli import UsageError
+from cli import UsageError
 
 TASKS_DIR = Path(__file__).parent  # what lm-eval's --include_path / TaskManager(include_path=...) takes
 SYNTHETIC_TASK = "apriel_h1_synthetic"

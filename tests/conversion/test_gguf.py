@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conversion.cli import UsageError, model_source
+from cli import UsageError, model_source
 from conversion.gguf import main, restore_float32_fields, smollm2_gguf
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf; CI installs it)")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conversion.cli import UsageError, read_yaml_mapping
-from conversion.yaml_values import load_yaml
+from cli import UsageError, read_yaml_mapping
+from cli.yaml_values import load_yaml
 from recipes.schedule import load_schedule_config
 from recipes.sft import load_recipe
 from recipes.stage_config import load_stage_config

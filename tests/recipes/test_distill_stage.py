@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conversion import convert_checkpoint
-from conversion.cli import UsageError
+from cli import UsageError
 from recipes.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.distill_stage import main as distill_main
 from recipes.distill_stage import run_stage

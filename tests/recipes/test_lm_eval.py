@@ -22,8 +22,9 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from recipes.importance.scoring import (  # noqa: E402
-    choice_data, final_hidden_states, head_weights, load_choice_questions, row_sums,
+    choice_data, head_weights, load_choice_questions, row_sums,
 )
+from recipes.kd_loss import final_hidden_states  # noqa: E402
 from recipes.held_out import HELD_OUT_SEED  # noqa: E402
 from recipes import lm_eval_model  # noqa: E402
 from recipes.lm_eval_model import AprielH1LM  # noqa: E402

@@ -1,4 +1,4 @@
-"""The shared command-line error handling (conversion/cli.py): one line and status 2 for bad input, a traceback
+"""The shared command-line error handling (cli/__init__.py): one line and status 2 for bad input, a traceback
 for bugs, and the checks that name a bad file before transformers or the Hub client see it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conversion.cli import (
+from cli import (
     UsageError,
     check_safetensors_file,
     command_line,

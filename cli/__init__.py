@@ -10,8 +10,9 @@ traceback; ``APRIEL_H1_TRACEBACK=1`` shows the traceback of an input error as we
 The checks below run before a path reaches transformers, so that a message names the file and the fix: a
 local directory that does not exist is reported as such rather than handed to the Hub client (whose answer
 is "Repo id must be in the form ..."), a model directory without a tokenizer says so, and a truncated
-safetensors file is named. They live in ``conversion`` so that the recipes and the model cards share them
-while imports keep pointing down (``modeling_apriel_h1`` <- ``conversion`` <- ``recipes``).
+safetensors file is named. This package sits below all the others and imports none of them, so that every
+command (conversion, recipes, model cards, benchmarks) shares it while imports keep pointing down; the model
+package does not need it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
-from conversion.yaml_values import load_yaml
+from cli.yaml_values import load_yaml
 
 TRACEBACK_VARIABLE = "APRIEL_H1_TRACEBACK"
 USAGE_EXIT_STATUS = 2  # what argparse exits with on a bad command line
@@ -124,9 +125,16 @@ def read_json(path: str | Path, what: str) -> Any:
         raise UsageError(f"the {what} {path} is not valid JSON ({error}); fix or re-create it") from None
 
 
+def read_json_if_present(path: str | Path, what: str | None = None) -> Any:
+    """The JSON value in ``path``, or None where there is no such file (a run that has not written it yet); a
+    UsageError naming ``what`` (the file's name by default) if it is there but not JSON."""
+    path = Path(path)
+    return read_json(path, what or path.name) if path.is_file() else None
+
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (empty for an empty file; numbers read as users spell them, see
-    ``conversion.yaml_values``); a UsageError naming ``what`` if the file is missing, is not YAML, or holds
+    ``cli.yaml_values``); a UsageError naming ``what`` if the file is missing, is not YAML, or holds
     something other than ``key: value`` lines."""
     path = existing_path(path, what)
     try:
