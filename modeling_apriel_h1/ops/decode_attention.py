@@ -42,7 +42,7 @@ def _multiprocessors(device_index: int) -> int:
 def _triton_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    from .triton_kernels.decode_attention import decode_attention, split_count
+    from .triton_kernels.split_k_decode_attention import decode_attention, split_count
 
     splits = split_count(q.shape[0], k_cache.shape[2], k_cache.shape[1], _multiprocessors(q.device.index or 0))
     return decode_attention(q.contiguous(), k_cache, v_cache, lengths, scale, splits)

@@ -19,7 +19,7 @@ pytestmark = ON_CUDA_OR_INTERPRETED
     (3, 8, 2, 32, 200, 3), (2, 4, 4, 16, 70, 1), (4, 32, 8, 128, 300, 5), (1, 32, 8, 128, 1000, 16),
 ])
 def test_split_kernel_matches_the_reference(dtype, rows, q_heads, kv_heads, head_dim, max_len, splits):
-    from modeling_apriel_h1.ops.triton_kernels.decode_attention import decode_attention
+    from modeling_apriel_h1.ops.triton_kernels.split_k_decode_attention import decode_attention
 
     if INTERPRETED and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter multiplies bf16 tiles wrongly (tl.dot); bf16 is checked on the GPU")

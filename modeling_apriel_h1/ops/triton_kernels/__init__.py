@@ -19,7 +19,7 @@ The decode engine's fused step (``decoding.DecodeEngine`` with ``fused=True``):
 
 - ``mamba_decode_step``: a Mamba layer's conv step and state update in one kernel, x and B read at KV width
 - ``decode_fused``: add + RMSNorm, rotary + KV-cache write, SiLU x up
-- ``decode_attention``: split-K attention of one new token over the live keys (``ops.decode_attention`` chooses
+- ``split_k_decode_attention``: split-K attention of one new token over the live keys (``ops.decode_attention`` chooses
   it, flash-attn or the reference)
 
 Importing any of them needs triton.
