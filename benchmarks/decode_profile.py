@@ -20,8 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.decode_throughput import MODELS, add_model_dims, build, copy_bandwidth, randomise_state, step_bytes, time_steps
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.sampling import SamplingParams
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.sampling import SamplingParams
 
 PROFILED_STEPS = 10
 

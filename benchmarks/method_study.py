@@ -73,7 +73,7 @@ from benchmarks.study_teacher import (  # noqa: E402
 )
 from conversion.atomic_io import write_json_atomically  # noqa: E402
 from cli import UsageError, command_line  # noqa: E402
-from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
+from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
 from recipes.data import tokenize_conversation  # noqa: E402
 from recipes.decode_cache import decode_cache_bytes  # noqa: E402
 from recipes.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.engine.decoding import DecodeEngine
 from recipes.data import IGNORE_INDEX, tokenize_conversation
 from recipes.held_out import question_prompt
 from recipes.synthetic import Problem, is_correct

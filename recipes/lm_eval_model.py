@@ -9,7 +9,7 @@ or pass ``model="apriel_h1"`` to ``lm_eval.simple_evaluate`` after importing it.
 
 * ``loglikelihood`` / ``loglikelihood_rolling``: lm-eval's ``HFLM`` unchanged (batched forwards).
 * ``generate_until``: every request of one generation setting goes to the decoder at once, which keeps up to
-  ``decode_batch_size`` sequences in flight (``modeling_apriel_h1.decoding.DecodeEngine``, continuous
+  ``decode_batch_size`` sequences in flight (``modeling_apriel_h1.engine.decoding.DecodeEngine``, continuous
   batching; where the engine is not importable, ``model.generate`` on left-padded batches of that size). The
   prompts are encoded, truncated and the outputs cut at the stop strings exactly as ``HFLM`` does, so greedy
   results equal ``--model hf``'s.
@@ -31,8 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes: no trust_remote_code)
 from cli import model_source
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.sampling import SamplingParams
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.sampling import SamplingParams
 
 eval_logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from conversion import convert_checkpoint, convert_model
 from conversion.fast_llm import export_released_checkpoint, fast_llm_decoder_from_config
 from conversion.teachers import UnsupportedTeacherError, hybrid_config_from_teacher
 from modeling_apriel_h1 import AprielH1ForCausalLM, AprielHConfig
-from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.engine.decoding import DecodeEngine
 from recipes.distillation import DistillationTrainer
 from recipes.kd_loss import token_divergence
 from tests.remote_code import assert_remote_code_reproduces

@@ -12,8 +12,8 @@ import torch
 from transformers import MistralForCausalLM
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.chunked_prefill import ChunkedPrefill, attend_chunk, attend_chunk_reference
-from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.engine.chunked_prefill import ChunkedPrefill, attend_chunk, attend_chunk_reference
+from modeling_apriel_h1.engine.decoding import DecodeEngine
 from tests.decoding.test_engine import generate_alone, prompts_of_lengths
 from tests.modeling.tiny import tiny_config, tiny_mistral_config
 

@@ -9,9 +9,9 @@ import torch
 from transformers import MistralForCausalLM
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.engine_generate import engine_generate
-from modeling_apriel_h1.sampling import SamplingParams
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.engine_generate import engine_generate
+from modeling_apriel_h1.engine.sampling import SamplingParams
 from tests.modeling.tiny import tiny_config, tiny_mistral_config
 
 NEW_TOKENS = 10
@@ -157,7 +157,7 @@ def test_sliding_window_models_are_refused():
 def test_bytes_per_sequence_counts_kv_for_attention_and_conv_plus_ssm_state_for_mamba():
     """The tiny hybrid (attention, mamba, mamba, attention; 2 KV heads of 16, mixer width 4 x 16 = 64, conv
     width 4, state 8), worked out by hand: what bytes_per_sequence says and what the state allocates per slot."""
-    from modeling_apriel_h1.decode_state import DecodeState, bytes_per_sequence
+    from modeling_apriel_h1.engine.decode_state import DecodeState, bytes_per_sequence
 
     model = AprielH1ForCausalLM(tiny_config()).eval()
     kv_per_attention_layer = 2 * 40 * 2 * 16 * 4  # keys and values, 40 positions, 2 heads x 16, fp32
@@ -176,7 +176,7 @@ def test_bytes_per_sequence_counts_kv_for_attention_and_conv_plus_ssm_state_for_
 def test_a_bf16_mamba_state_tracks_the_fp32_state_and_halves_its_bytes():
     """``ssm_state_dtype=torch.bfloat16`` (mamba_ssm's and vLLM's choice for a bf16 model) against the default fp32
     state: the same greedy tokens here, and after the run the slots' states agree to bf16 precision."""
-    from modeling_apriel_h1.decode_state import bytes_per_sequence
+    from modeling_apriel_h1.engine.decode_state import bytes_per_sequence
 
     torch.manual_seed(0)
     model = AprielH1ForCausalLM(tiny_config()).eval()

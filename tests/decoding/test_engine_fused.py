@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import DecodeEngine
+from modeling_apriel_h1.engine.decoding import DecodeEngine
 from tests.modeling.tiny import tiny_config
 from tests.ops.interpretable import DEVICE, ON_CUDA_OR_INTERPRETED
 

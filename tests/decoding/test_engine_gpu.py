@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.sampling import SamplingParams
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.sampling import SamplingParams
 from tests.modeling.tiny import tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.sampling import SamplingParams
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.sampling import SamplingParams
 from tests.modeling.tiny import tiny_config
 from tests.ops.interpretable import DEVICE, DTYPES, ON_CUDA_OR_INTERPRETED
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import _packed_projections
-from modeling_apriel_h1.packed_linears import LinearGroup
+from modeling_apriel_h1.engine.decoding import _packed_projections
+from modeling_apriel_h1.engine.packed_linears import LinearGroup
 from tests.modeling.tiny import tiny_config
 
 

@@ -10,9 +10,9 @@ import torch
 from transformers import MistralForCausalLM
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.chunked_prefill import ChunkedPrefill
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.prefix_cache import ROOT, PrefixCache, bytes_per_block
+from modeling_apriel_h1.engine.chunked_prefill import ChunkedPrefill
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.prefix_cache import ROOT, PrefixCache, bytes_per_block
 from tests.decoding.test_engine import generate_alone, prompts_of_lengths
 from tests.modeling.tiny import tiny_config, tiny_mistral_config
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from modeling_apriel_h1.sampling import SamplingParams, choose_tokens, filter_logits
+from modeling_apriel_h1.engine.sampling import SamplingParams, choose_tokens, filter_logits
 
 
 def kept(logits: torch.Tensor) -> torch.Tensor:

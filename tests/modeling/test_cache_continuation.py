@@ -16,8 +16,8 @@ from transformers import DynamicCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.engine_generate import engine_generate
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.engine_generate import engine_generate
 
 from .tiny import tiny_config
 

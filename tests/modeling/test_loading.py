@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import modeling_apriel_h1
 from modeling_apriel_h1 import REMOTE_CODE_FILES, AprielH1Config, AprielH1ForCausalLM
 
 from ..remote_code import assert_remote_code_reproduces
@@ -51,6 +52,12 @@ def test_saved_directory_carries_auto_map_and_modeling_files(saved_model):
     assert auto_map["AutoConfig"] == "configuration_apriel_h1.AprielH1Config"
     assert auto_map["AutoModelForCausalLM"] == "modeling_apriel_h1.AprielH1ForCausalLM"
     assert {file.name for file in path.glob("*.py")} == set(REMOTE_CODE_FILES)
+
+
+def test_the_files_beside_the_package_init_are_exactly_what_ships_as_remote_code():
+    """The folder shows what a Hub user downloads: the engine and the kernels live in subpackages."""
+    package = Path(modeling_apriel_h1.__file__).parent
+    assert {path.name for path in package.glob("*.py")} - {"__init__.py"} == set(REMOTE_CODE_FILES)
 
 
 def test_remote_code_loads_where_the_package_is_not_installed(saved_model, tmp_path):

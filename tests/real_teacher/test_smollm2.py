@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conversion import convert_model
 from conversion.convert import main as convert_main
 from conversion.gguf import PROVENANCE_FILE, file_sha256, import_gguf, smollm2_gguf
-from modeling_apriel_h1.decoding import DecodeEngine
-from modeling_apriel_h1.engine_generate import engine_generate
+from modeling_apriel_h1.engine.decoding import DecodeEngine
+from modeling_apriel_h1.engine.engine_generate import engine_generate
 from recipes.distill_stage import run_stage
 from recipes.importance.__main__ import main as importance_main
 from recipes.importance.scoring import head_weights, row_sums, text_data

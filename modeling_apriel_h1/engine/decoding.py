@@ -38,14 +38,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from ..layer_types import decoder_layers, is_mamba_layer
+from ..ops.decode_attention import resolve_decode_attention
+from ..transformers_compat import cache_argument
 from .chunked_prefill import ChunkedPrefill, project_attention
 from .decode_state import DecodeState
-from .layer_types import decoder_layers, is_mamba_layer
-from .ops.decode_attention import resolve_decode_attention
 from .packed_linears import LinearGroup
 from .prefix_cache import ROOT, PrefixCache
 from .sampling import SamplingParams, choose_tokens
-from .transformers_compat import cache_argument
 
 SYNC_EVERY = 8  # steps between looks from the host (finished rows, stop strings, refills)
 SSM_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -207,7 +207,7 @@ class DecodeEngine:
         """The same computation as ``_module_layers`` with the element-wise work fused (``decode_fused``) and the
         projections that share an input packed: each residual add happens inside the next norm. (rows, hidden)
         in and out."""
-        from .ops.triton_kernels.decode_fused import add_rms_norm, rotary_to_cache, silu_mul
+        from ..ops.triton_kernels.decode_fused import add_rms_norm, rotary_to_cache, silu_mul
 
         state, config = self.state, self.model.config
         rows = hidden.shape[0]
@@ -238,7 +238,7 @@ class DecodeEngine:
     def _fused_mamba(self, mixer: nn.Module, index: int, projected: list[torch.Tensor]) -> torch.Tensor:
         """A Mamba mixer's step from its input projections (``in_proj``, ``dt_in_proj`` outputs): the conv and
         state update in one kernel reading x and B at KV width. Same result as ``mixer.step``."""
-        from .ops.triton_kernels.mamba_decode_step import mamba_decode_step
+        from ..ops.triton_kernels.mamba_decode_step import mamba_decode_step
 
         rows = projected[0].shape[0]
         z, x, B, C = projected[0].split([mixer.d_inner, mixer.d_xb, mixer.d_xb, mixer.d_inner], dim=-1)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .layer_types import decoder_layers, is_mamba_layer
+from ..layer_types import decoder_layers, is_mamba_layer
 
 MAX_STOP_TOKENS = 8  # EOS ids one call may ask for (the captured step compares against a fixed-size buffer)
 

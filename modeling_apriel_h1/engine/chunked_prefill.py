@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
+from ..layer_types import decoder_layers, is_mamba_layer
+from ..modeling_apriel_h1 import apply_rotary_pos_emb
 from .decode_state import DecodeState
-from .layer_types import decoder_layers, is_mamba_layer
-from .modeling_apriel_h1 import apply_rotary_pos_emb
 
 MambaStates = dict[int, tuple[torch.Tensor, torch.Tensor]]  # Mamba layer index -> (conv window, SSM state)
 
