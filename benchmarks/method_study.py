@@ -518,7 +518,7 @@ def sweep_runs(size: StudySize, part: str, num_layers: int, only: set[str] | Non
              for steps in size.curve_steps()]
     if size.real_text_share:  # what the real text in the mix does, at the recipe's budget
         curve.append((f"traces_only-steps{size.distill_steps}", {"distill.data": "synthetic"}, (num_layers // 2,)))
-    return curve
+    return [run for run in curve if only is None or run[0].rsplit("-steps", 1)[0] in only]
 
 
 def run_part_sweep(output: Path, size: StudySize, part: str, only: set[str] | None, seed: int = 0) -> list[dict]:
@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=Path("docs/study.md"), help="report page the report part writes")
     parser.add_argument("--size-set", dest="size_settings", action="append", default=[], metavar="KEY=VALUE",
                         help="change one knob of the size (repeatable), e.g. distill_steps=300, teacher.train_steps=900")
-    parser.add_argument("--arms", default=None, help="comma-separated ablation arms to run (default: the part's)")
+    parser.add_argument("--arms", default=None, help="comma-separated arms to run (ablations, lr-sweep, token-curve; default: all of the part's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
     parser.add_argument("--list-runs", action="store_true",
                         help="print 'part arm seed' for every ablation run of --size and exit (runs nothing)")

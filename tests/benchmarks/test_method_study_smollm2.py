@@ -190,6 +190,8 @@ def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tm
     assert [(name, changes["distill.max_steps"], targets) for name, changes, targets in curve[:3]] == [
         ("recipe-steps50", 50, (15,)), ("recipe-steps200", 200, (15,)), ("recipe-steps800", 800, (15,))]
     assert curve[3] == ("traces_only-steps200", {"distill.data": "synthetic"}, (15,))
+    assert [name for name, _, _ in method_study.sweep_runs(size, "token-curve", 30, only={"traces_only"})] == [
+        "traces_only-steps200"]
     assert size.distill_steps == 200  # the recipe's 50% stage is the curve's middle point
     tiny_curve = method_study.sweep_runs(method_study.SIZES["gpu"], "token-curve", num_layers=8)
     assert [changes["distill.max_steps"] for _, changes, _ in tiny_curve] == [300, 1200, 4800]
