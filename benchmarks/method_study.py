@@ -634,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=Path("docs/study.md"), help="report page the report part writes")
     parser.add_argument("--size-set", dest="size_settings", action="append", default=[], metavar="KEY=VALUE",
                         help="change one knob of the size (repeatable), e.g. distill_steps=300, teacher.train_steps=900")
-    parser.add_argument("--arms", default=None, help="comma-separated arms to run (ablations, lr-sweep, token-curve; default: all of the part's)")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arms to run (ablations, lr-sweep, token-curve; default: the part's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
     parser.add_argument("--list-runs", action="store_true",
                         help="print 'part arm seed' for every ablation run of --size and exit (runs nothing)")
