@@ -19,8 +19,9 @@ file that a rerun skips; results are small JSON files):
   each, on a shorter staged schedule (25 -> 50 -> 75%): forward vs reverse KL, one-shot vs staged, LOO vs MMR,
   random vs MIL init, answers-only vs reasoning-trace data, Mamba-only vs all parameters trained.
 * ``lr-sweep`` / ``token-curve`` (not part of ``all``): every arm's first stage at each of the size's
-  learning rates at equal tokens, so that each arm is judged at its best; the recipe's 50% stage at 1x, 4x and
-  16x its steps, to see whether retention still rises with tokens.
+  learning rates at equal tokens, so that each arm is judged at its best; the recipe's 50% stage at budgets 4x
+  apart, to see whether retention still rises with tokens (and, where the recipe mixes real text into its
+  distillation data, the same stage on the traces alone).
 * ``speed``: decode throughput of the teacher and of each layout the recipe reached, measured alone on the GPU
   once the training parts are done (so that parts may share the GPU while they train).
 * ``report``: ``docs/study.md`` (tables and the claims table, whose verdicts are computed from the numbers by
@@ -42,8 +43,10 @@ prompt, median of repeats after a warm-up); on a CPU it is recorded as null and 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -58,12 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
-from benchmarks.study_scores import (  # noqa: E402
-    engine_exact_match,
-    held_out_real_text,
-    real_text_perplexity,
-    teacher_forced_scores,
-)
+from benchmarks.study_scores import engine_exact_match, real_text_perplexity, teacher_forced_scores  # noqa: E402
+from benchmarks.study_text import held_out_real_text, text_rows, training_documents  # noqa: E402
 from benchmarks.study_teacher import (  # noqa: E402
     FineTunedTeacherSpec,
     default_base_file,
@@ -80,7 +79,7 @@ from recipes.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402
 from recipes.merge import merge_checkpoints  # noqa: E402
 from recipes.schedule import ScheduleConfig, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft  # noqa: E402
-from recipes.synthetic import ANSWER_PREFIX, generate_problems  # noqa: E402
+from recipes.synthetic import ANSWER_PREFIX, generate_problems, synthetic_conversations  # noqa: E402
 from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher, training_record  # noqa: E402
 
 DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"
@@ -115,9 +114,16 @@ class StudySize:
     later_importance: str = "mmr"  # ranking before every stage after the first (the first is LOO)
     bf16: bool = False  # bf16 mixed precision for training; the speed part loads bf16 weights
     engine_scoring: bool = False  # greedy answers through the decode engine rather than generate()
+    scoring_check_problems: int = 0  # with engine scoring: the first N problems also through generate(), recorded
     real_text_tokens: int = 0  # held-out real-text tokens each model's perplexity is measured on (0: none)
+    real_text_share: float = 0.0  # about this fraction of the distillation and SFT tokens is real text (0: none)
+    packing: bool = False  # rows packed to max_seq_length, each conversation computed alone
     sweep_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # lr-sweep: each arm's first stage at each
-    token_budgets: tuple[int, ...] = (1, 4, 16)  # token-curve: multiples of distill_steps for the 50% stage
+    token_curve_steps: tuple[int, ...] = ()  # token-curve: the 50% stage's steps at each budget (default: 1x, 4x
+    # and 16x distill_steps)
+
+    def curve_steps(self) -> tuple[int, ...]:
+        return self.token_curve_steps or tuple(self.distill_steps * multiple for multiple in (1, 4, 16))
 
 
 SIZES = {
@@ -149,16 +155,17 @@ SMOLLM2_SIZES = {
         distill_batch=2, distill_learning_rate=1e-3, distill_examples=8, max_seq_length=256, mmr_steps=1,
         loo_texts=2, sft_steps=1, seeds=(0, 1), throughput_batch=2, throughput_prompt=16,
         throughput_new_tokens=4, cache_context=64, later_importance="loo", engine_scoring=True,
-        real_text_tokens=256,
+        scoring_check_problems=2, real_text_tokens=256, real_text_share=0.25, packing=True, token_curve_steps=(1, 2),
     ),
     "gpu": StudySize(
         teacher=FineTunedTeacherSpec(train_steps=1200, batch_size=32, learning_rate=2e-4, max_seq_length=320,
                                      num_examples=40_000),
         eval_problems=256, max_new_tokens=192, recipe_targets=(15, 18, 22), ablation_targets=(15, 22),
-        distill_steps=400, distill_batch=32, distill_learning_rate=3e-4, distill_examples=20_000,
-        max_seq_length=320, mmr_steps=40, loo_texts=64, sft_steps=200, seeds=(0, 1), throughput_batch=32,
+        distill_steps=200, distill_batch=32, distill_learning_rate=3e-4, distill_examples=20_000,
+        max_seq_length=512, mmr_steps=40, loo_texts=64, sft_steps=100, seeds=(0, 1), throughput_batch=32,
         throughput_prompt=2048, throughput_new_tokens=128, cache_context=4096, later_importance="loo", bf16=True,
-        engine_scoring=True, real_text_tokens=32_768, sweep_learning_rates=(1e-4, 3e-4, 1e-3),
+        engine_scoring=True, scoring_check_problems=64, real_text_tokens=32_768, real_text_share=0.25, packing=True,
+        sweep_learning_rates=(1e-4, 3e-4, 1e-3), token_curve_steps=(50, 200, 800),
     ),
 }
 TEACHERS = {"tiny": SIZES, "smollm2": SMOLLM2_SIZES}
@@ -242,12 +249,14 @@ def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple
     """The recipe's schedule at this size, with an ablation's ``changes`` applied."""
     distill = {
         # checkpoints every third of a stage: a part cut off by a time limit resumes close to where it stopped
-        "max_steps": size.distill_steps, "save_steps": max(1, size.distill_steps // 3),
+        "max_steps": size.distill_steps,
         "logging_steps": max(1, size.distill_steps // 10),
         "eval_examples": 0, "synthetic_examples": size.distill_examples, "max_seq_length": size.max_seq_length,
         "learning_rate": size.distill_learning_rate, "per_device_batch_size": size.distill_batch, "seed": seed,
-        "data_seed": seed, "bf16": size.bf16,
+        "data_seed": seed, "bf16": size.bf16, "packing": size.packing,
     }
+    if size.real_text_share:
+        distill["data"] = str(traces_and_text_data(output, size, seed))
     values = {
         "teacher": str(teacher_dir(output)), "output_dir": str(run_dir), "targets": list(targets), "seed": seed,
         "later_importance": size.later_importance,
@@ -268,7 +277,46 @@ def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple
             distill[key.removeprefix("distill.")] = value
         else:
             values[key] = value
+    distill["save_steps"] = max(1, min(distill["max_steps"] // 3, 100))
     return ScheduleConfig(**values)
+
+
+def traces_and_text_data(output: Path, size: StudySize, seed: int) -> Path:
+    """The distillation problems (the traces of ``distill_examples`` synthetic problems of ``seed``) with real-text
+    rows (``benchmarks.study_text``'s training share, cycled in shuffled passes) mixed in so that about
+    ``real_text_share`` of the tokens are real text; a JSONL file written once, with a JSON file beside it that
+    says what is in it."""
+    path = output / "data" / f"traces_and_text_seed{seed}.jsonl"
+    if path.is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir(output))
+    conversations = [{"messages": row["messages"]} for row in synthetic_conversations(size.distill_examples, seed)]
+    documents, description = training_documents()
+    pieces = text_rows(documents, max_chars=size.max_seq_length * 3)  # ~3-4 characters a token: one row each
+    sample = conversations[:256]
+    trace_tokens = len(conversations) * sum(
+        len(tokenize_conversation(row["messages"], tokenizer, size.max_seq_length)["input_ids"]) for row in sample
+    ) / len(sample)
+    generator = random.Random(seed)
+    measured = generator.sample(pieces, min(len(pieces), 1024))
+    piece_tokens = sum(len(ids) for ids in tokenizer(measured, truncation=True,  # as training reads them
+                                                     max_length=size.max_seq_length)["input_ids"]) / len(measured)
+    wanted = round(trace_tokens * size.real_text_share / (1 - size.real_text_share) / piece_tokens)
+    texts: list[str] = []
+    while len(texts) < wanted:
+        texts.extend(generator.sample(pieces, len(pieces)))
+    rows = conversations + [{"text": text} for text in texts[:wanted]]
+    generator.shuffle(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_json_atomically(path.with_suffix(".json"), {
+        "conversations": len(conversations), "text_rows": wanted, "text_passes": wanted / len(pieces),
+        "real_text_share_of_tokens": wanted * piece_tokens / (wanted * piece_tokens + trace_tokens),
+        "real_text": description, "real_text_sha256": hashlib.sha256("\n\n".join(documents).encode()).hexdigest(),
+    })
+    staging.replace(path)
+    return path
 
 
 def answers_only_data(output: Path, size: StudySize, seed: int) -> tuple[Path, float]:
@@ -325,8 +373,16 @@ def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize, teacher: 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     problems = generate_problems(size.eval_problems, HELD_OUT_SEED)
+    check = {}
     if size.engine_scoring:
         exact_match = engine_exact_match(model, tokenizer, problems, size.max_new_tokens)["accuracy"]
+        if size.scoring_check_problems:  # the engine's answers against generate()'s, on the same first problems
+            subset = problems[: size.scoring_check_problems]
+            check = {"scoring_check": {
+                "problems": len(subset),
+                "engine": engine_exact_match(model, tokenizer, subset, size.max_new_tokens)["accuracy"],
+                "generate": score_on_problems(model, tokenizer, subset, size.max_new_tokens, batch_size=64,
+                                              description=f"checking {model_dir.name}").accuracy}}
     else:
         exact_match = score_on_problems(model, tokenizer, problems, size.max_new_tokens, batch_size=64,
                                         description=f"scoring {model_dir.name}").accuracy
@@ -347,6 +403,7 @@ def score_model(model_dir: Path, tokenizer_dir: Path, size: StudySize, teacher: 
         "decode_cache_bytes": decode_cache_bytes(model, size.cache_context),
         "cache_context": size.cache_context,
         "device": device_name,
+        **check,
     }
     if record["kl_to_teacher"] is None and teacher is not None:  # the teacher itself
         record["kl_to_teacher"] = record["forward_kl_to_teacher"] = 0.0
@@ -374,12 +431,14 @@ def scored(record_path: Path, model_dir: Path, output: Path, size: StudySize, ag
     return score
 
 
-def sft_and_merge(stage_dir: Path, size: StudySize, seed: int) -> tuple[Path, Path]:
+def sft_and_merge(output: Path, stage_dir: Path, size: StudySize, seed: int) -> tuple[Path, Path]:
     """SFT of a distilled stage, then the 50/50 merge of the SFT and distilled weights."""
     distilled = stage_dir / "distill" / "final"
     sft_dir = stage_dir / "sft"
     if not (sft_dir / "final" / SFT_RECORD).is_file():
-        run_sft(SFTRecipe(model=str(distilled), output_dir=str(sft_dir), synthetic_examples=size.distill_examples,
+        data = str(traces_and_text_data(output, size, seed)) if size.real_text_share else "synthetic"
+        run_sft(SFTRecipe(model=str(distilled), output_dir=str(sft_dir), data=data, packing=size.packing,
+                          synthetic_examples=size.distill_examples,
                           max_seq_length=size.max_seq_length, learning_rate=size.distill_learning_rate / 10,
                           max_steps=size.sft_steps, save_steps=size.sft_steps,
                           logging_steps=max(1, size.sft_steps // 10), per_device_train_batch_size=size.distill_batch,
@@ -407,7 +466,7 @@ def run_part_recipe(output: Path, size: StudySize, seed: int = 0) -> dict:
             rows.append({"model": stage["name"], "step": "distilled", "tokens": stage["tokens"], "mamba": mamba,
                          **scored(scores / f"{stage['name']}.json", Path(stage["checkpoint"]), output, size)})
             if mamba == half or mamba == size.recipe_targets[-1]:
-                sft, merged = sft_and_merge(stage_dir, size, seed)
+                sft, merged = sft_and_merge(output, stage_dir, size, seed)
                 for step, path in (("sft", sft), ("merged", merged)):
                     rows.append({"model": f"{stage['name']}-{step}", "step": step, "tokens": stage["tokens"],
                                  "mamba": mamba,
@@ -448,14 +507,18 @@ def sweep_runs(size: StudySize, part: str, num_layers: int, only: set[str] | Non
                ) -> list[tuple[str, dict, tuple[int, ...]]]:
     """(run name, schedule changes, targets) of a sweep part. ``lr-sweep``: the recipe's first stage for the
     recipe and every arm that changes it (not one-shot or LOO-only, which differ only later) at each learning
-    rate; ``token-curve``: the recipe's stage to 50% Mamba at each multiple of the stage's steps."""
+    rate; ``token-curve``: the recipe's stage to 50% Mamba at each budget of steps, and (where the recipe mixes
+    real text into its data) the same stage on the traces alone at the recipe's budget."""
     if part == "lr-sweep":
         arms = {BASELINE: {}, **{arm: changes for group in ABLATIONS.values() for arm, changes in group.items()
                                  if arm not in ("one_shot", "loo_only")}}
         return [(f"{arm}-lr{rate:g}", {**changes, "distill.learning_rate": rate}, size.recipe_targets[:1])
                 for arm, changes in arms.items() if only is None or arm in only for rate in size.sweep_learning_rates]
-    return [(f"{BASELINE}-x{multiple}", {"distill.max_steps": size.distill_steps * multiple}, (num_layers // 2,))
-            for multiple in size.token_budgets]
+    curve = [(f"{BASELINE}-steps{steps}", {"distill.max_steps": steps}, (num_layers // 2,))
+             for steps in size.curve_steps()]
+    if size.real_text_share:  # what the real text in the mix does, at the recipe's budget
+        curve.append((f"traces_only-steps{size.distill_steps}", {"distill.data": "synthetic"}, (num_layers // 2,)))
+    return [run for run in curve if only is None or run[0].rsplit("-steps", 1)[0] in only]
 
 
 def run_part_sweep(output: Path, size: StudySize, part: str, only: set[str] | None, seed: int = 0) -> list[dict]:
@@ -571,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=Path("docs/study.md"), help="report page the report part writes")
     parser.add_argument("--size-set", dest="size_settings", action="append", default=[], metavar="KEY=VALUE",
                         help="change one knob of the size (repeatable), e.g. distill_steps=300, teacher.train_steps=900")
-    parser.add_argument("--arms", default=None, help="comma-separated ablation arms to run (default: the part's)")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arms to run (ablations, lr-sweep, token-curve; default: the part's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
     parser.add_argument("--list-runs", action="store_true",
                         help="print 'part arm seed' for every ablation run of --size and exit (runs nothing)")

@@ -5,7 +5,7 @@
   (KL(model || teacher) is what the recipe's reverse-KL distillation minimises). Padding is told apart by the
   rows' lengths, never by the pad id (a tokenizer whose pad token is its end-of-turn token is common).
 * :func:`real_text_perplexity`: perplexity on held-out real English text that ships with Python itself
-  (:func:`held_out_real_text`), so that a distillation on task data alone shows what it costs the model's
+  (``benchmarks.study_text.held_out_real_text``), so that a distillation on task data alone shows what it costs the model's
   language ability. Nothing is downloaded.
 * :func:`engine_exact_match`: exact match of greedy answers decoded by the package's decode engine (CUDA graphs
   on a GPU), the same scoring as ``recipes.held_out.score_on_problems`` at a fraction of the time.
@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import platform
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +24,6 @@ from modeling_apriel_h1.engine.decoding import DecodeEngine
 from recipes.data import IGNORE_INDEX, tokenize_conversation
 from recipes.held_out import question_prompt
 from recipes.synthetic import Problem, is_correct
-
-# The held-out share of the real text: the last tenth of pydoc's topics (in the file's order), never trained on.
-REAL_TEXT_HELD_OUT_FRACTION = 0.1
 
 
 @dataclass
@@ -89,27 +84,6 @@ def teacher_forced_scores(
         forward_kl_to_teacher=totals["forward_kl"] / count if teacher is not None else None,
         num_tokens=count,
     )
-
-
-@dataclass(frozen=True)
-class RealText:
-    text: str
-    description: str  # which text and which part of it, as the results record it
-    sha256: str
-
-
-def held_out_real_text() -> RealText:
-    """The held-out real English text: the last tenth of the topics of CPython's ``pydoc_data/topics.py`` (the
-    help texts of the running Python's stdlib, in the file's order), joined by blank lines. The first nine
-    tenths stay free for training on real text, should a recipe want to."""
-    from pydoc_data.topics import topics  # noqa: PLC0415  (stdlib; read only when asked for)
-
-    names = list(topics)
-    held_out = names[len(names) - max(1, round(len(names) * REAL_TEXT_HELD_OUT_FRACTION)) :]
-    text = "\n\n".join(topics[name].strip() for name in held_out)
-    description = (f"CPython {platform.python_version()} Lib/pydoc_data/topics.py, the last {len(held_out)} of its "
-                   f"{len(names)} topics ({held_out[0]!r} to {held_out[-1]!r}), {len(text):,} characters")
-    return RealText(text, description, hashlib.sha256(text.encode()).hexdigest())
 
 
 @torch.no_grad()

@@ -11,8 +11,11 @@ Sources, chosen by the ``data`` string:
 * a local ``.jsonl``/``.json``/``.parquet`` file or a glob of them;
 * anything else is a ``datasets`` hub name passed to :func:`datasets.load_dataset`.
 
-Rows are either chat (``messages``: list of ``{role, content}``) or prompt/completion (``prompt`` and
-``completion`` strings, or lists of messages as TRL's conversational prompt-completion format has them).
+Rows are chat (``messages``: list of ``{role, content}``), prompt/completion (``prompt`` and ``completion``
+strings, or lists of messages as TRL's conversational prompt-completion format has them), or plain text (``text``,
+TRL's language-modelling format), and one file may mix them. A text row is learned on every token: mixing
+ordinary text into task conversations keeps the student's general language, which distilling on task replies
+alone loses (docs/study.md measures it).
 
 Packing (the ``packing`` setting of the distillation and SFT configs):
 
@@ -75,8 +78,13 @@ def load_conversations(
     return datasets.load_dataset(source, split=split)
 
 
+def is_text_row(row: dict) -> bool:
+    """Whether ``row`` is plain text (a ``text`` string and no chat), which is learned on every token."""
+    return bool(row.get("text")) and not row.get("messages") and row.get("prompt") is None
+
+
 def to_messages(row: dict) -> list[dict[str, str]]:
-    """A row of either accepted format as one chat."""
+    """A chat or prompt/completion row as one chat."""
     if "messages" in row and row["messages"]:
         return list(row["messages"])
     if "prompt" in row and "completion" in row:
@@ -85,8 +93,8 @@ def to_messages(row: dict) -> list[dict[str, str]]:
         completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
         return prompt + completion
     raise ValueError(
-        f"A data row has neither a 'messages' list nor 'prompt'/'completion' fields (its keys: {sorted(row)}). "
-        "Convert the data to one of these two formats."
+        f"A data row has neither a 'messages' list, 'prompt'/'completion' fields nor a 'text' string (its keys: "
+        f"{sorted(row)}). Convert the data to one of these formats."
     )
 
 
@@ -132,6 +140,21 @@ def tokenize_conversation(
     return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "labels": labels}
 
 
+def tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list[int]]:
+    """``input_ids``/``attention_mask``/``labels`` of plain text, truncated to ``max_length``; every token is a
+    label (the tokenizer's own special tokens, if it adds any, included)."""
+    encoding = tokenizer(text, truncation=True, max_length=max_length)
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"],
+            "labels": list(encoding["input_ids"])}
+
+
+def tokenize_row(row: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list[int]]:
+    """One data row of any accepted format, tokenized and labelled."""
+    if is_text_row(row):
+        return tokenize_text(row["text"], tokenizer, max_length)
+    return tokenize_conversation(to_messages(row), tokenizer, max_length)
+
+
 def build_dataset(
     rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, packing: bool | str
 ) -> datasets.Dataset:
@@ -146,14 +169,14 @@ def build_dataset(
     if len(rows) == 0:
         raise ValueError("The training data set is empty. Point `data` at a file or data set with rows in it.")
     tokenized = rows.map(
-        lambda row: tokenize_conversation(to_messages(row), tokenizer, max_length),
+        lambda row: tokenize_row(row, tokenizer, max_length),
         remove_columns=rows.column_names,
-        desc="Rendering conversations",
+        desc="Tokenizing rows",
     )
     tokenized = tokenized.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
     if len(tokenized) == 0:
         raise ValueError(
-            f"None of the {len(rows)} conversations has an assistant token within max_seq_length={max_length}, "
+            f"None of the {len(rows)} rows has an assistant token within max_seq_length={max_length}, "
             "so there is nothing to distill. Check that the rows have assistant turns, or raise max_seq_length."
         )
     if mode is not None:

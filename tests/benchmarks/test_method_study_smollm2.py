@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import method_study  # noqa: E402
-from benchmarks.study_scores import held_out_real_text, real_text_perplexity, teacher_forced_scores  # noqa: E402
+from benchmarks.study_scores import real_text_perplexity, teacher_forced_scores  # noqa: E402
+from benchmarks.study_text import held_out_real_text  # noqa: E402
 from recipes.synthetic import generate_problems  # noqa: E402
 from recipes.tiny_teacher import EOS, build_tokenizer  # noqa: E402
 
@@ -168,7 +169,7 @@ def test_a_resumed_recipe_scores_only_the_stages_that_are_done(tmp_path, monkeyp
     distilling = {"name": "stage-2", "status": "distilling", "layers_added": [3], "mamba_layers": [1, 2, 3]}
     monkeypatch.setattr(method_study, "run_schedule", lambda config, last_target=None: {"stages": [done, distilling]})
     monkeypatch.setattr(method_study, "scored", lambda path, model, output, size: {"exact_match": 0.5})
-    monkeypatch.setattr(method_study, "sft_and_merge", lambda stage_dir, size, seed: (stage_dir / "a", stage_dir / "b"))
+    monkeypatch.setattr(method_study, "sft_and_merge", lambda output, stage_dir, size, seed: (stage_dir / "a", stage_dir / "b"))
     size = replace(method_study.SMOLLM2_SIZES["smoke"], recipe_targets=(2, 3))
     result = method_study.run_part_recipe(tmp_path, size)
     assert [row["model"] for row in result["rows"]] == ["stage-1", "stage-1-sft", "stage-1-merged"]
@@ -186,8 +187,33 @@ def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tm
                      ("recipe", "forward_kl", "random_init", "answers_only", "mamba_only")}
     assert len(method_study.sweep_runs(size, "lr-sweep", 30, only={"forward_kl"})) == 3
     curve = method_study.sweep_runs(size, "token-curve", num_layers=30)
-    assert [(changes["distill.max_steps"], targets) for _, changes, targets in curve] == [
-        (400, (15,)), (1600, (15,)), (6400, (15,))]
+    assert [(name, changes["distill.max_steps"], targets) for name, changes, targets in curve[:3]] == [
+        ("recipe-steps50", 50, (15,)), ("recipe-steps200", 200, (15,)), ("recipe-steps800", 800, (15,))]
+    assert curve[3] == ("traces_only-steps200", {"distill.data": "synthetic"}, (15,))
+    assert [name for name, _, _ in method_study.sweep_runs(size, "token-curve", 30, only={"traces_only"})] == [
+        "traces_only-steps200"]
+    assert size.distill_steps == 200  # the recipe's 50% stage is the curve's middle point
+    tiny_curve = method_study.sweep_runs(method_study.SIZES["gpu"], "token-curve", num_layers=8)
+    assert [changes["distill.max_steps"] for _, changes, _ in tiny_curve] == [300, 1200, 4800]
+
+
+def test_the_distillation_data_mixes_in_real_text_at_the_asked_share(tmp_path):
+    from dataclasses import replace
+
+    from recipes.data import build_dataset, load_conversations
+    from recipes.tiny_teacher import build_tokenizer
+
     smollm2_stand_in(method_study.teacher_dir(tmp_path), layers=4)
-    config = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, curve[1][1])
-    assert config.distill["max_steps"] == 1600 and config.distill["learning_rate"] == size.distill_learning_rate
+    size = replace(method_study.SMOLLM2_SIZES["smoke"], distill_examples=200, real_text_share=0.3)
+    config = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, {})
+    assert config.distill["packing"] is True and config.distill["data"].endswith("traces_and_text_seed0.jsonl")
+    rows = build_dataset(load_conversations(config.distill["data"]), build_tokenizer(), size.max_seq_length, False)
+    text = sum(len(row["input_ids"]) for row in rows if row["labels"][0] != -100)  # a text row labels its first token
+    share = text / sum(len(row["input_ids"]) for row in rows)
+    assert 0.2 < share < 0.4, share
+    manifest = json.loads((tmp_path / "data" / "traces_and_text_seed0.json").read_text())
+    assert manifest["conversations"] == 200 and manifest["text_rows"] > 0
+    traces_only = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, {"distill.data": "synthetic"})
+    assert traces_only.distill["data"] == "synthetic"
+    assert method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0,
+                                        {"distill.max_steps": 800}).distill["save_steps"] == 100

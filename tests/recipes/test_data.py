@@ -40,6 +40,25 @@ def test_prompt_completion_rows_become_a_user_and_an_assistant_turn(tokenizer, t
     assert "Say hi." in tokenizer.decode(example["input_ids"])
 
 
+def test_text_rows_learn_every_token_beside_chats_in_one_file(tokenizer, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    text = "The quick brown fox jumps over the lazy dog."
+    path.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"text": text}) + "\n")
+    chat, plain = build_dataset(load_conversations(str(path)), tokenizer, max_length=1000, packing=False)
+    assert chat == tokenize_conversation(CHAT, tokenizer, max_length=1000)
+    assert plain["labels"] == plain["input_ids"]
+    assert tokenizer.decode(plain["input_ids"], skip_special_tokens=True) == text
+    packed = build_dataset(load_conversations(str(path)), tokenizer, max_length=1000, packing=True)
+    assert len(packed) == 1 and sorted(packed[0]["seq_lengths"]) == sorted([len(chat["input_ids"]),
+                                                                             len(plain["input_ids"])])
+
+
+def test_rows_in_no_known_format_are_refused(tokenizer):
+    rows = datasets.Dataset.from_list([{"body": "no format"}])
+    with pytest.raises(ValueError, match="'text' string"):
+        build_dataset(rows, tokenizer, max_length=100, packing=False)
+
+
 def test_local_parquet_chat_data_loads(tokenizer, tmp_path):
     path = tmp_path / "rows.parquet"
     datasets.Dataset.from_list([{"messages": CHAT}]).to_parquet(str(path))
@@ -70,7 +89,3 @@ def test_data_without_assistant_tokens_is_refused(tokenizer):
         build_dataset(rows, tokenizer, max_length=100, packing=False)
 
 
-def test_rows_in_neither_format_are_refused(tokenizer):
-    rows = datasets.Dataset.from_list([{"text": "plain text"}])
-    with pytest.raises(ValueError, match="neither a 'messages' list nor 'prompt'/'completion'"):
-        build_dataset(rows, tokenizer, max_length=100, packing=False)
