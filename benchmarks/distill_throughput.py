@@ -1,8 +1,8 @@
 """Tokens/s, MFU, time split and peak memory of the recipe's distillation step on one GPU.
 
-What runs is the recipe's own step: ``recipes.distillation.DistillationTrainer`` trains a random-weight student
+What runs is the recipe's own step: ``recipes.training.distillation.DistillationTrainer`` trains a random-weight student
 against a random-weight teacher with ``Trainer.train`` (its data loader, ``compute_loss`` with the chunked KD loss
-of ``recipes.kd_loss``, backward, gradient clipping, fused AdamW, scheduler), on packed rows of random tokens
+of ``recipes.training.kd_loss``, backward, gradient clipping, fused AdamW, scheduler), on packed rows of random tokens
 (by default one sequence per row, every position supervised, as ``packing: cross_document`` gives them;
 ``--document-tokens N``: documents of N tokens with ``position_ids`` restarting, as ``packing: true`` gives them).
 Both models are built directly on the GPU in bf16; nothing is downloaded. CUDA events at the phase boundaries
@@ -52,8 +52,8 @@ if __package__ in (None, ""):  # run as a script: import the repository's packag
 from transformers import AutoModelForCausalLM, MistralConfig, PrinterCallback, TrainerCallback, TrainingArguments
 
 from modeling_apriel_h1 import AprielH1Config
-from recipes.distillation import DistillationTrainer
-from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
+from recipes.training.distillation import DistillationTrainer
+from recipes.training.speed_levers import checkpoint_first_layers, compile_decoder_layers
 
 GIB = 1024**3
 DATASHEET_BF16_TFLOPS = 989.0  # NVIDIA H100/H200 SXM, dense bf16 tensor-core peak (no sparsity)
@@ -305,7 +305,7 @@ def measured_matmul_tflops(device: str, size: int = 8192, repeats: int = 50) -> 
 
 @dataclass(frozen=True)
 class Levers:
-    """The speed options of one run (each a recipe option; see recipes/speed_levers.py)."""
+    """The speed options of one run (each a recipe option; see recipes/training/speed_levers.py)."""
 
     teacher_inference_mode: bool = False
     compile: bool = False

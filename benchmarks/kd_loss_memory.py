@@ -1,4 +1,4 @@
-"""Peak GPU memory and time of one distillation-loss step: chunked (``recipes.kd_loss``) against naive.
+"""Peak GPU memory and time of one distillation-loss step: chunked (``recipes.training.kd_loss``) against naive.
 
 One step is what the trainer does after both base models ran: project the student's and the teacher's
 final hidden states through their LM heads, compute the divergence over the supervised tokens, and
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: import recipes from the repository
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recipes.kd_loss import LOSS_KINDS, chunked_distillation_sums, distillation_sums_from_logits
+from recipes.training.kd_loss import LOSS_KINDS, chunked_distillation_sums, distillation_sums_from_logits
 
 GIB = 1024**3
 

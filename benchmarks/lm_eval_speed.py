@@ -29,7 +29,7 @@ from lm_eval.tasks import TaskManager
 from transformers import MistralConfig, MistralForCausalLM
 
 from conversion import convert_model
-from recipes.lm_eval_model import AprielH1LM
+from recipes.evaluation.lm_eval_model import AprielH1LM
 from recipes.lm_eval_tasks import SYNTHETIC_TASK, TASKS_DIR
 from recipes.tiny_teacher import build_tokenizer
 

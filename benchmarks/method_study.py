@@ -73,13 +73,13 @@ from benchmarks.study_teacher import (  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
 from cli import UsageError, command_line  # noqa: E402
 from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
-from recipes.data import tokenize_conversation  # noqa: E402
-from recipes.decode_cache import decode_cache_bytes  # noqa: E402
-from recipes.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402
+from recipes.training.data import tokenize_conversation  # noqa: E402
+from recipes.evaluation.decode_cache import decode_cache_bytes  # noqa: E402
+from recipes.training.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402
 from recipes.merge import merge_checkpoints  # noqa: E402
 from recipes.schedule import ScheduleConfig, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft  # noqa: E402
-from recipes.synthetic import ANSWER_PREFIX, generate_problems, synthetic_conversations  # noqa: E402
+from recipes.training.synthetic import ANSWER_PREFIX, generate_problems, synthetic_conversations  # noqa: E402
 from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher, training_record  # noqa: E402
 
 DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"

@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/packing_throughput.py --smoke         # tiny models on the CPU: checks it runs
 
 Both modes run the recipe's own pieces: ``DistillationTrainer`` (reverse KL, chunked LM heads) through
-``Trainer.train`` for one epoch over the same documents, collated by ``recipes.data.training_collator``:
+``Trainer.train`` for one epoch over the same documents, collated by ``recipes.training.data.training_collator``:
 
 - ``padding``: ``per_device_batch`` documents per step, padded to the longest (``packing: false``);
 - ``packing``: the documents packed into rows of ``max_length`` tokens by TRL's BFD packer, ``rows_per_batch``
@@ -33,8 +33,8 @@ from transformers import MistralConfig, MistralForCausalLM, TrainerCallback, Tra
 from trl import pack_dataset
 
 from conversion import convert_model
-from recipes.data import flattens_packed_rows, training_collator
-from recipes.distillation import DistillationTrainer
+from recipes.training.data import flattens_packed_rows, training_collator
+from recipes.training.distillation import DistillationTrainer
 from recipes.tiny_teacher import build_tokenizer
 
 def documents(count: int, min_length: int, max_length: int, vocab: int, seed: int) -> datasets.Dataset:

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from cli import UsageError, command_line, existing_path  # noqa: E402
 from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
-from recipes.held_out import HELD_OUT_SEED, question_prompt  # noqa: E402
-from recipes.synthetic import Problem, generate_problems, is_correct  # noqa: E402
+from recipes.training.held_out import HELD_OUT_SEED, question_prompt  # noqa: E402
+from recipes.training.synthetic import Problem, generate_problems, is_correct  # noqa: E402
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

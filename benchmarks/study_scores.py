@@ -8,7 +8,7 @@
   (``benchmarks.study_text.held_out_real_text``), so that a distillation on task data alone shows what it costs the model's
   language ability. Nothing is downloaded.
 * :func:`engine_exact_match`: exact match of greedy answers decoded by the package's decode engine (CUDA graphs
-  on a GPU), the same scoring as ``recipes.held_out.score_on_problems`` at a fraction of the time.
+  on a GPU), the same scoring as ``recipes.training.held_out.score_on_problems`` at a fraction of the time.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from modeling_apriel_h1.engine.decoding import DecodeEngine
-from recipes.data import IGNORE_INDEX, tokenize_conversation
-from recipes.held_out import question_prompt
-from recipes.synthetic import Problem, is_correct
+from recipes.training.data import IGNORE_INDEX, tokenize_conversation
+from recipes.training.held_out import question_prompt
+from recipes.training.synthetic import Problem, is_correct
 
 
 @dataclass

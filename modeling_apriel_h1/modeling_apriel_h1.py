@@ -138,7 +138,7 @@ class AprielH1Mamba(nn.Module):
     def parameters_read_outside_their_module(self) -> list[nn.Parameter]:
         """Parameters of ``dt_proj`` and ``conv1d`` that ``forward`` passes to the kernels without calling those
         modules. Sharding schemes that gather a module's parameters only around its own forward (DeepSpeed
-        ZeRO-3) must be told to gather these for this mixer; see ``recipes.zero3``."""
+        ZeRO-3) must be told to gather these for this mixer; see ``recipes.training.zero3``."""
         return [param for module in (self.dt_proj, self.conv1d) for param in module.parameters()]
 
     def _time_step(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -31,14 +31,14 @@ from transformers import (
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
 from cli import command_line, model_source
 from conversion.record import RECORD_FILE
-from recipes.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
-from recipes.data import build_dataset, flattens_packed_rows, load_conversations, training_collator
-from recipes.distillation import DistillationTrainer
-from recipes.kd_loss_liger import check_liger_backend
-from recipes.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
-from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
-from recipes.stage_config import StageConfig, load_stage_config
-from recipes.trainable import select_trainable_parameters
+from recipes.training.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
+from recipes.training.data import build_dataset, flattens_packed_rows, load_conversations, training_collator
+from recipes.training.distillation import DistillationTrainer
+from recipes.training.kd_loss_liger import check_liger_backend
+from recipes.training.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
+from recipes.training.speed_levers import checkpoint_first_layers, compile_decoder_layers
+from recipes.training.stage_config import StageConfig, load_stage_config
+from recipes.training.trainable import select_trainable_parameters
 
 FINAL_DIR = "final"
 
@@ -92,7 +92,7 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
         include_num_input_tokens_seen="non_padding",
         report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step's loss
-        remove_unused_columns=False,  # packed rows keep seq_lengths for the collator (recipes.data)
+        remove_unused_columns=False,  # packed rows keep seq_lengths for the collator (recipes.training.data)
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning without a GPU only warns
     )
 

@@ -5,7 +5,7 @@
     python -m recipes.evaluate --model outputs/tiny/merged --tasks gsm8k --limit 100   # any lm-eval task
 
 A thin layer over ``lm_eval.simple_evaluate``: each model is scored by lm-eval's own task definitions and
-metrics, through the ``apriel_h1`` lm-eval model (``recipes/lm_eval_model.py``: generation in large batches on
+metrics, through the ``apriel_h1`` lm-eval model (``recipes/evaluation/lm_eval_model.py``: generation in large batches on
 the fast decoder) or ``--backend hf`` (lm-eval's plain HF model). The local tasks (``recipes/lm_eval_tasks/``)
 need no download. Writes to ``--output`` (default: ``lm_eval/`` beside the manifest, else ``outputs/lm_eval``):
 
@@ -83,7 +83,7 @@ def task_manager_for(tasks: list[str]):
 def load_lm(backend: str, checkpoint: Path, device: str, batch_size: int, decode_batch_size: int, dtype: str):
     """The lm-eval model for one checkpoint: ours (``apriel_h1``) or lm-eval's ``hf`` with remote code."""
     if backend == "apriel_h1":
-        from recipes.lm_eval_model import AprielH1LM
+        from recipes.evaluation.lm_eval_model import AprielH1LM
 
         return AprielH1LM(
             pretrained=str(checkpoint), device=device, batch_size=batch_size, dtype=dtype,

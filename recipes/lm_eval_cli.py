@@ -2,7 +2,7 @@
 
 Same arguments as ``lm_eval``; what it adds:
 
-* ``--model apriel_h1`` (``recipes.lm_eval_model``): lm-eval 0.4.x finds models only in its own table and has
+* ``--model apriel_h1`` (``recipes.evaluation.lm_eval_model``): lm-eval 0.4.x finds models only in its own table and has
   no entry-point plugins, so a wrapper that imports our model module before lm-eval's CLI runs is how an
   installed package adds one;
 * the local tasks (``apriel_h1_synthetic``, ``apriel_h1_choices``; ``recipes/lm_eval_tasks/``) as the
@@ -26,7 +26,7 @@ def main() -> None:
     require_lm_eval(INSTALL_HINT)
     from lm_eval.__main__ import cli_evaluate
 
-    import recipes.lm_eval_model  # noqa: F401  (registers --model apriel_h1)
+    import recipes.evaluation.lm_eval_model  # noqa: F401  (registers --model apriel_h1)
 
     if len(sys.argv) > 1 and not any(arg.split("=")[0] == "--include_path" for arg in sys.argv):
         sys.argv += ["--include_path", str(TASKS_DIR)]

@@ -34,8 +34,8 @@ from recipes.importance.__main__ import check_arguments as check_importance_argu
 from recipes.importance.__main__ import main as importance_main
 from conversion.atomic_io import write_json_atomically
 from recipes.distill_stage import FINAL_DIR, run_stage
-from recipes.random_init import randomise_mixers
-from recipes.stage_config import StageConfig, checked_values, load_stage_config, parse_override
+from recipes.training.random_init import randomise_mixers
+from recipes.training.stage_config import StageConfig, checked_values, load_stage_config, parse_override
 
 MANIFEST_FILE = "run_manifest.json"
 # Mamba layers out of 50 after each of the paper's stages.

@@ -1,9 +1,9 @@
 """Supervised fine-tuning of a hybrid on reasoning traces with TRL's ``SFTTrainer`` (the H1-30-SFT step).
 
-The data options are the distillation recipe's (``recipes.data``): the bundled synthetic traces, local
+The data options are the distillation recipe's (``recipes.training.data``): the bundled synthetic traces, local
 jsonl/parquet files, or a ``datasets`` name, in chat or prompt/completion form, rendered with the tokenizer's
 chat template, loss on the assistant tokens only. Checkpoints are safetensors, marked complete as the
-distillation's are (``recipes.checkpoints``); ``--resume`` continues from the newest complete one. The final
+distillation's are (``recipes.training.checkpoints``); ``--resume`` continues from the newest complete one. The final
 model and an ``sft.json`` record (steps, tokens, final loss) land in ``output_dir``.
 
     python -m recipes.sft --model out/stage-3 --output-dir out/sft --data synthetic --max-steps 200
@@ -27,8 +27,8 @@ from modeling_apriel_h1.transformers_compat import activation_checkpointing_argu
 from conversion.atomic_io import staged_output_dir
 from cli import command_line, model_source, read_yaml_mapping
 from cli.yaml_values import load_yaml
-from recipes.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
-from recipes.data import (
+from recipes.training.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
+from recipes.training.data import (
     DOCUMENTS,
     SYNTHETIC_SOURCE,
     build_dataset,
@@ -37,8 +37,8 @@ from recipes.data import (
     packing_mode,
     training_collator,
 )
-from recipes.stage_config import checked_values
-from recipes.zero3 import register_for_zero3
+from recipes.training.stage_config import checked_values
+from recipes.training.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
 # TRL's SFTConfig turns checkpointing on by default; named as the installed transformers names it (no warning)
@@ -58,7 +58,7 @@ class SFTRecipe:
     data: str = SYNTHETIC_SOURCE  # "synthetic", a local .jsonl/.parquet file, or a datasets name
     synthetic_examples: int = 2000  # rows generated when data is "synthetic"
     max_seq_length: int = 512
-    packing: bool | str = False  # true: packed conversations kept apart; cross_document: one sequence (recipes.data)
+    packing: bool | str = False  # true: packed conversations kept apart; cross_document: one sequence (recipes.training.data)
     learning_rate: float = 2e-5
     warmup_steps: float = 0.05  # an int is a step count, a float in [0, 1) a fraction of max_steps
     max_steps: int = 100  # optimizer steps (at least 1; the length is set by steps only, there is no epoch count)
@@ -104,7 +104,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     train_dataset = build_dataset(rows, tokenizer, recipe.max_seq_length, recipe.packing)
     # Packed conversations kept apart: under varlen flash-attention TRL's padding-free collator (enabled by packing
     # with its "bfd" strategy; the rows are already packed, so TRL does not pack again) writes position_ids
-    # restarting at each one in one flat row; otherwise the rows stay rows (recipes.data.PackedRowsCollator).
+    # restarting at each one in one flat row; otherwise the rows stay rows (recipes.training.data.PackedRowsCollator).
     keep_apart = packing_mode(recipe.packing) == DOCUMENTS
     flatten = keep_apart and flattens_packed_rows(model.config._attn_implementation)
     collator = training_collator(tokenizer, recipe.packing, flatten_rows=False) if keep_apart and not flatten else None

@@ -34,7 +34,7 @@ from transformers import (
 
 from conversion.atomic_io import staged_output_dir
 from cli import UsageError, command_line, read_json_if_present
-from recipes.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
+from recipes.training.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")

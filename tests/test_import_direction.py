@@ -45,5 +45,5 @@ def test_no_package_imports_upward(package):
 
 def test_the_check_sees_an_upward_import(tmp_path):
     module = tmp_path / "upward.py"
-    module.write_text("import torch\nfrom recipes.kd_loss import token_divergence\nfrom . import sibling\n")
+    module.write_text("import torch\nfrom recipes.training.kd_loss import token_divergence\nfrom . import sibling\n")
     assert imported_top_level_packages(module) == {"torch", "recipes"}

@@ -144,7 +144,7 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.Argument
     mmr.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (warm-up over the first tenth)")
     mmr.add_argument("--batch-size", type=int, default=4)
     mmr.add_argument("--max-length", type=int, default=512, help="tokens per training sequence")
-    mmr.add_argument("--data", default="synthetic", help="distillation data (recipes.data sources; default: synthetic)")
+    mmr.add_argument("--data", default="synthetic", help="distillation data (recipes.training.data sources; default: synthetic)")
     mmr.add_argument("--eval-batches", type=int, default=4, help="held-out batches the initial/final losses are measured on")
     mmr.add_argument("--trainable", default="mixer", choices=("mixer", "layer", "all"),
                      help="what the short distillation trains: the new mixer, its whole block, or everything")

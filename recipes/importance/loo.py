@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from modeling_apriel_h1.layer_types import decoder_layers
 from recipes.importance.layers import check_layer_indices, skip_layer
 from recipes.importance.scoring import RowSums, ScoringData, head_weights, performance, row_sums
-from recipes.kd_loss import final_hidden_states
+from recipes.training.kd_loss import final_hidden_states
 
 
 @dataclass

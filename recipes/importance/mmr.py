@@ -2,7 +2,7 @@
 
 For each attention layer l of a model M (a teacher or a hybrid), the student M^(l->M) has only layer l's
 mixer replaced by a MIL-initialised Mamba mixer (``conversion.convert_model``). It is distilled against the
-unmodified M for a few steps (100 in the paper) with the reverse-KL loss of ``recipes.kd_loss``; the KD loss
+unmodified M for a few steps (100 in the paper) with the reverse-KL loss of ``recipes.training.kd_loss``; the KD loss
 after those steps is the layer's score, ``I_l = L_KD(M^(l->M))``. The layers with the lowest final loss are
 the easiest to replace and come first in the ranking. The loss right after MIL initialisation is kept too
 (paper Fig. 2 shows how the ranking moves between the two).
@@ -34,11 +34,11 @@ from transformers import DataCollatorForSeq2Seq
 from conversion import convert_model
 from conversion.atomic_io import write_json_atomically
 from modeling_apriel_h1.layer_types import decoder_layers, mamba_layers_of
-from recipes.data import build_dataset, load_conversations
+from recipes.training.data import build_dataset, load_conversations
 from recipes.importance.layers import check_layer_indices
 from recipes.importance.ranking import ranking_payload
 from recipes.importance.scoring import head_weights
-from recipes.kd_loss import chunked_distillation_sums, final_hidden_states
+from recipes.training.kd_loss import chunked_distillation_sums, final_hidden_states
 
 RUN_FILE = "run.json"
 METRIC = "reverse_kl"  # the paper's L_KD: KL(student || teacher) per token, temperature 1
@@ -51,7 +51,7 @@ class MmrSettings:
     """Everything that decides a candidate's result; a state directory holds results of one setting only.
 
     ``steps``: distillation steps per candidate; ``learning_rate``: AdamW's (constant after a linear warm-up
-    over the first tenth of the steps); ``data``: a ``recipes.data`` source (``synthetic`` or a local file);
+    over the first tenth of the steps); ``data``: a ``recipes.training.data`` source (``synthetic`` or a local file);
     ``eval_batches``: held-out batches the initial and final losses are measured on; ``trainable``: the new
     ``mixer`` only, its whole ``layer``, or ``all`` parameters; ``seed``: MIL's random parts, data order.
     """

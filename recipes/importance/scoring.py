@@ -11,7 +11,7 @@ Metrics (``P`` is the performance; LOO importance is ``P(unmodified) - P(without
   distillation loss; the unmodified model scores 0. Needs no trained model, so it is the default on text.
 
 Text is a ``.txt`` file (documents separated by blank lines), a ``.jsonl`` file with a ``text`` field per line,
-or, when no file is given, held-out synthetic reasoning problems of :mod:`recipes.synthetic`.
+or, when no file is given, held-out synthetic reasoning problems of :mod:`recipes.training.synthetic`.
 
 Nothing here materialises a batch's full logits: the final hidden states are projected through the LM head a
 chunk of tokens at a time (a 131k vocabulary over a long batch would not fit otherwise).
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipes.kd_loss import token_divergence
-from recipes.synthetic import generate_problems
+from recipes.training.kd_loss import token_divergence
+from recipes.training.synthetic import generate_problems
 
 METRICS = ("accuracy", "loss", "kl")
 IGNORE_INDEX = -100

@@ -1,7 +1,7 @@
 """Local lm-eval tasks that need no download: the YAML files in this folder, their data files and loaders.
 
-* ``apriel_h1_synthetic`` (generate_until): held-out synthetic reasoning problems (``recipes.synthetic``); the
-  score is exact match of the completion's last ``Answer:`` line, as ``recipes.synthetic.is_correct`` reads it.
+* ``apriel_h1_synthetic`` (generate_until): held-out synthetic reasoning problems (``recipes.training.synthetic``); the
+  score is exact match of the completion's last ``Answer:`` line, as ``recipes.training.synthetic.is_correct`` reads it.
   The models were trained on these problems as chats, so run it with the chat template applied.
 * ``apriel_h1_choices`` (multiple_choice): MMLU-style questions scored as leave-one-out importance scores them
   (``recipes/importance/scoring.py``: log p(" <choice>" | "Question: <question>\\nAnswer:")); by default the

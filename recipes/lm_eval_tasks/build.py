@@ -15,9 +15,9 @@ import json
 import random
 from pathlib import Path
 
-from recipes.held_out import HELD_OUT_SEED
+from recipes.training.held_out import HELD_OUT_SEED
 from recipes.lm_eval_tasks import TASKS_DIR
-from recipes.synthetic import Problem, generate_problems
+from recipes.training.synthetic import Problem, generate_problems
 
 NUM_PROBLEMS = 200
 NUM_CHOICES = 4

@@ -116,7 +116,7 @@ def test_liger_kernel_reverse_kl_is_ours():
 
     import torch
 
-    from recipes.kd_loss import chunked_distillation_sums
+    from recipes.training.kd_loss import chunked_distillation_sums
 
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("liger-kernel's Triton kernels need a GPU or TRITON_INTERPRET=1")

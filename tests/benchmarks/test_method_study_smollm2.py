@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import method_study  # noqa: E402
 from benchmarks.study_scores import real_text_perplexity, teacher_forced_scores  # noqa: E402
 from benchmarks.study_text import held_out_real_text  # noqa: E402
-from recipes.synthetic import generate_problems  # noqa: E402
+from recipes.training.synthetic import generate_problems  # noqa: E402
 from recipes.tiny_teacher import EOS, build_tokenizer  # noqa: E402
 
 
@@ -200,7 +200,7 @@ def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tm
 def test_the_distillation_data_mixes_in_real_text_at_the_asked_share(tmp_path):
     from dataclasses import replace
 
-    from recipes.data import build_dataset, load_conversations
+    from recipes.training.data import build_dataset, load_conversations
     from recipes.tiny_teacher import build_tokenizer
 
     smollm2_stand_in(method_study.teacher_dir(tmp_path), layers=4)

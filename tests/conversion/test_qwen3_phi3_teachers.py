@@ -27,8 +27,8 @@ from conversion.fast_llm import export_released_checkpoint, fast_llm_decoder_fro
 from conversion.teachers import UnsupportedTeacherError, hybrid_config_from_teacher
 from modeling_apriel_h1 import AprielH1ForCausalLM, AprielHConfig
 from modeling_apriel_h1.engine.decoding import DecodeEngine
-from recipes.distillation import DistillationTrainer
-from recipes.kd_loss import token_divergence
+from recipes.training.distillation import DistillationTrainer
+from recipes.training.kd_loss import token_divergence
 from tests.remote_code import assert_remote_code_reproduces
 
 from ..modeling.tiny import TINY, tiny_config

@@ -2,7 +2,7 @@
 
 DeepSpeed ZeRO-3 gathers a module's parameters only around that module's own forward, so a parameter the
 mixer hands straight to a kernel must be declared (``parameters_read_outside_their_module``) and registered
-with DeepSpeed (``recipes.zero3.register_for_zero3``). These tests run the mixer, watch which submodules' forwards actually
+with DeepSpeed (``recipes.training.zero3.register_for_zero3``). These tests run the mixer, watch which submodules' forwards actually
 run, and require the parameters of all the others to be declared, for prefill and for the decode step.
 """
 

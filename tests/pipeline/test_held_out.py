@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipes.held_out import score_on_problems
-from recipes.synthetic import generate_problems
+from recipes.training.held_out import score_on_problems
+from recipes.training.synthetic import generate_problems
 from recipes.tiny_teacher import build_tokenizer
 
 
@@ -51,7 +51,7 @@ def test_teacher_forced_scores_reward_the_model_that_predicts_the_solution():
     scores log(vocab)."""
     from transformers.modeling_outputs import CausalLMOutput
 
-    from recipes.held_out import teacher_forced_scores
+    from recipes.training.held_out import teacher_forced_scores
 
     tokenizer = build_tokenizer()
     vocab = len(tokenizer)

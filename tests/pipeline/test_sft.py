@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
-from recipes.checkpoints import STATE_FILE, read_checkpoint_state
+from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.sft import SFTRecipe, load_recipe, run_sft
 from recipes.tiny_teacher import build_tokenizer
 
@@ -74,7 +74,7 @@ def test_sft_settings_are_validated():
 def test_sft_packing_feeds_the_model_rows_of_separate_conversations(tiny_hybrid_dir, tmp_path, monkeypatch):
     """``packing: true``: the hybrid gets packed rows whose position_ids restart at every conversation, so the
     Mamba layers find document starts in every training step. Its attention is not flash-attention, so the two
-    rows of a step stay two rows (``recipes.data.PackedRowsCollator``) rather than one flat row."""
+    rows of a step stay two rows (``recipes.training.data.PackedRowsCollator``) rather than one flat row."""
     from modeling_apriel_h1 import modeling_apriel_h1 as modeling
 
     found = []

@@ -25,8 +25,8 @@ from modeling_apriel_h1.engine.engine_generate import engine_generate
 from recipes.distill_stage import run_stage
 from recipes.importance.__main__ import main as importance_main
 from recipes.importance.scoring import head_weights, row_sums, text_data
-from recipes.kd_loss import final_hidden_states
-from recipes.stage_config import load_stage_config
+from recipes.training.kd_loss import final_hidden_states
+from recipes.training.stage_config import load_stage_config
 
 from .conftest import real_paragraphs, write_chat_rows, write_text_file
 

@@ -13,7 +13,7 @@ from cli import UsageError, read_yaml_mapping
 from cli.yaml_values import load_yaml
 from recipes.schedule import load_schedule_config
 from recipes.sft import load_recipe
-from recipes.stage_config import load_stage_config
+from recipes.training.stage_config import load_stage_config
 
 REPO = Path(__file__).resolve().parents[2]
 DISTILL_CONFIG = REPO / "recipes" / "configs" / "distill_tiny.yaml"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
-from recipes.stage_config import StageConfig, load_stage_config
+from recipes.training.stage_config import StageConfig, load_stage_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "recipes" / "configs"

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from recipes.data import IGNORE_INDEX, build_dataset, load_conversations, tokenize_conversation
+from recipes.training.data import IGNORE_INDEX, build_dataset, load_conversations, tokenize_conversation
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

@@ -11,10 +11,10 @@ import pytest
 
 from conversion import convert_checkpoint
 from cli import UsageError
-from recipes.checkpoints import STATE_FILE, read_checkpoint_state
+from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.distill_stage import main as distill_main
 from recipes.distill_stage import run_stage
-from recipes.stage_config import load_stage_config
+from recipes.training.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
 
 from .conftest import MAMBA_LAYERS, hybrid_student, load_teacher

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
 
-from recipes.checkpoints import STATE_FILE, latest_complete_checkpoint, read_checkpoint_state
-from recipes.distillation import DistillationTrainer
-from recipes.trainable import select_trainable_parameters
+from recipes.training.checkpoints import STATE_FILE, latest_complete_checkpoint, read_checkpoint_state
+from recipes.training.distillation import DistillationTrainer
+from recipes.training.trainable import select_trainable_parameters
 
 from .conftest import hybrid_student, load_teacher
 
@@ -151,7 +151,7 @@ def test_a_crash_while_marking_keeps_the_previous_checkpoint_under_save_total_li
 ):
     """Old checkpoints are pruned only after the new one is marked complete, so a run killed in between
     still has a checkpoint to resume from; an uninterrupted run keeps only the newest."""
-    import recipes.checkpoints
+    import recipes.training.checkpoints
 
     settings = dict(max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1)
     teacher = load_teacher(teacher_dir)
@@ -159,14 +159,14 @@ def test_a_crash_while_marking_keeps_the_previous_checkpoint_under_save_total_li
     assert sorted(path.name for path in (tmp_path / "whole").glob("checkpoint-*")) == ["checkpoint-4"]
     assert latest_complete_checkpoint(tmp_path / "whole").name == "checkpoint-4"
 
-    mark = recipes.checkpoints.mark_checkpoint_complete
+    mark = recipes.training.checkpoints.mark_checkpoint_complete
 
     def killed_while_marking_step_4(checkpoint_dir, state):
         if state["global_step"] == 4:
             raise KeyboardInterrupt
         mark(checkpoint_dir, state)
 
-    monkeypatch.setattr(recipes.checkpoints, "mark_checkpoint_complete", killed_while_marking_step_4)
+    monkeypatch.setattr(recipes.training.checkpoints, "mark_checkpoint_complete", killed_while_marking_step_4)
     crashed = make_trainer(teacher, hybrid_student(teacher), tokenizer, train_dataset, tmp_path / "crash", **settings)
     with pytest.raises(KeyboardInterrupt):
         crashed.train()

@@ -90,7 +90,7 @@ def test_without_lm_eval_everything_else_imports_and_evaluate_says_what_to_insta
         import importlib, pkgutil, sys
         sys.modules["lm_eval"] = None  # lm-eval is not installed
         import conversion, model_cards, modeling_apriel_h1, recipes
-        needs_lm_eval = {"recipes.lm_eval_model"}
+        needs_lm_eval = {"recipes.evaluation.lm_eval_model"}
         for package in (modeling_apriel_h1, conversion, model_cards, recipes):
             for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
                 if module.name in needs_lm_eval:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipes.kd_loss import LOSS_KINDS, chunked_distillation_sums, distillation_sums_from_logits, token_divergence
+from recipes.training.kd_loss import LOSS_KINDS, chunked_distillation_sums, distillation_sums_from_logits, token_divergence
 
 BATCH, SEQ, VOCAB, STUDENT_WIDTH, TEACHER_WIDTH = 2, 9, 37, 12, 20
 

@@ -14,7 +14,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from trl import pack_dataset
 
-from recipes.data import (
+from recipes.training.data import (
     CROSS_DOCUMENT,
     IGNORE_INDEX,
     build_dataset,

@@ -10,8 +10,8 @@ import torch
 from transformers import MistralForCausalLM, TrainingArguments
 
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from recipes.distillation import DistillationTrainer
-from recipes.speed_levers import checkpoint_first_layers, compile_decoder_layers
+from recipes.training.distillation import DistillationTrainer
+from recipes.training.speed_levers import checkpoint_first_layers, compile_decoder_layers
 
 from ..modeling.tiny import tiny_config, tiny_mistral_config
 

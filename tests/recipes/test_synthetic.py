@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from recipes.synthetic import extract_answer, generate_problems, is_correct, synthetic_conversations
+from recipes.training.synthetic import extract_answer, generate_problems, is_correct, synthetic_conversations
 
 _ARITHMETIC_STEP = re.compile(r"^(-?\d+) ([-+*]) (-?\d+) = (-?\d+)$")
 _OPERATIONS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}

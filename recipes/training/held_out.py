@@ -4,7 +4,7 @@ quality, decode throughput.
 This is the demo's evaluation, which must run with the core install (lm-eval is an optional extra); the
 lm-eval route to the same problems is the local task ``apriel_h1_synthetic`` (``recipes/lm_eval_tasks/``),
 which ``recipes/evaluate.py`` runs. Accuracy is exact match of the ``Answer:`` line of a greedy completion
-(``recipes.synthetic.is_correct``); throughput is generated tokens per second of wall time over the whole
+(``recipes.training.synthetic.is_correct``); throughput is generated tokens per second of wall time over the whole
 batched run, prompts left-padded as in serving. Exact match is all-or-nothing and stays at zero for weak (tiny,
 briefly trained) models, so the teacher-forced scores on the reference solutions (cross-entropy and top-1
 accuracy per assistant token) are reported too: they show how much a hybrid lost against its teacher even
@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from recipes.data import IGNORE_INDEX, tokenize_conversation
-from recipes.synthetic import Problem, is_correct
+from recipes.training.data import IGNORE_INDEX, tokenize_conversation
+from recipes.training.synthetic import Problem, is_correct
 
 # Held-out problems come from a seed the training data never uses (training uses small seeds).
 HELD_OUT_SEED = 1_000_003

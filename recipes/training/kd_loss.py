@@ -78,7 +78,7 @@ def token_divergence(
 class DistillationSums(NamedTuple):
     """Sums over the supervised tokens of a batch; divide by ``num_tokens`` (or the batch's global token
     count under gradient accumulation) for per-token values. Only ``divergence`` carries a gradient; the
-    statistics are None where a loss backend does not compute them (``recipes.kd_loss_liger``).
+    statistics are None where a loss backend does not compute them (``recipes.training.kd_loss_liger``).
     (A tuple, so that DDP finds the tensors in it when it is returned from a wrapped forward.)"""
 
     divergence: torch.Tensor

@@ -1,4 +1,4 @@
-"""The distillation loss through liger-kernel's fused linear JSD, an opt-in alternative to ``recipes.kd_loss``.
+"""The distillation loss through liger-kernel's fused linear JSD, an opt-in alternative to ``recipes.training.kd_loss``.
 
 Why: at Apriel-15B's vocabulary and width, liger's loss alone peaks 3.6-6.7 GiB lower than our chunked loss and
 runs 13% faster at 16k tokens (benchmarks/RESULTS.md, distillation step), which can let more layers go unchecked at 16k.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from recipes.kd_loss import DistillationSums, HeadWeights
+from recipes.training.kd_loss import DistillationSums, HeadWeights
 
 LIGER_BETA = {"reverse_kl": 1.0, "forward_kl": 0.0}
 INSTALL_HINT = "pip install 'apriel-h1[liger]' (liger-kernel)"

@@ -13,7 +13,7 @@ Each is a key of the stage config (``recipes/configs/distill_tiny.yaml``) and a 
   which are fused already.
 
 The third, running the teacher under ``torch.inference_mode``, is an argument of
-:class:`recipes.distillation.DistillationTrainer`.
+:class:`recipes.training.distillation.DistillationTrainer`.
 """
 
 from __future__ import annotations

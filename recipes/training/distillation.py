@@ -6,7 +6,7 @@ distribution, on the assistant tokens of SFT data. Everything else (optimizer, s
 accumulation, mixed precision, DDP/FSDP/DeepSpeed, checkpoints, logging) is ``Trainer``'s.
 
 The loss never materialises full logits: both models run their base model to the final hidden states
-and :func:`recipes.kd_loss.chunked_distillation_sums` projects them through the LM heads a chunk at a time.
+and :func:`recipes.training.kd_loss.chunked_distillation_sums` projects them through the LM heads a chunk at a time.
 The teacher is placed the way TRL places its teachers and reference models: not wrapped for DDP, sharded
 for FSDP and ZeRO-3 through TRL's ``prepare_fsdp``/``prepare_deepspeed``. Both models' forwards run through
 their wrappers' ``forward`` (TRL's forward redirection) so that DDP sees the student's forward and
@@ -27,8 +27,8 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from recipes.checkpoints import CompleteCheckpointsMixin
-from recipes.kd_loss import (
+from recipes.training.checkpoints import CompleteCheckpointsMixin
+from recipes.training.kd_loss import (
     LOSS_KINDS,
     MODEL_INPUTS,
     DistillationSums,
@@ -36,8 +36,8 @@ from recipes.kd_loss import (
     chunked_distillation_sums,
     final_hidden_states,
 )
-from recipes.kd_loss_liger import LigerDistillation
-from recipes.zero3 import register_for_zero3
+from recipes.training.kd_loss_liger import LigerDistillation
+from recipes.training.zero3 import register_for_zero3
 
 KD_LOSS_BACKENDS = ("chunked", "liger")
 
@@ -62,9 +62,9 @@ class DistillationTrainer(CompleteCheckpointsMixin, Trainer):
         temperature: softmax temperature of both distributions (1 in Apriel-H1); the loss is not rescaled by T^2.
         chunk_size: tokens projected through the LM heads at a time; peak loss memory is about
             ``chunk_size * vocab * 4 bytes`` times a small constant.
-        kd_loss_backend: ``chunked`` (``recipes.kd_loss``, the default) or ``liger`` (liger-kernel's fused linear
+        kd_loss_backend: ``chunked`` (``recipes.training.kd_loss``, the default) or ``liger`` (liger-kernel's fused linear
             JSD: less memory, faster at long sequences; reverse/forward KL only, heads without bias, and no
-            ``student_ce`` / ``top1_agreement`` in the logs; see ``recipes.kd_loss_liger``).
+            ``student_ce`` / ``top1_agreement`` in the logs; see ``recipes.training.kd_loss_liger``).
         teacher_inference_mode: run the teacher's forward under ``torch.inference_mode`` instead of
             ``torch.no_grad`` (no version counters or view tracking on its tensors). Single-process and DDP
             only: FSDP and ZeRO-3 gather and free the teacher's parameters around its forward, and inference-mode

@@ -7,7 +7,7 @@ counts it.
 
 Sources, chosen by the ``data`` string:
 
-* ``synthetic``: the bundled reasoning traces of :mod:`recipes.synthetic` (no download);
+* ``synthetic``: the bundled reasoning traces of :mod:`recipes.training.synthetic` (no download);
 * a local ``.jsonl``/``.json``/``.parquet`` file or a glob of them;
 * anything else is a ``datasets`` hub name passed to :func:`datasets.load_dataset`.
 
@@ -42,7 +42,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from trl import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from recipes.synthetic import synthetic_conversations
+from recipes.training.synthetic import synthetic_conversations
 
 SYNTHETIC_SOURCE = "synthetic"
 IGNORE_INDEX = -100
