@@ -27,13 +27,13 @@ from typing import Any
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
-from modeling_apriel_h1.layer_types import mamba_layers_of
-from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
 from cli import UsageError, command_line, model_source, read_json_if_present, read_yaml_mapping
+from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
+from conversion.atomic_io import write_json_atomically
+from modeling_apriel_h1.layer_types import mamba_layers_of
+from recipes.distill_stage import FINAL_DIR, run_stage
 from recipes.importance.__main__ import check_arguments as check_importance_arguments
 from recipes.importance.__main__ import main as importance_main
-from conversion.atomic_io import write_json_atomically
-from recipes.distill_stage import FINAL_DIR, run_stage
 from recipes.training.random_init import randomise_mixers
 from recipes.training.stage_config import StageConfig, checked_values, load_stage_config, parse_override
 
@@ -63,163 +63,6 @@ class ScheduleConfig:
     distill_config: str = str(Path(__file__).parent / "configs" / "distill_tiny.yaml")
     distill: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
-
-
-def scaled_paper_targets(num_layers: int) -> list[int]:
-    """The paper's 25/27/30/34/37/40-of-50 targets at another depth (rounded, deduplicated, at least one
-    attention layer kept)."""
-    targets: list[int] = []
-    for count in PAPER_SCHEDULE:
-        target = min(max(round(count * num_layers / PAPER_DEPTH), 1), num_layers - 1)
-        if not targets or target > targets[-1]:
-            targets.append(target)
-    return targets
-
-
-def resolve_targets(config: ScheduleConfig, num_layers: int, already_mamba: int) -> list[int]:
-    if config.targets == "paper":
-        targets = scaled_paper_targets(num_layers)
-    elif isinstance(config.targets, list) and all(type(t) is int for t in config.targets):
-        targets = list(config.targets)
-    else:
-        raise ValueError(f"targets is {config.targets!r}; give 'paper' or a list of Mamba-layer counts, e.g. [2, 3]")
-    if not targets or any(b <= a for a, b in zip(targets, targets[1:])):
-        raise ValueError(f"targets {targets} must be a non-empty, strictly increasing list of Mamba-layer counts")
-    if targets[0] <= already_mamba or targets[-1] >= num_layers:
-        raise ValueError(
-            f"targets {targets} must lie between the teacher's {already_mamba} Mamba layers and its {num_layers} "
-            "layers (at least one attention layer stays)"
-        )
-    return targets[-1:] if config.one_shot else targets
-
-
-class Manifest:
-    """``run_manifest.json``: the run's record, rewritten atomically whenever a step finishes."""
-
-    def __init__(self, path: Path, header: dict[str, Any]):
-        self.path = path
-        self.data = read_json_if_present(path, "run manifest") or {**header, "stages": []}
-        for key in ("teacher_config_sha256", "targets", "mode"):
-            if self.data.get(key) != header[key]:
-                raise ValueError(
-                    f"{path} belongs to a run with {key}={self.data.get(key)!r}, not {header[key]!r}; use another "
-                    "output_dir or delete it to start over"
-                )
-
-    def stage(self, index: int) -> dict[str, Any]:
-        while len(self.data["stages"]) <= index:
-            self.data["stages"].append({"name": f"stage-{len(self.data['stages']) + 1}", "status": "pending"})
-        return self.data["stages"][index]
-
-    def save(self) -> None:
-        write_json_atomically(self.path, self.data)
-
-
-def _importance_arguments(
-    method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig, options: dict[str, Any]
-) -> list[str]:
-    """The ``python -m recipes.importance`` command line that ranks ``model_dir``'s layers for a stage."""
-    arguments = [method, str(model_dir), "--output", str(stage_dir / f"importance_{method}.json")]
-    if method == "mmr":
-        arguments += ["--state-dir", str(stage_dir / "mmr_state"), "--seed", str(config.seed)]
-    for key, value in options.items():
-        arguments += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
-    return arguments
-
-
-def _rank_layers(method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig) -> Path:
-    """Write the stage's importance ranking (JSON + plot) unless a previous attempt already did."""
-    ranking = stage_dir / f"importance_{method}.json"
-    if ranking.is_file():
-        return ranking
-    options = config.importance_options if method == "loo" else config.mmr_options
-    if importance_main(_importance_arguments(method, model_dir, stage_dir, config, options)) != 0:
-        raise RuntimeError(f"importance estimation ({method}) failed for {model_dir}")
-    return ranking
-
-
-def _stage_config(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> StageConfig:
-    """A stage's distillation config: the schedule's distill file and ``distill`` overrides, with its paths."""
-    fixed = {"teacher": config.teacher, "student": str(student_dir), "output_dir": str(output_dir)}
-    overrides = [f"{key}={json.dumps(value)}" for key, value in {**config.distill, **fixed}.items()]
-    origins = {**{key: f"distill.{key} of the schedule" for key in config.distill},
-               **{key: "set by the schedule for each stage" for key in fixed}}
-    return load_stage_config(config.distill_config, overrides, origins)
-
-
-def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
-    trainer = run_stage(_stage_config(config, student_dir, output_dir), resume=True)
-    history = trainer.state.log_history
-    kd = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
-    return {
-        "steps": trainer.state.global_step,
-        "tokens": int(trainer.state.num_input_tokens_seen),
-        "initial_kd_loss": kd[0] if kd else None,
-        "final_kd_loss": kd[-1] if kd else None,
-        "kd_loss_curve": [(entry["step"], entry["kd_loss"]) for entry in history if "kd_loss" in entry],
-    }
-
-
-def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage, or only those up to ``last_target`` Mamba layers (a later call with the same
-    config continues the run from there); returns the manifest."""
-    output_dir = Path(config.output_dir)
-    # every input is checked before the first stage writes anything
-    model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
-    _stage_config(config, output_dir, output_dir)
-    teacher_config = AutoConfig.from_pretrained(config.teacher)
-    already_mamba = len(mamba_layers_of(teacher_config))
-    targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    header = {
-        "teacher": config.teacher,
-        "teacher_config_sha256": teacher_config_sha256(teacher_config),
-        "num_layers": teacher_config.num_hidden_layers,
-        "targets": targets,
-        "mode": "one_shot" if config.one_shot else "staged",
-    }
-    manifest = Manifest(output_dir / MANIFEST_FILE, header)
-    base = Path(config.teacher)
-    for index, target in enumerate(targets):
-        if last_target is not None and target > last_target:
-            return manifest.data
-        stage = manifest.stage(index)
-        stage_dir = output_dir / stage["name"]
-        final_dir = stage_dir / "distill" / FINAL_DIR
-        if stage["status"] == "done":
-            base = final_dir
-            continue
-        began = time.perf_counter() - stage.get("wall_time_s", 0.0)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        method = config.first_importance if index == 0 else config.later_importance
-        ranking_path = _rank_layers(method, base, stage_dir, config)
-        base_config = AutoConfig.from_pretrained(base)
-        new_layers = least_important_layers(base_config, read_importance(ranking_path), target)
-        converted = stage_dir / "converted"
-        if not converted.is_dir():  # converted (and re-drawn) under another name, so a crash never leaves half
-            pending = stage_dir / "converted.pending"
-            convert_checkpoint(base, pending, new_layers, seed=config.seed, progress=False, overwrite=True)
-            if config.mamba_init == "random":
-                randomise_mixers(pending, new_layers, config.seed)
-            pending.rename(converted)
-        stage.update(
-            target_mamba_layers=target,
-            importance_method=method,
-            importance_file=str(ranking_path),
-            layers_added=sorted(new_layers),
-            mamba_layers=sorted(mamba_layers_of(base_config) + list(new_layers)),
-            status="distilling",
-            wall_time_s=time.perf_counter() - began,
-        )
-        manifest.save()
-        stage.update(_distill(config, converted, stage_dir / "distill"))
-        stage.update(status="done", checkpoint=str(final_dir), wall_time_s=time.perf_counter() - began)
-        manifest.save()
-        base = final_dir
-    manifest.data["final_checkpoint"] = str(base)
-    manifest.save()
-    return manifest.data
 
 
 def load_schedule_config(path: str | Path, overrides: list[str] = ()) -> ScheduleConfig:
@@ -296,6 +139,171 @@ def _check_importance_options(config: ScheduleConfig, origins: dict[str, str]) -
             except ValueError as error:
                 raise UsageError(f"{group}.{key} ({group_origins[key]}): {error}") from None
         check_importance_arguments(_importance_arguments(method, Path(config.teacher), stage_dir, config, options))
+
+
+def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage, or only those up to ``last_target`` Mamba layers (a later call with the same
+    config continues the run from there); returns the manifest."""
+    output_dir = Path(config.output_dir)
+    # every input is checked before the first stage writes anything
+    model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
+    _stage_config(config, output_dir, output_dir)
+    teacher_config = AutoConfig.from_pretrained(config.teacher)
+    already_mamba = len(mamba_layers_of(teacher_config))
+    targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "teacher": config.teacher,
+        "teacher_config_sha256": teacher_config_sha256(teacher_config),
+        "num_layers": teacher_config.num_hidden_layers,
+        "targets": targets,
+        "mode": "one_shot" if config.one_shot else "staged",
+    }
+    manifest = Manifest(output_dir / MANIFEST_FILE, header)
+    base = Path(config.teacher)
+    for index, target in enumerate(targets):
+        if last_target is not None and target > last_target:
+            return manifest.data
+        stage = manifest.stage(index)
+        stage_dir = output_dir / stage["name"]
+        final_dir = stage_dir / "distill" / FINAL_DIR
+        if stage["status"] == "done":
+            base = final_dir
+            continue
+        began = time.perf_counter() - stage.get("wall_time_s", 0.0)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        method = config.first_importance if index == 0 else config.later_importance
+        ranking_path = _rank_layers(method, base, stage_dir, config)
+        base_config = AutoConfig.from_pretrained(base)
+        new_layers = least_important_layers(base_config, read_importance(ranking_path), target)
+        converted = _convert(base, stage_dir, new_layers, config)
+        stage.update(
+            target_mamba_layers=target,
+            importance_method=method,
+            importance_file=str(ranking_path),
+            layers_added=sorted(new_layers),
+            mamba_layers=sorted(mamba_layers_of(base_config) + list(new_layers)),
+            status="distilling",
+            wall_time_s=time.perf_counter() - began,
+        )
+        manifest.save()
+        stage.update(_distill(config, converted, stage_dir / "distill"))
+        stage.update(status="done", checkpoint=str(final_dir), wall_time_s=time.perf_counter() - began)
+        manifest.save()
+        base = final_dir
+    manifest.data["final_checkpoint"] = str(base)
+    manifest.save()
+    return manifest.data
+
+
+def resolve_targets(config: ScheduleConfig, num_layers: int, already_mamba: int) -> list[int]:
+    """The Mamba-layer count after each stage (only the last one in one-shot mode), checked against the teacher."""
+    if config.targets == "paper":
+        targets = scaled_paper_targets(num_layers)
+    elif isinstance(config.targets, list) and all(type(t) is int for t in config.targets):
+        targets = list(config.targets)
+    else:
+        raise ValueError(f"targets is {config.targets!r}; give 'paper' or a list of Mamba-layer counts, e.g. [2, 3]")
+    if not targets or any(b <= a for a, b in zip(targets, targets[1:])):
+        raise ValueError(f"targets {targets} must be a non-empty, strictly increasing list of Mamba-layer counts")
+    if targets[0] <= already_mamba or targets[-1] >= num_layers:
+        raise ValueError(
+            f"targets {targets} must lie between the teacher's {already_mamba} Mamba layers and its {num_layers} "
+            "layers (at least one attention layer stays)"
+        )
+    return targets[-1:] if config.one_shot else targets
+
+
+def scaled_paper_targets(num_layers: int) -> list[int]:
+    """The paper's 25/27/30/34/37/40-of-50 targets at another depth (rounded, deduplicated, at least one
+    attention layer kept)."""
+    targets: list[int] = []
+    for count in PAPER_SCHEDULE:
+        target = min(max(round(count * num_layers / PAPER_DEPTH), 1), num_layers - 1)
+        if not targets or target > targets[-1]:
+            targets.append(target)
+    return targets
+
+
+def _rank_layers(method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig) -> Path:
+    """Write the stage's importance ranking (JSON + plot) unless a previous attempt already did."""
+    ranking = stage_dir / f"importance_{method}.json"
+    if ranking.is_file():
+        return ranking
+    options = config.importance_options if method == "loo" else config.mmr_options
+    if importance_main(_importance_arguments(method, model_dir, stage_dir, config, options)) != 0:
+        raise RuntimeError(f"importance estimation ({method}) failed for {model_dir}")
+    return ranking
+
+
+def _importance_arguments(
+    method: str, model_dir: Path, stage_dir: Path, config: ScheduleConfig, options: dict[str, Any]
+) -> list[str]:
+    """The ``python -m recipes.importance`` command line that ranks ``model_dir``'s layers for a stage."""
+    arguments = [method, str(model_dir), "--output", str(stage_dir / f"importance_{method}.json")]
+    if method == "mmr":
+        arguments += ["--state-dir", str(stage_dir / "mmr_state"), "--seed", str(config.seed)]
+    for key, value in options.items():
+        arguments += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
+    return arguments
+
+
+def _convert(base: Path, stage_dir: Path, new_layers: list[int], config: ScheduleConfig) -> Path:
+    """The stage's student: ``base`` with ``new_layers`` turned to Mamba (MIL, or re-drawn for the random-init
+    ablation), written under another name first so that a crash never leaves half a checkpoint."""
+    converted = stage_dir / "converted"
+    if not converted.is_dir():
+        pending = stage_dir / "converted.pending"
+        convert_checkpoint(base, pending, new_layers, seed=config.seed, progress=False, overwrite=True)
+        if config.mamba_init == "random":
+            randomise_mixers(pending, new_layers, config.seed)
+        pending.rename(converted)
+    return converted
+
+
+def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
+    trainer = run_stage(_stage_config(config, student_dir, output_dir), resume=True)
+    history = trainer.state.log_history
+    kd = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
+    return {
+        "steps": trainer.state.global_step,
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "initial_kd_loss": kd[0] if kd else None,
+        "final_kd_loss": kd[-1] if kd else None,
+        "kd_loss_curve": [(entry["step"], entry["kd_loss"]) for entry in history if "kd_loss" in entry],
+    }
+
+
+def _stage_config(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> StageConfig:
+    """A stage's distillation config: the schedule's distill file and ``distill`` overrides, with its paths."""
+    fixed = {"teacher": config.teacher, "student": str(student_dir), "output_dir": str(output_dir)}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in {**config.distill, **fixed}.items()]
+    origins = {**{key: f"distill.{key} of the schedule" for key in config.distill},
+               **{key: "set by the schedule for each stage" for key in fixed}}
+    return load_stage_config(config.distill_config, overrides, origins)
+
+
+class Manifest:
+    """``run_manifest.json``: the run's record, rewritten atomically whenever a step finishes."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = path
+        self.data = read_json_if_present(path, "run manifest") or {**header, "stages": []}
+        for key in ("teacher_config_sha256", "targets", "mode"):
+            if self.data.get(key) != header[key]:
+                raise ValueError(
+                    f"{path} belongs to a run with {key}={self.data.get(key)!r}, not {header[key]!r}; use another "
+                    "output_dir or delete it to start over"
+                )
+
+    def stage(self, index: int) -> dict[str, Any]:
+        while len(self.data["stages"]) <= index:
+            self.data["stages"].append({"name": f"stage-{len(self.data['stages']) + 1}", "status": "pending"})
+        return self.data["stages"][index]
+
+    def save(self) -> None:
+        write_json_atomically(self.path, self.data)
 
 
 @command_line
