@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from benchmarks.decode_throughput import add_model_dims
 from benchmarks.kernel_speed import graph_ms_per_call, sets_to_overflow_l2
 from modeling_apriel_h1.ops import triton_backend
-from modeling_apriel_h1.ops.triton_kernels.split_k_decode_attention import decode_attention, split_count
 from modeling_apriel_h1.ops.triton_kernels.mamba_decode_step import mamba_decode_step
+from modeling_apriel_h1.ops.triton_kernels.split_k_decode_attention import decode_attention, split_count
 
 ATTENTION_CASES = [(1, 2048), (15, 16384), (37, 16384), (73, 16384), (64, 8192), (16, 2048)]  # (rows, live keys)
 

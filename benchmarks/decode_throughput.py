@@ -43,8 +43,8 @@ from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3Fo
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
 from modeling_apriel_h1.engine.decode_state import bytes_per_sequence
 from modeling_apriel_h1.engine.decoding import DecodeEngine
-from modeling_apriel_h1.layer_types import decoder_layers, is_mamba_layer
 from modeling_apriel_h1.engine.sampling import SamplingParams
+from modeling_apriel_h1.layer_types import decoder_layers, is_mamba_layer
 
 GIB = 2**30
 MODELS = {"teacher": 0, "H1-30": 30, "H1-40": 40}  # Mamba layers of 50 (scaled to --layers)

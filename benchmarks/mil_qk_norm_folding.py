@@ -22,9 +22,9 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Qwen3Config, Qwen3ForCausalLM, set_seed
 
 from conversion.model import convert_model
+from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, train_on_synthetic
 from recipes.training.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 from recipes.training.kd_loss import token_divergence
-from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, train_on_synthetic
 
 
 def build_qwen3_teacher(tokenizer, spec: TinyTeacherSpec) -> Qwen3ForCausalLM:

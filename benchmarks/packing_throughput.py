@@ -33,9 +33,9 @@ from transformers import MistralConfig, MistralForCausalLM, TrainerCallback, Tra
 from trl import pack_dataset
 
 from conversion import convert_model
+from recipes.tiny_teacher import build_tokenizer
 from recipes.training.data import flattens_packed_rows, training_collator
 from recipes.training.distillation import DistillationTrainer
-from recipes.tiny_teacher import build_tokenizer
 
 def documents(count: int, min_length: int, max_length: int, vocab: int, seed: int) -> datasets.Dataset:
     """Random documents with log-uniform lengths, every token supervised (labels = input ids)."""

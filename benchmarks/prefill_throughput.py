@@ -50,9 +50,9 @@ from benchmarks.decode_throughput import MODELS, add_model_dims, evenly_spread  
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM  # noqa: E402
 from modeling_apriel_h1.engine.decode_state import bytes_per_sequence  # noqa: E402
 from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
+from modeling_apriel_h1.engine.prefix_cache import bytes_per_block  # noqa: E402
 from modeling_apriel_h1.modeling_apriel_h1 import _repeat_groups  # noqa: E402
 from modeling_apriel_h1.ops import resolve_ops  # noqa: E402
-from modeling_apriel_h1.engine.prefix_cache import bytes_per_block  # noqa: E402
 
 GIB = 2**30
 PARTS = ("ttft", "serving", "prefix", "profile-mamba")

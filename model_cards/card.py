@@ -25,10 +25,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from transformers import AutoConfig
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 and the released apriel_h with the Auto classes)
-from modeling_apriel_h1.layer_types import mamba_layers_of
-from conversion.atomic_io import write_json_atomically, write_text_atomically
 from cli import command_line, looks_like_hub_id, model_source, read_json, read_json_if_present
+from conversion.atomic_io import write_json_atomically, write_text_atomically
 from conversion.safetensors_io import CheckpointReader
+from modeling_apriel_h1.layer_types import mamba_layers_of
 
 TEMPLATE = "template.md.jinja"
 CARD_MANIFEST_FILE = "card_manifest.json"  # the run manifest the model's README.md was rendered from

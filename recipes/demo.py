@@ -34,15 +34,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from model_cards.card import write_model_card  # noqa: E402
-from conversion.atomic_io import write_json_atomically  # noqa: E402
 from cli import UsageError, command_line  # noqa: E402
+from conversion.atomic_io import write_json_atomically  # noqa: E402
+from model_cards.card import write_model_card  # noqa: E402
 from recipes.evaluation.decode_cache import decode_cache_bytes  # noqa: E402
-from recipes.training.held_out import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
 from recipes.schedule import MANIFEST_FILE, load_schedule_config, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE, SFTRecipe, run_sft  # noqa: E402
-from recipes.training.synthetic import generate_problems  # noqa: E402
 from recipes.tiny_teacher import STAMP_FILE  # noqa: E402
+from recipes.training.held_out import HELD_OUT_SEED, score_on_problems, teacher_forced_scores  # noqa: E402
+from recipes.training.synthetic import generate_problems  # noqa: E402
 
 # Context at which each model's decode cache is counted (the tiny teacher's positions reach 4x its rows).
 CACHE_CONTEXT = 1024

@@ -32,8 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from conversion.atomic_io import write_json_atomically, write_text_atomically  # noqa: E402
 from cli import UsageError, command_line, model_source, read_json, read_json_if_present  # noqa: E402
+from conversion.atomic_io import write_json_atomically, write_text_atomically  # noqa: E402
 from recipes.lm_eval_tasks import LOCAL_TASKS, TASKS_DIR, require_lm_eval  # noqa: E402
 
 INSTALL_HINT = 'recipes.evaluate needs lm-eval: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'

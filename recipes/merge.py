@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from conversion.atomic_io import staged_output_dir
 from cli import command_line, model_source, read_json
+from conversion.atomic_io import staged_output_dir
 from conversion.safetensors_io import INDEX_FILE, CheckpointReader
 
 # Files copied from the first checkpoint: config, remote code, tokenizer, generation settings, provenance.

@@ -23,10 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 import modeling_apriel_h1  # noqa: F401  (registers apriel_h1 with the Auto classes)
-from modeling_apriel_h1.transformers_compat import activation_checkpointing_argument
-from conversion.atomic_io import staged_output_dir
 from cli import command_line, model_source, read_yaml_mapping
 from cli.yaml_values import load_yaml
+from conversion.atomic_io import staged_output_dir
+from modeling_apriel_h1.transformers_compat import activation_checkpointing_argument
 from recipes.training.checkpoints import CompleteCheckpointsMixin, latest_complete_checkpoint
 from recipes.training.data import (
     DOCUMENTS,

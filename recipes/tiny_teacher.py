@@ -32,8 +32,8 @@ from transformers import (
     set_seed,
 )
 
-from conversion.atomic_io import staged_output_dir
 from cli import UsageError, command_line, read_json_if_present
+from conversion.atomic_io import staged_output_dir
 from recipes.training.data import SYNTHETIC_SOURCE, build_dataset, load_conversations
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from cli import UsageError, command_line, existing_path, looks_like_hub_id, model_source
-from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 from recipes.importance.plots import plot_ranking
+from recipes.importance.ranking import ranking_payload, read_ranking, write_ranking
 
 
 def parse_layers(text: str | None) -> list[int] | None:

@@ -34,10 +34,10 @@ from transformers import DataCollatorForSeq2Seq
 from conversion import convert_model
 from conversion.atomic_io import write_json_atomically
 from modeling_apriel_h1.layer_types import decoder_layers, mamba_layers_of
-from recipes.training.data import build_dataset, load_conversations
 from recipes.importance.layers import check_layer_indices
 from recipes.importance.ranking import ranking_payload
 from recipes.importance.scoring import head_weights
+from recipes.training.data import build_dataset, load_conversations
 from recipes.training.kd_loss import chunked_distillation_sums, final_hidden_states
 
 RUN_FILE = "run.json"

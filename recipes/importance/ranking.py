@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from conversion.atomic_io import write_json_atomically
 from cli import read_json
+from conversion.atomic_io import write_json_atomically
 from conversion.importance_file import parse_importance
 
 METHODS = ("loo", "mmr")

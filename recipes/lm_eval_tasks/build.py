@@ -15,8 +15,8 @@ import json
 import random
 from pathlib import Path
 
-from recipes.training.held_out import HELD_OUT_SEED
 from recipes.lm_eval_tasks import TASKS_DIR
+from recipes.training.held_out import HELD_OUT_SEED
 from recipes.training.synthetic import Problem, generate_problems
 
 NUM_PROBLEMS = 200

@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import ssm_state_precision  # noqa: E402
 from modeling_apriel_h1 import AprielH1ForCausalLM  # noqa: E402
+from recipes.tiny_teacher import build_tokenizer  # noqa: E402
 from recipes.training.held_out import HELD_OUT_SEED  # noqa: E402
 from recipes.training.synthetic import generate_problems  # noqa: E402
-from recipes.tiny_teacher import build_tokenizer  # noqa: E402
 from tests.modeling.tiny import tiny_config, tiny_mistral_config  # noqa: E402
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recipes.tiny_teacher import build_tokenizer
 from recipes.training.held_out import score_on_problems
 from recipes.training.synthetic import generate_problems
-from recipes.tiny_teacher import build_tokenizer
 
 
 class ScriptedModel:

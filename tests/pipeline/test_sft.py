@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM
-from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
 from recipes.sft import SFTRecipe, load_recipe, run_sft
 from recipes.tiny_teacher import build_tokenizer
+from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
 
 
 @pytest.fixture

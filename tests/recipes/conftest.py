@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from conversion import convert_checkpoint, convert_model
 from modeling_apriel_h1 import AprielH1ForCausalLM
-from recipes.training.data import build_dataset, load_conversations
 from recipes.tiny_teacher import ensure_tiny_teacher
+from recipes.training.data import build_dataset, load_conversations
 
 MAMBA_LAYERS = [1, 3]
 

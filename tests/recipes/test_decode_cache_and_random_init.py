@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from conversion import convert_checkpoint
 from conversion.record import RECORD_FILE
 from recipes.evaluation.decode_cache import decode_cache_bytes
-from recipes.training.random_init import RANDOM_INIT_METHOD, randomise_mixers
 from recipes.schedule import load_schedule_config
+from recipes.training.random_init import RANDOM_INIT_METHOD, randomise_mixers
 from tests.recipes.conftest import load_teacher
 
 

@@ -9,9 +9,9 @@ from dataclasses import asdict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recipes.demo import TEACHER_COMMAND, TEACHER_DIR
+from recipes.tiny_teacher import STAMP_FILE, build_parser, spec_from_arguments
 from recipes.training.held_out import HELD_OUT_SEED, score_on_problems
 from recipes.training.synthetic import generate_problems
-from recipes.tiny_teacher import STAMP_FILE, build_parser, spec_from_arguments
 
 MAX_TEACHER_BYTES = 10 * 2**20
 

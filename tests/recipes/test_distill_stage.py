@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conversion import convert_checkpoint
 from cli import UsageError
-from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
+from conversion import convert_checkpoint
 from recipes.distill_stage import main as distill_main
 from recipes.distill_stage import run_stage
-from recipes.training.stage_config import load_stage_config
 from recipes.tiny_teacher import TinyTeacherSpec, build_tokenizer, ensure_tiny_teacher
+from recipes.training.checkpoints import STATE_FILE, read_checkpoint_state
+from recipes.training.stage_config import load_stage_config
 
 from .conftest import MAMBA_LAYERS, hybrid_student, load_teacher
 

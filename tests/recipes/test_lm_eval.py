@@ -21,14 +21,14 @@ from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from recipes.evaluation import lm_eval_model  # noqa: E402
+from recipes.evaluation.lm_eval_model import AprielH1LM  # noqa: E402
 from recipes.importance.scoring import (  # noqa: E402
     choice_data, head_weights, load_choice_questions, row_sums,
 )
-from recipes.training.kd_loss import final_hidden_states  # noqa: E402
-from recipes.training.held_out import HELD_OUT_SEED  # noqa: E402
-from recipes.evaluation import lm_eval_model  # noqa: E402
-from recipes.evaluation.lm_eval_model import AprielH1LM  # noqa: E402
 from recipes.lm_eval_tasks import CHOICES_TASK, SYNTHETIC_TASK, TASKS_DIR, build  # noqa: E402
+from recipes.training.held_out import HELD_OUT_SEED  # noqa: E402
+from recipes.training.kd_loss import final_hidden_states  # noqa: E402
 from recipes.training.synthetic import generate_problems, is_correct  # noqa: E402
 
 GENERATED_TOKENS = 12  # enough to compare decoders, short enough for the reference Mamba scan on 2 CPU cores
