@@ -4,69 +4,89 @@ goes. A transformer teacher against its Apriel-H1 hybrids.
 
 Random weights at Apriel-15B dims by default (hidden 5120, 50 layers, 32 heads / 8 KV heads, head_dim 128, MLP
 14336, vocab 131072; bf16 on CUDA); speed does not depend on the weights' values. Mamba layers are spread
-evenly (``decode_throughput.evenly_spread``). Models are built one at a time. Every part runs on the CPU too
-(fp32, the reference kernels) at tiny dims, which is how ``tests/benchmarks/test_prefill_throughput.py`` smoke
-tests it; its timings there mean nothing.
+evenly (``decode_throughput.evenly_spread``). Each model is built once and runs every part asked for, one model
+at a time (``--part-seconds`` caps the time a part may take per model: rows it would start later are written as
+skipped). Every part runs on the CPU too (fp32, the reference kernels) at tiny dims (``--tiny``), which is how
+``tests/benchmarks/test_prefill_throughput.py`` and ``benchmarks/prefill_gpu_run.sh --tiny`` smoke test it; its
+timings there mean nothing. Every row records the command, the device, the library versions and the date;
+``--jsonl`` appends each row as soon as it is measured, so a run cut short keeps what it measured.
 
 Parts (``--part``, one or more):
 
 - ``ttft``: batch 1, prompts of ``--prompts`` tokens: seconds to the first token (``DecodeEngine.prefill``, the
-  median of ``--repeats``) and peak memory above what the engine holds (weights + slot), unchunked
+  median of ``--repeats``, after a short warm-up prefill in each mode) and peak memory above what the engine holds (weights + slot), unchunked
   (``prefill_chunk_size`` = the prompt: the model's forward over the whole prompt into a ``DynamicCache``, which
   the engine then copies into the slot) and chunked (``--chunk``, straight into the slot). A run out of memory
   is recorded as such.
 - ``serving``: ``--serve-requests`` prompts of ``--serve-prompt`` tokens, ``--serve-new`` new tokens each, as many
   slots as ``--budget-gib`` holds beside the weights and ``--reserve-gib``: tokens/s over the whole call, p50/p99
-  time to first token (``DecodeEngine.first_token_seconds``), chunked and unchunked.
+  time to first token (``DecodeEngine.first_token_seconds``), in each of ``--serve-modes``.
 - ``prefix``: ``--prefix-requests`` prompts sharing a ``--prefix-tokens`` prefix with distinct
   ``--suffix-tokens`` suffixes, ``--prefix-new`` new tokens each, with and without the prefix cache
   (``--prefix-cache-gib`` of blocks of ``--block-size``, counted in the budget): tokens/s, p50/p99 time to first
   token, tokens the cache saved.
-- ``profile-mamba``: one Mamba layer's prefill at ``--profile-lengths`` tokens, piece by piece: the input
-  projections (in_proj, dt_in_proj, dt_proj), the layout copies the kernels need (x and B widened to d_inner,
-  time made the unit stride), conv, scan, out_proj; GPU time of each (median of ``--repeats``) and the
-  projections' TFLOP/s. Also ``--profile-mamba-prefill``.
+- ``profile-mamba``: one Mamba layer's prefill (``AprielH1Mamba.prefill``, as the chunked prefill calls it) at
+  ``--profile-lengths`` tokens in each of ``--profile-layouts`` (``mamba_prefill_layout``: token-major, the
+  reference, against channel-major), whole and piece by piece: the projections (in_proj, dt_in_proj, dt_proj,
+  with x and B widened to d_inner), the layout copies that give the kernels time as the unit stride, conv, scan,
+  out_proj; GPU time of each (median of ``--profile-repeats``) and the projections' TFLOP/s. A model of one
+  Mamba and one attention layer is enough for it. Also ``--profile-mamba-prefill``.
+
+The models' Mamba layers prefill in ``--mamba-prefill-layout`` (token-major, the default, unless asked).
 
     python benchmarks/prefill_throughput.py --part ttft --json $OUT/ttft.json
     python benchmarks/prefill_throughput.py --part serving prefix --json $OUT/serving.json
     python benchmarks/prefill_throughput.py --profile-mamba-prefill --json $OUT/mamba_prefill.json
+    bash benchmarks/prefill_gpu_run.sh      # every part on one GPU within a time limit, rows under $OUT
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import json
+import platform
+import shlex
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.decode_throughput import MODELS, add_model_dims, evenly_spread  # noqa: E402
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM  # noqa: E402
+from modeling_apriel_h1.configuration_apriel_h1 import MAMBA_PREFILL_LAYOUTS  # noqa: E402
 from modeling_apriel_h1.decode_state import bytes_per_sequence  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
-from modeling_apriel_h1.modeling_apriel_h1 import _repeat_groups  # noqa: E402
 from modeling_apriel_h1.ops import resolve_ops  # noqa: E402
 from modeling_apriel_h1.prefix_cache import bytes_per_block  # noqa: E402
 
 GIB = 2**30
 PARTS = ("ttft", "serving", "prefix", "profile-mamba")
+MODEL_PARTS = ("ttft", "prefix", "serving")  # in the order each model runs them
+# --tiny: the dims of the CPU smoke tests (tests/modeling/tiny.py's shape, 4 layers)
+TINY_DIMS = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16, vocab=97)
 
 
-def build(kind: str, args: argparse.Namespace, device: torch.device, longest: int) -> AprielH1ForCausalLM:
-    """A random model for ``kind`` (teacher = no Mamba layer), in bf16 on CUDA and fp32 on the CPU."""
-    mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
+def build(kind: str, args: argparse.Namespace, device: torch.device, longest: int,
+          layer_types: list[str] | None = None) -> AprielH1ForCausalLM:
+    """A random model for ``kind`` (teacher = no Mamba layer), in bf16 on CUDA and fp32 on the CPU; its Mamba
+    layers prefill in ``--mamba-prefill-layout``. ``layer_types`` overrides the depth and the pattern."""
+    if layer_types is None:
+        mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
+        layer_types = ["mamba" if i in mamba else "attention" for i in range(args.layers)]
     config = AprielH1Config(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        num_hidden_layers=len(layer_types), num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
         head_dim=args.head_dim, max_position_embeddings=longest, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False, mamba_dt_rank="auto",
-        layer_types=["mamba" if i in mamba else "attention" for i in range(args.layers)],
+        tie_word_embeddings=False, mamba_dt_rank="auto", layer_types=layer_types,
+        mamba_prefill_layout=args.mamba_prefill_layout,
     )
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
@@ -124,35 +144,99 @@ def _median(values: list[float]) -> float:
 
 
 def _line(row: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "run")
 
 
-def modes(args: argparse.Namespace, prompt: int) -> dict[str, int]:
+def modes(names: list[str], args: argparse.Namespace, prompt: int) -> dict[str, int]:
     """prefill_chunk_size per mode: the whole prompt in one forward, or ``--chunk``."""
-    return {name: (prompt if name == "unchunked" else args.chunk) for name in args.modes}
+    return {name: (prompt if name == "unchunked" else args.chunk) for name in names}
+
+
+def run_record(device: torch.device, argv: list[str]) -> dict:
+    """What every row carries: the command (this script with ``argv``), the device, the library versions, the
+    commit and the date."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return dict(
+        command=shlex.join(["python", "benchmarks/prefill_throughput.py", *argv]),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version, transformers=transformers.__version__,
+        python=platform.python_version(), commit=commit,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+class Rows:
+    """The rows measured so far: each printed, appended to ``--jsonl`` at once, stamped with the run record."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, argv: list[str]):
+        self.rows: list[dict] = []
+        self.run = run_record(device, argv)
+        self.jsonl = args.jsonl
+
+    def add(self, row: dict) -> None:
+        row = {**row, "run": self.run}
+        self.rows.append(row)
+        print(_line(row), flush=True)
+        if self.jsonl:
+            with open(self.jsonl, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+class PartClock:
+    """A part's time allowance for one model (``--part-seconds``): rows are started only while it lasts."""
+
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.perf_counter() + seconds
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def each(self, rows: list[dict]) -> Iterator[dict]:
+        """Yield the rows to measure while time is left; the rest come back marked skipped."""
+        for row in rows:
+            if self.expired():
+                row.update(skipped="part time allowance spent")
+            yield row
 
 
 # ------------------------------------------------------------------------------------------ time to first token
-def ttft_part(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    rows = []
-    for kind in args.models:
-        model = build(kind, args, device, max(args.prompts) + 64)
-        for length in args.prompts:
-            prompt = random_prompt(length, args.vocab, seed=length)
-            for mode, chunk in modes(args, length).items():
-                rows.append(ttft_row(model, kind, prompt, mode, chunk, args, device))
-                print(_line(rows[-1]), flush=True)
-        del model
+def ttft_part(model, kind: str, args: argparse.Namespace, device: torch.device, rows: Rows, clock: PartClock) -> None:
+    warm_up_ttft(model, args, device)
+    planned = [dict(part="ttft", model=kind, prompt=length, mode=mode, chunk=chunk,
+                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+               for length in args.prompts for mode, chunk in modes(args.modes, args, length).items()]
+    for row in clock.each(planned):
+        if "skipped" not in row:
+            row = ttft_row(model, random_prompt(row["prompt"], args.vocab, seed=row["prompt"]), row, args, device)
+        rows.add(row)
+
+
+def warm_up_ttft(model, args: argparse.Namespace, device: torch.device) -> None:
+    """One short prefill per mode, so that the first measured row holds no kernel compilation."""
+    length = min(2 * args.chunk, min(args.prompts))
+    for mode, chunk in modes(args.modes, args, length).items():
+        engine = DecodeEngine(model, max_batch_size=1, max_seq_len=length + 8, prefill_chunk_size=chunk,
+                              cuda_graphs=False)
+        engine.prefill(random_prompt(length, args.vocab, seed=7))
+        synchronize(device)
+        del engine
         release()
-    return rows
 
 
-def ttft_row(model, kind: str, prompt: list[int], mode: str, chunk: int, args: argparse.Namespace,
-             device: torch.device) -> dict:
-    row = dict(part="ttft", model=kind, prompt=len(prompt), mode=mode, chunk=chunk)
+def ttft_row(model, prompt: list[int], row: dict, args: argparse.Namespace, device: torch.device) -> dict:
     engine = None
     try:
-        engine = DecodeEngine(model, max_batch_size=1, max_seq_len=len(prompt) + 64, prefill_chunk_size=chunk)
+        engine = DecodeEngine(model, max_batch_size=1, max_seq_len=len(prompt) + 64, prefill_chunk_size=row["chunk"],
+                              cuda_graphs=False)
         resident = allocated(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -191,117 +275,132 @@ def serve(model, prompts: list[list[int]], new_tokens: int, slots: int, chunk: i
                 ttft_p50=percentile(ttft, 0.5), ttft_p99=percentile(ttft, 0.99)), engine
 
 
-def serving_part(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    rows = []
+def serving_part(model, kind: str, args: argparse.Namespace, device: torch.device, rows: Rows,
+                 clock: PartClock) -> None:
     length = args.serve_prompt + args.serve_new
-    for kind in args.models:
-        model = build(kind, args, device, length)
-        slots = slots_for(model, length, args)
-        count = args.serve_requests or 2 * slots
-        slots = min(slots, count)
-        prompts = [random_prompt(args.serve_prompt, args.vocab, seed=i) for i in range(count)]
-        for mode, chunk in modes(args, args.serve_prompt).items():
-            result, engine = serve(model, prompts, args.serve_new, slots, chunk, device)
-            rows.append(dict(part="serving", model=kind, mode=mode, chunk=chunk, prompt=args.serve_prompt,
-                             new=args.serve_new, budget_gib=args.budget_gib, **result))
-            print(_line(rows[-1]), flush=True)
+    slots = slots_for(model, length, args)
+    count = args.serve_requests or 2 * slots
+    prompts = [random_prompt(args.serve_prompt, args.vocab, seed=i) for i in range(count)]
+    planned = [dict(part="serving", model=kind, mode=mode, chunk=chunk, prompt=args.serve_prompt,
+                    new=args.serve_new, budget_gib=args.budget_gib, budget_slots=slots,
+                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+               for mode, chunk in modes(args.serve_modes, args, args.serve_prompt).items()]
+    for row in clock.each(planned):
+        if "skipped" not in row:
+            result, engine = serve(model, prompts, args.serve_new, min(slots, count), row["chunk"], device)
+            row.update(result)
             del engine
             release()
-        del model
-        release()
-    return rows
+        rows.add(row)
 
 
-def prefix_part(args: argparse.Namespace, device: torch.device) -> list[dict]:
+def prefix_part(model, kind: str, args: argparse.Namespace, device: torch.device, rows: Rows,
+                clock: PartClock) -> None:
     """Shared-prefix requests with and without the prefix cache, from the same budget (the pool counts in it)."""
-    rows = []
     length = args.prefix_tokens + args.suffix_tokens + args.prefix_new
     prefix = random_prompt(args.prefix_tokens, args.vocab, seed=0)
     prompts = [prefix + random_prompt(args.suffix_tokens, args.vocab, seed=1 + i) for i in range(args.prefix_requests)]
-    for kind in args.models:
-        model = build(kind, args, device, length)
-        block = bytes_per_block(model, args.block_size)
-        blocks = max(1, int(args.prefix_cache_gib * GIB // block))
-        for cached in (False, True):
-            pool = blocks * block if cached else 0
+    block = bytes_per_block(model, args.block_size)
+    blocks = max(1, int(args.prefix_cache_gib * GIB // block))
+    planned = [dict(part="prefix", model=kind, prefix_cache=cached, prefix=args.prefix_tokens,
+                    suffix=args.suffix_tokens, new=args.prefix_new, pool_gib=blocks * block / GIB if cached else 0.0,
+                    blocks=blocks if cached else 0, block_size=args.block_size,
+                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+               for cached in (False, True)]
+    for row in clock.each(planned):
+        if "skipped" not in row:
+            pool = blocks * block if row["prefix_cache"] else 0
             slots = min(slots_for(model, length, args, pool), args.prefix_requests)
-            options = dict(prefix_cache_blocks=blocks, prefix_block_size=args.block_size) if cached else {}
-            row = dict(part="prefix", model=kind, prefix_cache=cached, prefix=args.prefix_tokens,
-                       suffix=args.suffix_tokens, new=args.prefix_new, pool_gib=pool / GIB,
-                       blocks=blocks if cached else 0, block_size=args.block_size)
+            options = dict(prefix_cache_blocks=blocks, prefix_block_size=args.block_size) if pool else {}
             result, engine = serve(model, prompts, args.prefix_new, slots, args.chunk, device, **options)
             cache = engine.prefix_cache if engine is not None else None
-            rows.append(dict(**row, hit_tokens=cache.hit_tokens if cache else 0, **result))
-            print(_line(rows[-1]), flush=True)
+            row.update(hit_tokens=cache.hit_tokens if cache else 0, **result)
             del engine
             release()
-        del model
-        release()
-    return rows
+        rows.add(row)
 
 
 # ------------------------------------------------------------------------------------- a Mamba layer's prefill
-def profile_mamba_part(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """Each piece of ``AprielH1Mamba.prefill`` timed on its own, in the order the mixer runs them."""
-    rows = []
-    model = build("H1-40", args, device, max(args.profile_lengths))
-    mixer = next(layer.mixer for layer in model.model.layers if layer.is_mamba)
+def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Rows, clock: PartClock) -> None:
+    """``AprielH1Mamba.prefill`` whole and each of its pieces timed on its own, for every layout, one length at a
+    time (both layouts of a length side by side before the next length)."""
+    model = build("H1-40", args, device, max(args.profile_lengths), layer_types=["mamba", "attention"])
+    mixer = model.model.layers[0].mixer
     ops = resolve_ops(device, model.config.kernel_backend)
-    for length in args.profile_lengths:
-        row = dict(part="profile-mamba", tokens=length, backend=ops.NAME)
-        times = profile_mamba_layer(mixer, ops, length, args.repeats, device)
-        row.update({f"{name}_ms": seconds * 1e3 for name, seconds in times.items()})
-        row["total_ms"] = sum(times.values()) * 1e3
-        projections = 2 * length * args.hidden * (mixer.in_proj.out_features + mixer.dt_in_proj.out_features)
-        projections += 2 * length * mixer.dt_rank * mixer.d_inner + 2 * length * mixer.d_inner * args.hidden
-        row["projection_tflops"] = projections / (times["in_proj"] + times["out_proj"]) / 1e12
-        rows.append(row)
-        print(_line(row), flush=True)
-    del model
+    planned = [dict(part="profile-mamba", tokens=length, mamba_prefill_layout=layout, backend=ops.NAME)
+               for length in args.profile_lengths for layout in args.profile_layouts]
+    for row in clock.each(planned):
+        if "skipped" not in row:
+            mixer.config.mamba_prefill_layout = row["mamba_prefill_layout"]
+            try:
+                times = profile_mamba_layer(mixer, ops, row["tokens"], args.profile_repeats, device)
+            except torch.OutOfMemoryError:
+                row.update(out_of_memory=True)
+            else:
+                row.update({f"{name}_ms": seconds * 1e3 for name, seconds in times.items()})
+                row["pieces_ms"] = sum(seconds for name, seconds in times.items() if name != "prefill") * 1e3
+                flops = 2 * row["tokens"] * (mixer.in_proj.in_features * (mixer.in_proj.out_features
+                                                                          + mixer.dt_in_proj.out_features)
+                                             + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
+                row["projection_tflops"] = flops / (times["projections"] + times["out_proj"]) / 1e12
+            release()
+        rows.add(row)
+    del model, mixer
     release()
-    return rows
 
 
 @torch.no_grad()
 def profile_mamba_layer(mixer, ops, length: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Seconds (median of ``repeats``, after a warm-up round) of the mixer's whole prefill and of its pieces in
+    the mixer's ``mamba_prefill_layout``."""
     hidden = torch.randn(1, length, mixer.in_proj.in_features, device=device, dtype=mixer.in_proj.weight.dtype)
     A = -torch.exp(mixer.A_log.float())
     weight = mixer.conv1d.weight.squeeze(1)
-    batch, groups, n = 1, mixer.num_groups, mixer.d_state
+    channel_major = mixer.config.mamba_prefill_layout == "channel_major"
     values: dict[str, object] = {}
 
-    def projections():
-        values["zxbc"] = mixer.in_proj(hidden).split([mixer.d_inner, mixer.d_xb, mixer.d_xb, mixer.d_inner], dim=-1)
-        values["dt"] = mixer._time_step(hidden)
+    def prefill():
+        mixer.prefill(hidden)
 
-    def layout():
-        z, x, B, C = values["zxbc"]
-        values["x"] = _repeat_groups(x, n, mixer.repeat_group).transpose(1, 2).contiguous()
-        B = _repeat_groups(B, n, mixer.repeat_group).view(batch, length, groups, n)
-        values["B"] = B.permute(0, 2, 3, 1).contiguous()
-        values["C"] = C.view(batch, length, groups, n).permute(0, 2, 3, 1).contiguous()
-        values["z"] = z.transpose(1, 2).contiguous()
-        values["dt_t"] = values["dt"].transpose(1, 2).contiguous()
+    def projections():
+        project = mixer._project_channel_major if channel_major else mixer._project_token_major
+        values["inputs"] = project(hidden, None)
+
+    def layout():  # what the kernels' unit-time-stride check copies (nothing in the channel-major layout)
+        values["inputs"] = [t if t.stride(-1) == 1 else t.contiguous() for t in values["inputs"]]
 
     def conv():
-        values["u"], _ = ops.causal_conv1d(values["x"], weight, mixer.conv1d.bias, "silu")
+        values["u"], _ = ops.causal_conv1d(values["inputs"][1], weight, mixer.conv1d.bias, "silu")
 
     def scan():
-        values["y"], _ = ops.selective_scan(values["u"], values["dt_t"], A, values["B"], values["C"], mixer.D,
-                                            values["z"], mixer.dt_proj.bias, delta_softplus=True,
-                                            return_last_state=True)
+        z, _, B, C, dt = values["inputs"]
+        values["y"], _ = ops.selective_scan(values["u"], dt, A, B, C, mixer.D, z, mixer.dt_proj.bias,
+                                            delta_softplus=True, return_last_state=True)
 
     def out_proj():
         mixer.out_proj(values["y"].transpose(1, 2))
 
-    pieces = dict(in_proj=projections, layout=layout, conv=conv, scan=scan, out_proj=out_proj)
+    pieces = dict(prefill=prefill, projections=projections, layout=layout, conv=conv, scan=scan, out_proj=out_proj)
     times = {name: [] for name in pieces}
     for repeat in range(repeats + 1):  # the first round compiles and warms up
         for name, piece in pieces.items():
             seconds = wall(piece, device)
             if repeat:
                 times[name].append(seconds)
+    values.clear()
     return {name: _median(values_) for name, values_ in times.items()}
+
+
+# --------------------------------------------------------------------------------------------------------- main
+def parse_part_seconds(items: list[str]) -> dict[str, float]:
+    """``PART=SECONDS`` pairs of ``--part-seconds``."""
+    allowances = {}
+    for item in items:
+        part, _, seconds = item.partition("=")
+        if part not in PARTS or not seconds.replace(".", "", 1).isdigit():
+            raise ValueError(f"--part-seconds {item!r}: write PART=SECONDS with PART one of {', '.join(PARTS)}")
+        allowances[part] = float(seconds)
+    return allowances
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,7 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--part", nargs="+", choices=PARTS, default=[])
     parser.add_argument("--profile-mamba-prefill", action="store_true", help="the same as --part profile-mamba")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--modes", nargs="+", default=["unchunked", "chunked"], choices=["unchunked", "chunked"])
+    parser.add_argument("--modes", nargs="+", default=["unchunked", "chunked"], choices=["unchunked", "chunked"],
+                        help="ttft")
+    parser.add_argument("--serve-modes", nargs="+", default=["unchunked", "chunked"],
+                        choices=["unchunked", "chunked"])
     parser.add_argument("--chunk", type=int, default=4096, help="prefill_chunk_size of the chunked runs")
     parser.add_argument("--prompts", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
     parser.add_argument("--repeats", type=int, default=3)
@@ -325,24 +427,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix-cache-gib", type=float, default=2.0, help="the prefix cache's pool")
     parser.add_argument("--block-size", type=int, default=512, help="prefix-cache block (prefix_block_size)")
     parser.add_argument("--profile-lengths", type=int, nargs="+", default=[16384, 32768, 65536])
+    parser.add_argument("--profile-layouts", nargs="+", default=list(MAMBA_PREFILL_LAYOUTS),
+                        choices=MAMBA_PREFILL_LAYOUTS)
+    parser.add_argument("--profile-repeats", type=int, default=5)
+    parser.add_argument("--mamba-prefill-layout", default="token_major", choices=MAMBA_PREFILL_LAYOUTS,
+                        help="the models' Mamba prefill layout (ttft, serving, prefix)")
+    parser.add_argument("--part-seconds", nargs="+", default=[], metavar="PART=SECONDS",
+                        help="per model, start no row of PART after SECONDS (its rows are written as skipped)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_model_dims(parser)
-    parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--tiny", action="store_true", help="the tiny dims of the CPU smoke tests: " + ", ".join(
+        f"{name}={value}" for name, value in TINY_DIMS.items()))
+    parser.add_argument("--json", help="write every row here at the end")
+    parser.add_argument("--jsonl", help="append each row here as soon as it is measured")
     args = parser.parse_args(argv)
     parts = list(dict.fromkeys(args.part + (["profile-mamba"] if args.profile_mamba_prefill else [])))
     if not parts:
         parser.error("choose what to measure: --part ttft/serving/prefix/profile-mamba or --profile-mamba-prefill")
-    for name in ("chunk", "repeats", "serve_prompt", "serve_new", "prefix_requests", "prefix_tokens", "prefix_new",
-                 "block_size"):
+    for name in ("chunk", "repeats", "profile_repeats", "serve_prompt", "serve_new", "prefix_requests",
+                 "prefix_tokens", "prefix_new", "block_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be at least 1")
+    try:
+        allowances = parse_part_seconds(args.part_seconds)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.tiny:
+        vars(args).update(TINY_DIMS)
     device = torch.device(args.device)
-    runners = dict(ttft=ttft_part, serving=serving_part, prefix=prefix_part, **{"profile-mamba": profile_mamba_part})
-    rows = [row for part in parts for row in runners[part](args, device)]
+    rows = Rows(args, device, sys.argv[1:] if argv is None else argv)
+    if "profile-mamba" in parts:
+        profile_mamba_part(args, device, rows, PartClock(allowances.get("profile-mamba")))
+    runners = dict(ttft=ttft_part, prefix=prefix_part, serving=serving_part)
+    model_parts = [part for part in MODEL_PARTS if part in parts]
+    if model_parts:
+        longest = max([*args.prompts, args.serve_prompt + args.serve_new,
+                       args.prefix_tokens + args.suffix_tokens + args.prefix_new]) + 64
+        for kind in args.models:
+            started = time.perf_counter()
+            model = build(kind, args, device, longest)
+            synchronize(device)
+            print(f"built {kind} in {time.perf_counter() - started:.1f} s", flush=True)
+            for part in model_parts:
+                runners[part](model, kind, args, device, rows, PartClock(allowances.get(part)))
+            del model
+            release()
     if args.json:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         with open(args.json, "w") as handle:
-            json.dump(dict(device=name, args=vars(args), rows=rows), handle, indent=1)
+            json.dump(dict(run=rows.run, args=vars(args), rows=rows.rows), handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.prefill_throughput import main  # noqa: E402
@@ -36,6 +38,24 @@ def test_every_part_runs_at_tiny_dims_on_the_cpu(tmp_path):
     for model in ("teacher", "H1-40"):
         assert prefix[model, False]["hit_tokens"] == 0
         assert prefix[model, True]["hit_tokens"] == 2 * 16  # the second and third prompt resume after 2 blocks
-    (profile,) = [row for row in rows if row["part"] == "profile-mamba"]
-    assert profile["tokens"] == 32 and all(profile[f"{piece}_ms"] > 0 for piece in
-                                           ("in_proj", "layout", "conv", "scan", "out_proj"))
+    profile = {row["mamba_prefill_layout"]: row for row in rows if row["part"] == "profile-mamba"}
+    assert set(profile) == {"token_major", "channel_major"}
+    for row in profile.values():
+        assert row["tokens"] == 32 and all(row[f"{piece}_ms"] > 0 for piece in
+                                           ("prefill", "projections", "layout", "conv", "scan", "out_proj"))
+
+
+def test_rows_are_appended_as_measured_with_the_run_record_and_skipped_past_the_allowance(tmp_path):
+    """--jsonl keeps each row as it comes (a run cut short keeps what it measured), each with the command, the
+    device, the versions and the date; a part past its --part-seconds writes its remaining rows as skipped."""
+    output = tmp_path / "rows.jsonl"
+    main(["--tiny", "--device", "cpu", "--repeats", "1", "--part", "ttft", "--models", "H1-40", "--prompts", "24",
+          "40", "--chunk", "16", "--modes", "chunked", "--mamba-prefill-layout", "channel_major",
+          "--part-seconds", "ttft=0", "--jsonl", str(output)])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(row["prompt"], row.get("skipped")) for row in rows] == [(24, "part time allowance spent"),
+                                                                      (40, "part time allowance spent")]
+    assert all(row["mamba_prefill_layout"] == "channel_major" for row in rows)
+    run = rows[0]["run"]
+    assert {"command", "device", "torch", "triton", "transformers", "date", "commit"} <= set(run)
+    assert "--part-seconds" in run["command"] and run["torch"] == torch.__version__
