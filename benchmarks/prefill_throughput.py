@@ -43,6 +43,7 @@ The models' Mamba layers prefill in ``--mamba-prefill-layout`` (token-major, the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -51,6 +52,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -208,15 +210,31 @@ class PartClock:
             yield row
 
 
+@contextlib.contextmanager
+def failure_recorded(row: dict) -> Iterator[None]:
+    """Run one row's measurement; running out of memory or failing makes the row say so (the traceback goes to
+    stderr), and the next row runs: one GPU run must not lose every later row to one failure."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        row.update(out_of_memory=True)
+    except Exception as error:  # noqa: BLE001 (any failure is recorded, then the run goes on)
+        traceback.print_exc()
+        row.update(error=f"{type(error).__name__}: {error}"[:500])
+    release()
+
+
 # ------------------------------------------------------------------------------------------ time to first token
 def ttft_part(model, kind: str, args: argparse.Namespace, device: torch.device, rows: Rows, clock: PartClock) -> None:
-    warm_up_ttft(model, args, device)
+    with failure_recorded({}):
+        warm_up_ttft(model, args, device)
     planned = [dict(part="ttft", model=kind, prompt=length, mode=mode, chunk=chunk,
                     mamba_prefill_layout=model.config.mamba_prefill_layout)
                for length in args.prompts for mode, chunk in modes(args.modes, args, length).items()]
     for row in clock.each(planned):
         if "skipped" not in row:
-            row = ttft_row(model, random_prompt(row["prompt"], args.vocab, seed=row["prompt"]), row, args, device)
+            with failure_recorded(row):
+                ttft_row(model, random_prompt(row["prompt"], args.vocab, seed=row["prompt"]), row, args, device)
         rows.add(row)
 
 
@@ -232,7 +250,7 @@ def warm_up_ttft(model, args: argparse.Namespace, device: torch.device) -> None:
         release()
 
 
-def ttft_row(model, prompt: list[int], row: dict, args: argparse.Namespace, device: torch.device) -> dict:
+def ttft_row(model, prompt: list[int], row: dict, args: argparse.Namespace, device: torch.device) -> None:
     engine = None
     try:
         engine = DecodeEngine(model, max_batch_size=1, max_seq_len=len(prompt) + 64, prefill_chunk_size=row["chunk"],
@@ -248,7 +266,6 @@ def ttft_row(model, prompt: list[int], row: dict, args: argparse.Namespace, devi
         row.update(seconds=None, out_of_memory=True)
     del engine
     release()
-    return row
 
 
 # --------------------------------------------------------------------------------------------------- serving
@@ -287,10 +304,10 @@ def serving_part(model, kind: str, args: argparse.Namespace, device: torch.devic
                for mode, chunk in modes(args.serve_modes, args, args.serve_prompt).items()]
     for row in clock.each(planned):
         if "skipped" not in row:
-            result, engine = serve(model, prompts, args.serve_new, min(slots, count), row["chunk"], device)
-            row.update(result)
-            del engine
-            release()
+            with failure_recorded(row):
+                result, engine = serve(model, prompts, args.serve_new, min(slots, count), row["chunk"], device)
+                row.update(result)
+                del engine
         rows.add(row)
 
 
@@ -309,14 +326,14 @@ def prefix_part(model, kind: str, args: argparse.Namespace, device: torch.device
                for cached in (False, True)]
     for row in clock.each(planned):
         if "skipped" not in row:
-            pool = blocks * block if row["prefix_cache"] else 0
-            slots = min(slots_for(model, length, args, pool), args.prefix_requests)
-            options = dict(prefix_cache_blocks=blocks, prefix_block_size=args.block_size) if pool else {}
-            result, engine = serve(model, prompts, args.prefix_new, slots, args.chunk, device, **options)
-            cache = engine.prefix_cache if engine is not None else None
-            row.update(hit_tokens=cache.hit_tokens if cache else 0, **result)
-            del engine
-            release()
+            with failure_recorded(row):
+                pool = blocks * block if row["prefix_cache"] else 0
+                slots = min(slots_for(model, length, args, pool), args.prefix_requests)
+                options = dict(prefix_cache_blocks=blocks, prefix_block_size=args.block_size) if pool else {}
+                result, engine = serve(model, prompts, args.prefix_new, slots, args.chunk, device, **options)
+                cache = engine.prefix_cache if engine is not None else None
+                row.update(hit_tokens=cache.hit_tokens if cache else 0, **result)
+                del engine
         rows.add(row)
 
 
@@ -332,18 +349,14 @@ def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Row
     for row in clock.each(planned):
         if "skipped" not in row:
             mixer.config.mamba_prefill_layout = row["mamba_prefill_layout"]
-            try:
+            with failure_recorded(row):
                 times = profile_mamba_layer(mixer, ops, row["tokens"], args.profile_repeats, device)
-            except torch.OutOfMemoryError:
-                row.update(out_of_memory=True)
-            else:
                 row.update({f"{name}_ms": seconds * 1e3 for name, seconds in times.items()})
                 row["pieces_ms"] = sum(seconds for name, seconds in times.items() if name != "prefill") * 1e3
                 flops = 2 * row["tokens"] * (mixer.in_proj.in_features * (mixer.in_proj.out_features
                                                                           + mixer.dt_in_proj.out_features)
                                              + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
                 row["projection_tflops"] = flops / (times["projections"] + times["out_proj"]) / 1e12
-            release()
         rows.add(row)
     del model, mixer
     release()
@@ -389,6 +402,81 @@ def profile_mamba_layer(mixer, ops, length: int, repeats: int, device: torch.dev
                 times[name].append(seconds)
     values.clear()
     return {name: _median(values_) for name, values_ in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+def summarize(rows: list[dict]) -> str:
+    """Markdown tables of ``--jsonl`` rows: each part, with the hybrids' ratios to the teacher (the profile: the
+    channel-major layout's time over the token-major one's)."""
+
+    def cell(row: dict | None, key: str, digits: int = 3) -> str:
+        if row is None:
+            return ""
+        if row.get("skipped"):
+            return "skipped"
+        if row.get("out_of_memory"):
+            return "OOM"
+        value = row.get(key)
+        return "" if value is None else f"{value:.{digits}g}"
+
+    def ratio(row: dict | None, base: dict | None, key: str) -> str:
+        if not row or not base or not row.get(key) or not base.get(key):
+            return ""
+        return f" ({row[key] / base[key]:.2f}x)"
+
+    out = []
+    if rows:
+        run = rows[0]["run"]
+        out.append(f"{run['device']}; torch {run['torch']} (CUDA {run['cuda']}), triton {run['triton']}, "
+                   f"transformers {run['transformers']}; commit {run['commit']}; {run['date']}\n")
+    profile = [row for row in rows if row["part"] == "profile-mamba"]
+    if profile:
+        pieces = ("prefill", "projections", "layout", "conv", "scan", "out_proj")
+        out += ["| tokens | layout | " + " | ".join(f"{piece} ms" for piece in pieces) + " | projections TFLOP/s |",
+                "| ---: | --- |" + " ---: |" * (len(pieces) + 1)]
+        by_key = {(row["tokens"], row["mamba_prefill_layout"]): row for row in profile}
+        for row in profile:
+            base = by_key.get((row["tokens"], "token_major"))
+            speed = ratio(row, base, "prefill_ms") if row["mamba_prefill_layout"] != "token_major" else ""
+            out.append(f"| {row['tokens']} | {row['mamba_prefill_layout']} | {cell(row, 'prefill_ms')}{speed} | "
+                       + " | ".join(cell(row, f"{piece}_ms") for piece in pieces[1:])
+                       + f" | {cell(row, 'projection_tflops')} |")
+        out.append("")
+    ttft = [row for row in rows if row["part"] == "ttft"]
+    if ttft:
+        models = list(dict.fromkeys(row["model"] for row in ttft))
+        by_key = {(row["prompt"], row["mode"], row["model"]): row for row in ttft}
+        out += ["| prompt | mode | " + " | ".join(f"{model} s" for model in models) + " | peak over engine GiB ("
+                + " / ".join(models) + ") |", "| ---: | --- |" + " ---: |" * (len(models) + 1)]
+        for prompt, mode in dict.fromkeys((row["prompt"], row["mode"]) for row in ttft):
+            cells = [by_key.get((prompt, mode, model)) for model in models]
+            base = by_key.get((prompt, mode, "teacher"))
+            out.append(f"| {prompt} | {mode} | " + " | ".join(
+                cell(row, "seconds") + (ratio(row, base, "seconds") if row is not base else "") for row in cells)
+                + " | " + " / ".join(cell(row, "peak_over_engine_gib", 2) for row in cells) + " |")
+        out.append(f"\nMamba layers prefill {ttft[0]['mamba_prefill_layout']}.\n")
+    prefix = [row for row in rows if row["part"] == "prefix"]
+    if prefix:
+        out += ["| model | prefix cache | requests | slots | tokens/s | TTFT p50 s | TTFT p99 s | cached tokens |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        by_key = {(row["model"], row["prefix_cache"]): row for row in prefix}
+        for row in prefix:
+            speed = ratio(row, by_key.get((row["model"], False)), "tokens_per_s") if row["prefix_cache"] else ""
+            out.append(f"| {row['model']} | {row['prefix_cache']} | {row.get('requests', '')} | "
+                       f"{row.get('slots', '')} | {cell(row, 'tokens_per_s')}{speed} | {cell(row, 'ttft_p50')} | "
+                       f"{cell(row, 'ttft_p99')} | {row.get('hit_tokens', '')} |")
+        out.append("")
+    serving = [row for row in rows if row["part"] == "serving"]
+    if serving:
+        out += ["| model | mode | budget slots | requests | tokens/s | TTFT p50 s | TTFT p99 s |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        by_key = {(row["model"], row["mode"]): row for row in serving}
+        for row in serving:
+            base = by_key.get(("teacher", row["mode"]))
+            speed = ratio(row, base, "tokens_per_s") if row is not base else ""
+            out.append(f"| {row['model']} | {row['mode']} | {row['budget_slots']} | {row.get('requests', '')} | "
+                       f"{cell(row, 'tokens_per_s')}{speed} | {cell(row, 'ttft_p50')} | {cell(row, 'ttft_p99')} |")
+    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -440,7 +528,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{name}={value}" for name, value in TINY_DIMS.items()))
     parser.add_argument("--json", help="write every row here at the end")
     parser.add_argument("--jsonl", help="append each row here as soon as it is measured")
+    parser.add_argument("--summarize", metavar="JSONL", help="print markdown tables of these rows, measure nothing")
     args = parser.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as handle:
+            print(summarize([json.loads(line) for line in handle if line.strip()]), end="")
+        return
     parts = list(dict.fromkeys(args.part + (["profile-mamba"] if args.profile_mamba_prefill else [])))
     if not parts:
         parser.error("choose what to measure: --part ttft/serving/prefix/profile-mamba or --profile-mamba-prefill")

@@ -59,3 +59,24 @@ def test_rows_are_appended_as_measured_with_the_run_record_and_skipped_past_the_
     run = rows[0]["run"]
     assert {"command", "device", "torch", "triton", "transformers", "date", "commit"} <= set(run)
     assert "--part-seconds" in run["command"] and run["torch"] == torch.__version__
+
+
+def test_a_row_that_fails_is_recorded_and_the_next_row_runs(tmp_path, monkeypatch, capsys):
+    """One failure must not cost a GPU run every later row: the row says what failed, the others are measured."""
+    import benchmarks.prefill_throughput as benchmark
+
+    measure = benchmark.ttft_row
+
+    def fail_at_24(model, prompt, row, *rest):
+        if len(prompt) == 24:
+            raise RuntimeError("kernel failed")
+        measure(model, prompt, row, *rest)
+
+    monkeypatch.setattr(benchmark, "ttft_row", fail_at_24)
+    output = tmp_path / "rows.jsonl"
+    main(["--tiny", "--device", "cpu", "--repeats", "1", "--part", "ttft", "--models", "H1-40", "--prompts", "24",
+          "40", "--chunk", "16", "--modes", "chunked", "--jsonl", str(output)])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert rows[0]["error"] == "RuntimeError: kernel failed" and "seconds" not in rows[0]
+    assert rows[1]["prompt"] == 40 and rows[1]["seconds"] > 0
+    assert "kernel failed" in capsys.readouterr().err
