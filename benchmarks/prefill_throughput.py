@@ -358,8 +358,35 @@ def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Row
                                              + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
                 row["projection_tflops"] = flops / (times["projections"] + times["out_proj"]) / 1e12
         rows.add(row)
+        if ops.NAME == "triton" and row["mamba_prefill_layout"] == args.profile_layouts[-1] and "skipped" not in row:
+            scan_tiles_rows(mixer, ops, row["tokens"], args, device, rows)
     del model, mixer
     release()
+
+
+SCAN_TILE_CANDIDATES = [(64, 1), (128, 1), (128, 2), (256, 2), (32, 1)]  # (chunk, warps); the first is SCAN_TILES
+
+
+def scan_tiles_rows(mixer, ops, length: int, args: argparse.Namespace, device: torch.device, rows: Rows) -> None:
+    """The forward scan kernel alone at batch 1 and ``length`` for candidate tiles: an inference prefill stores no
+    checkpoints for a backward, so its chunk need not be the backward's."""
+    from modeling_apriel_h1.ops.triton_kernels.scan_config import ScanTiles
+    from modeling_apriel_h1.ops.triton_kernels.selective_scan_fwd import selective_scan_forward
+
+    with failure_recorded({}), torch.no_grad():
+        hidden = torch.randn(1, length, mixer.in_proj.in_features, device=device, dtype=mixer.in_proj.weight.dtype)
+        z, x, B, C, dt = mixer._project_channel_major(hidden, None)
+        u, _ = ops.causal_conv1d(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, "silu")
+        A = -torch.exp(mixer.A_log.float())
+        scan_args = (u, dt, A, B, C, mixer.D.float(), z, mixer.dt_proj.bias.float(), True, None, False)
+        for chunk, warps in SCAN_TILE_CANDIDATES:
+            row = dict(part="profile-scan-tiles", tokens=length, chunk=chunk, forward_warps=warps)
+            with failure_recorded(row):
+                tiles = ScanTiles(chunk, warps, warps)
+                seconds = [wall(lambda: selective_scan_forward(*scan_args, tiles=tiles), device)
+                           for _ in range(args.profile_repeats + 1)][1:]
+                row.update(scan_ms=_median(seconds) * 1e3)
+            rows.add(row)
 
 
 @torch.no_grad()
@@ -441,6 +468,15 @@ def summarize(rows: list[dict]) -> str:
             out.append(f"| {row['tokens']} | {row['mamba_prefill_layout']} | {cell(row, 'prefill_ms')}{speed} | "
                        + " | ".join(cell(row, f"{piece}_ms") for piece in pieces[1:])
                        + f" | {cell(row, 'projection_tflops')} |")
+        out.append("")
+    tiles = [row for row in rows if row["part"] == "profile-scan-tiles"]
+    if tiles:
+        out += ["| tokens | scan chunk | warps | forward scan ms |", "| ---: | ---: | ---: | ---: |"]
+        first = {}
+        for row in tiles:
+            base = first.setdefault(row["tokens"], row)
+            out.append(f"| {row['tokens']} | {row['chunk']} | {row['forward_warps']} | {cell(row, 'scan_ms')}"
+                       f"{ratio(row, base, 'scan_ms') if row is not base else ''} |")
         out.append("")
     ttft = [row for row in rows if row["part"] == "ttft"]
     if ttft:

@@ -3,10 +3,14 @@ mean nothing here; the benchmark is for a GPU at Apriel-15B dims)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -80,3 +84,22 @@ def test_a_row_that_fails_is_recorded_and_the_next_row_runs(tmp_path, monkeypatc
     assert rows[0]["error"] == "RuntimeError: kernel failed" and "seconds" not in rows[0]
     assert rows[1]["prompt"] == 40 and rows[1]["seconds"] > 0
     assert "kernel failed" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels on the CPU)")
+def test_the_scan_tile_rows_time_every_candidate(monkeypatch, tmp_path):
+    """The profile's forward-scan tile rows (Triton only) on channel-major inputs, at tiny dims."""
+    import benchmarks.prefill_throughput as benchmark
+    from modeling_apriel_h1.ops import triton_backend
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(benchmark, "SCAN_TILE_CANDIDATES", [(64, 1), (32, 1)])  # the interpreter is slow
+    args = argparse.Namespace(**benchmark.TINY_DIMS, mamba_prefill_layout="channel_major", profile_repeats=1,
+                              jsonl=None)
+    model = benchmark.build("H1-40", args, device, 64, layer_types=["mamba", "attention"])
+    rows = benchmark.Rows(args, device, [])
+    benchmark.scan_tiles_rows(model.model.layers[0].mixer, triton_backend, 48, args, device, rows)
+    assert [(row["chunk"], row["scan_ms"] > 0) for row in rows.rows] == [(64, True), (32, True)]
