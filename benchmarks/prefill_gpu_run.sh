@@ -6,9 +6,10 @@
 #   bash benchmarks/prefill_gpu_run.sh            # on the GPU; rows and logs under ${OUT:-/tmp/out}
 #   bash benchmarks/prefill_gpu_run.sh --tiny     # the same steps at tiny dims on the CPU (a smoke test)
 #
-# 1. profile (~45 s): one Mamba layer's prefill at 16k/32k/64k/128k tokens, token-major (the reference layout)
-#    and channel-major side by side: whole prefill and its pieces. The faster layout at the longest length
-#    both measured is the one the models below prefill in (written to layout.txt; token-major if in doubt).
+# 1. profile (~50 s): one Mamba layer's prefill at 16k/32k/64k/128k tokens, token-major (the reference layout)
+#    and channel-major side by side: whole prefill and its pieces; at 64k and 128k also the forward scan kernel
+#    alone for five candidate tiles. The faster layout at the longest length both measured is the one the
+#    models below prefill in (written to layout.txt; token-major if in doubt).
 # 2-4. one process per model (teacher ~150 s, H1-40 ~115 s, H1-30 ~100 s), each model built once for its parts:
 #    ttft: batch 1 at 16k/32k/64k/128k, chunked (4096) then unchunked; a prefill that runs out of memory
 #      (the teacher's unchunked 128k, probably) is a row with out_of_memory;
@@ -36,14 +37,14 @@ START=$(date +%s)
 
 if [ "${1:-}" = "--tiny" ]; then
     COMMON=(--tiny --device cpu --repeats 1 --chunk 16 --budget-gib 0.002 --reserve-gib 0)
-    PROFILE=(--profile-lengths 32 64 --profile-repeats 1)
+    PROFILE=(--profile-lengths 32 64 --profile-repeats 1 --scan-tile-lengths 64)
     TTFT=(--prompts 24 40)
     PREFIX=(--prefix-requests 3 --prefix-tokens 19 --suffix-tokens 4 --prefix-new 3 --block-size 8
             --prefix-cache-gib 0.0005)
     SERVING=(--serve-prompt 20 --serve-new 4 --serve-requests 3)
 else
     COMMON=(--repeats 1 --chunk 4096 --budget-gib 72 --reserve-gib 3)
-    PROFILE=(--profile-lengths 16384 32768 65536 131072 --profile-repeats 5)
+    PROFILE=(--profile-lengths 16384 32768 65536 131072 --profile-repeats 5 --scan-tile-lengths 65536 131072)
     TTFT=(--prompts 16384 32768 65536 131072)
     PREFIX=(--prefix-requests 32 --prefix-tokens 4096 --suffix-tokens 256 --prefix-new 256 --block-size 512
             --prefix-cache-gib 2)
@@ -81,7 +82,7 @@ step() {
     tail -n 3 "$OUT/$name.log"
 }
 
-step profile 60 --part profile-mamba "${COMMON[@]}" "${PROFILE[@]}" --part-seconds profile-mamba=40
+step profile 70 --part profile-mamba "${COMMON[@]}" "${PROFILE[@]}" --part-seconds profile-mamba=45
 
 # the layout the models prefill in: channel-major only where the profile measured it faster
 LAYOUT=$("$PYTHON" - "$ROWS" <<'EOF'

@@ -30,7 +30,9 @@ Parts (``--part``, one or more):
   reference, against channel-major), whole and piece by piece: the projections (in_proj, dt_in_proj, dt_proj,
   with x and B widened to d_inner), the layout copies that give the kernels time as the unit stride, conv, scan,
   out_proj; GPU time of each (median of ``--profile-repeats``) and the projections' TFLOP/s. A model of one
-  Mamba and one attention layer is enough for it. Also ``--profile-mamba-prefill``.
+  Mamba and one attention layer is enough for it. At ``--scan-tile-lengths``, the forward scan kernel alone for
+  candidate tiles (chunk, warps): an inference prefill stores no checkpoints, so its chunk need not be the one the
+  backward shares. Also ``--profile-mamba-prefill``.
 
 The models' Mamba layers prefill in ``--mamba-prefill-layout`` (token-major, the default, unless asked).
 
@@ -358,7 +360,8 @@ def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Row
                                              + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
                 row["projection_tflops"] = flops / (times["projections"] + times["out_proj"]) / 1e12
         rows.add(row)
-        if ops.NAME == "triton" and row["mamba_prefill_layout"] == args.profile_layouts[-1] and "skipped" not in row:
+        if (ops.NAME == "triton" and row["tokens"] in args.scan_tile_lengths
+                and row["mamba_prefill_layout"] == args.profile_layouts[-1] and "skipped" not in row):
             scan_tiles_rows(mixer, ops, row["tokens"], args, device, rows)
     del model, mixer
     release()
@@ -554,6 +557,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-layouts", nargs="+", default=list(MAMBA_PREFILL_LAYOUTS),
                         choices=MAMBA_PREFILL_LAYOUTS)
     parser.add_argument("--profile-repeats", type=int, default=5)
+    parser.add_argument("--scan-tile-lengths", type=int, nargs="*", default=[65536],
+                        help="profile lengths at which the forward scan kernel is also timed for candidate tiles "
+                             "(Triton only)")
     parser.add_argument("--mamba-prefill-layout", default="token_major", choices=MAMBA_PREFILL_LAYOUTS,
                         help="the models' Mamba prefill layout (ttft, serving, prefix)")
     parser.add_argument("--part-seconds", nargs="+", default=[], metavar="PART=SECONDS",
