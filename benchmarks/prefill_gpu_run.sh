@@ -91,7 +91,7 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 times = {}
 for row in rows:
     if row["part"] == "profile-mamba" and row.get("prefill_ms"):
-        times.setdefault(row["tokens"], {})[row["mamba_prefill_layout"]] = row["prefill_ms"]
+        times.setdefault(row["tokens"], {})[row["prefill_layout"]] = row["prefill_ms"]
 both = [tokens for tokens, layouts in times.items() if len(layouts) == 2]
 faster = both and times[max(both)]["channel_major"] < times[max(both)]["token_major"]
 print("channel_major" if faster else "token_major")
@@ -99,7 +99,7 @@ EOF
 ) || LAYOUT=token_major
 echo "$LAYOUT" > "$OUT/layout.txt"
 echo "models prefill in $LAYOUT" | tee -a "$STATUS"
-MODEL=("${COMMON[@]}" --mamba-prefill-layout "$LAYOUT" --modes chunked unchunked --serve-modes chunked
+MODEL=("${COMMON[@]}" --prefill-layout "$LAYOUT" --modes chunked unchunked --serve-modes chunked
        "${TTFT[@]}" "${PREFIX[@]}" "${SERVING[@]}")
 
 # timeouts: what each model needs by the estimates above plus a margin; the last takes what is left

@@ -14,10 +14,10 @@ timings there mean nothing. Every row records the command, the device, the libra
 Parts (``--part``, one or more):
 
 - ``ttft``: batch 1, prompts of ``--prompts`` tokens: seconds to the first token (``DecodeEngine.prefill``, the
-  median of ``--repeats``, after a short warm-up prefill in each mode) and peak memory above what the engine holds (weights + slot), unchunked
-  (``prefill_chunk_size`` = the prompt: the model's forward over the whole prompt into a ``DynamicCache``, which
-  the engine then copies into the slot) and chunked (``--chunk``, straight into the slot). A run out of memory
-  is recorded as such.
+  median of ``--repeats``, after a short warm-up prefill in each mode) and peak memory above what the engine
+  holds (weights + slot), unchunked (``prefill_chunk_size`` = the prompt: the model's forward over the whole
+  prompt into a ``DynamicCache``, which the engine then copies into the slot) and chunked (``--chunk``, straight
+  into the slot), in the order of ``--modes``. A run out of memory is recorded as such.
 - ``serving``: ``--serve-requests`` prompts of ``--serve-prompt`` tokens, ``--serve-new`` new tokens each, as many
   slots as ``--budget-gib`` holds beside the weights and ``--reserve-gib``: tokens/s over the whole call, p50/p99
   time to first token (``DecodeEngine.first_token_seconds``), in each of ``--serve-modes``.
@@ -26,15 +26,16 @@ Parts (``--part``, one or more):
   (``--prefix-cache-gib`` of blocks of ``--block-size``, counted in the budget): tokens/s, p50/p99 time to first
   token, tokens the cache saved.
 - ``profile-mamba``: one Mamba layer's prefill (``AprielH1Mamba.prefill``, as the chunked prefill calls it) at
-  ``--profile-lengths`` tokens in each of ``--profile-layouts`` (``mamba_prefill_layout``: token-major, the
-  reference, against channel-major), whole and piece by piece: the projections (in_proj, dt_in_proj, dt_proj,
+  ``--profile-lengths`` tokens in each of ``--profile-layouts`` (``prefill_layout``: token-major, the
+  reference, against channel-major), whole (in one call, and in calls of ``--chunk`` tokens that carry the
+  states, as the chunked prefill makes them) and piece by piece: the projections (in_proj, dt_in_proj, dt_proj,
   with x and B widened to d_inner), the layout copies that give the kernels time as the unit stride, conv, scan,
   out_proj; GPU time of each (median of ``--profile-repeats``) and the projections' TFLOP/s. A model of one
   Mamba and one attention layer is enough for it. At ``--scan-tile-lengths``, the forward scan kernel alone for
   candidate tiles (chunk, warps): an inference prefill stores no checkpoints, so its chunk need not be the one the
   backward shares. Also ``--profile-mamba-prefill``.
 
-The models' Mamba layers prefill in ``--mamba-prefill-layout`` (token-major, the default, unless asked).
+The models' Mamba layers prefill in ``--prefill-layout`` (token-major, the default, unless asked).
 
     python benchmarks/prefill_throughput.py --part ttft --json $OUT/ttft.json
     python benchmarks/prefill_throughput.py --part serving prefix --json $OUT/serving.json
@@ -65,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.decode_throughput import MODELS, add_model_dims, evenly_spread  # noqa: E402
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM  # noqa: E402
-from modeling_apriel_h1.configuration_apriel_h1 import MAMBA_PREFILL_LAYOUTS  # noqa: E402
+from modeling_apriel_h1.configuration_apriel_h1 import PREFILL_LAYOUTS  # noqa: E402
 from modeling_apriel_h1.decode_state import bytes_per_sequence  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
 from modeling_apriel_h1.ops import resolve_ops  # noqa: E402
@@ -81,7 +82,7 @@ TINY_DIMS = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, hea
 def build(kind: str, args: argparse.Namespace, device: torch.device, longest: int,
           layer_types: list[str] | None = None) -> AprielH1ForCausalLM:
     """A random model for ``kind`` (teacher = no Mamba layer), in bf16 on CUDA and fp32 on the CPU; its Mamba
-    layers prefill in ``--mamba-prefill-layout``. ``layer_types`` overrides the depth and the pattern."""
+    layers prefill in ``--prefill-layout``. ``layer_types`` overrides the depth and the pattern."""
     if layer_types is None:
         mamba = evenly_spread(round(MODELS[kind] / 50 * args.layers), args.layers)
         layer_types = ["mamba" if i in mamba else "attention" for i in range(args.layers)]
@@ -90,7 +91,7 @@ def build(kind: str, args: argparse.Namespace, device: torch.device, longest: in
         num_hidden_layers=len(layer_types), num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
         head_dim=args.head_dim, max_position_embeddings=longest, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         tie_word_embeddings=False, mamba_dt_rank="auto", layer_types=layer_types,
-        mamba_prefill_layout=args.mamba_prefill_layout,
+        prefill_layout=args.prefill_layout,
     )
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
@@ -231,7 +232,7 @@ def ttft_part(model, kind: str, args: argparse.Namespace, device: torch.device, 
     with failure_recorded({}):
         warm_up_ttft(model, args, device)
     planned = [dict(part="ttft", model=kind, prompt=length, mode=mode, chunk=chunk,
-                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+                    prefill_layout=model.config.prefill_layout)
                for length in args.prompts for mode, chunk in modes(args.modes, args, length).items()]
     for row in clock.each(planned):
         if "skipped" not in row:
@@ -302,7 +303,7 @@ def serving_part(model, kind: str, args: argparse.Namespace, device: torch.devic
     prompts = [random_prompt(args.serve_prompt, args.vocab, seed=i) for i in range(count)]
     planned = [dict(part="serving", model=kind, mode=mode, chunk=chunk, prompt=args.serve_prompt,
                     new=args.serve_new, budget_gib=args.budget_gib, budget_slots=slots,
-                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+                    prefill_layout=model.config.prefill_layout)
                for mode, chunk in modes(args.serve_modes, args, args.serve_prompt).items()]
     for row in clock.each(planned):
         if "skipped" not in row:
@@ -324,7 +325,7 @@ def prefix_part(model, kind: str, args: argparse.Namespace, device: torch.device
     planned = [dict(part="prefix", model=kind, prefix_cache=cached, prefix=args.prefix_tokens,
                     suffix=args.suffix_tokens, new=args.prefix_new, pool_gib=blocks * block / GIB if cached else 0.0,
                     blocks=blocks if cached else 0, block_size=args.block_size,
-                    mamba_prefill_layout=model.config.mamba_prefill_layout)
+                    prefill_layout=model.config.prefill_layout)
                for cached in (False, True)]
     for row in clock.each(planned):
         if "skipped" not in row:
@@ -346,22 +347,23 @@ def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Row
     model = build("H1-40", args, device, max(args.profile_lengths), layer_types=["mamba", "attention"])
     mixer = model.model.layers[0].mixer
     ops = resolve_ops(device, model.config.kernel_backend)
-    planned = [dict(part="profile-mamba", tokens=length, mamba_prefill_layout=layout, backend=ops.NAME)
+    planned = [dict(part="profile-mamba", tokens=length, prefill_layout=layout, backend=ops.NAME)
                for length in args.profile_lengths for layout in args.profile_layouts]
     for row in clock.each(planned):
         if "skipped" not in row:
-            mixer.config.mamba_prefill_layout = row["mamba_prefill_layout"]
+            mixer.config.prefill_layout = row["prefill_layout"]
             with failure_recorded(row):
-                times = profile_mamba_layer(mixer, ops, row["tokens"], args.profile_repeats, device)
+                times = profile_mamba_layer(mixer, ops, row["tokens"], args.profile_repeats, device, args.chunk)
                 row.update({f"{name}_ms": seconds * 1e3 for name, seconds in times.items()})
-                row["pieces_ms"] = sum(seconds for name, seconds in times.items() if name != "prefill") * 1e3
-                flops = 2 * row["tokens"] * (mixer.in_proj.in_features * (mixer.in_proj.out_features
-                                                                          + mixer.dt_in_proj.out_features)
-                                             + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
+                row["pieces_ms"] = 1e3 * sum(seconds for name, seconds in times.items()
+                                             if not name.startswith("prefill"))
+                widths = (mixer.in_proj.in_features * (mixer.in_proj.out_features + mixer.dt_in_proj.out_features)
+                          + mixer.dt_rank * mixer.d_inner + mixer.d_inner * mixer.out_proj.out_features)
+                flops = 2 * row["tokens"] * widths
                 row["projection_tflops"] = flops / (times["projections"] + times["out_proj"]) / 1e12
         rows.add(row)
         if (ops.NAME == "triton" and row["tokens"] in args.scan_tile_lengths
-                and row["mamba_prefill_layout"] == args.profile_layouts[-1] and "skipped" not in row):
+                and row["prefill_layout"] == args.profile_layouts[-1] and "skipped" not in row):
             scan_tiles_rows(mixer, ops, row["tokens"], args, device, rows)
     del model, mixer
     release()
@@ -393,17 +395,23 @@ def scan_tiles_rows(mixer, ops, length: int, args: argparse.Namespace, device: t
 
 
 @torch.no_grad()
-def profile_mamba_layer(mixer, ops, length: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Seconds (median of ``repeats``, after a warm-up round) of the mixer's whole prefill and of its pieces in
-    the mixer's ``mamba_prefill_layout``."""
+def profile_mamba_layer(mixer, ops, length: int, repeats: int, device: torch.device, chunk: int) -> dict[str, float]:
+    """Seconds (median of ``repeats``, after a warm-up round) of the mixer's prefill in the mixer's
+    ``prefill_layout``: in one call, in calls of ``chunk`` tokens that carry the states (as the engine's
+    chunked prefill calls it), and each piece of the one call."""
     hidden = torch.randn(1, length, mixer.in_proj.in_features, device=device, dtype=mixer.in_proj.weight.dtype)
     A = -torch.exp(mixer.A_log.float())
     weight = mixer.conv1d.weight.squeeze(1)
-    channel_major = mixer.config.mamba_prefill_layout == "channel_major"
+    channel_major = mixer.config.prefill_layout == "channel_major"
     values: dict[str, object] = {}
 
     def prefill():
         mixer.prefill(hidden)
+
+    def prefill_chunked():
+        conv, ssm = None, None
+        for start in range(0, length, chunk):
+            _, conv, ssm = mixer.prefill(hidden[:, start:start + chunk], conv, ssm)
 
     def projections():
         project = mixer._project_channel_major if channel_major else mixer._project_token_major
@@ -423,7 +431,8 @@ def profile_mamba_layer(mixer, ops, length: int, repeats: int, device: torch.dev
     def out_proj():
         mixer.out_proj(values["y"].transpose(1, 2))
 
-    pieces = dict(prefill=prefill, projections=projections, layout=layout, conv=conv, scan=scan, out_proj=out_proj)
+    pieces = dict(prefill=prefill, prefill_chunked=prefill_chunked, projections=projections, layout=layout, conv=conv,
+                  scan=scan, out_proj=out_proj)
     times = {name: [] for name in pieces}
     for repeat in range(repeats + 1):  # the first round compiles and warms up
         for name, piece in pieces.items():
@@ -461,15 +470,17 @@ def summarize(rows: list[dict]) -> str:
                    f"transformers {run['transformers']}; commit {run['commit']}; {run['date']}\n")
     profile = [row for row in rows if row["part"] == "profile-mamba"]
     if profile:
-        pieces = ("prefill", "projections", "layout", "conv", "scan", "out_proj")
+        pieces = ("prefill", "prefill_chunked", "projections", "layout", "conv", "scan", "out_proj")
         out += ["| tokens | layout | " + " | ".join(f"{piece} ms" for piece in pieces) + " | projections TFLOP/s |",
                 "| ---: | --- |" + " ---: |" * (len(pieces) + 1)]
-        by_key = {(row["tokens"], row["mamba_prefill_layout"]): row for row in profile}
+        by_key = {(row["tokens"], row["prefill_layout"]): row for row in profile}
         for row in profile:
             base = by_key.get((row["tokens"], "token_major"))
-            speed = ratio(row, base, "prefill_ms") if row["mamba_prefill_layout"] != "token_major" else ""
-            out.append(f"| {row['tokens']} | {row['mamba_prefill_layout']} | {cell(row, 'prefill_ms')}{speed} | "
-                       + " | ".join(cell(row, f"{piece}_ms") for piece in pieces[1:])
+            speed = ratio(row, base, "prefill_ms") if row["prefill_layout"] != "token_major" else ""
+            chunked = ratio(row, base, "prefill_chunked_ms") if row["prefill_layout"] != "token_major" else ""
+            out.append(f"| {row['tokens']} | {row['prefill_layout']} | {cell(row, 'prefill_ms')}{speed} | "
+                       f"{cell(row, 'prefill_chunked_ms')}{chunked} | "
+                       + " | ".join(cell(row, f"{piece}_ms") for piece in pieces[2:])
                        + f" | {cell(row, 'projection_tflops')} |")
         out.append("")
     tiles = [row for row in rows if row["part"] == "profile-scan-tiles"]
@@ -493,7 +504,7 @@ def summarize(rows: list[dict]) -> str:
             out.append(f"| {prompt} | {mode} | " + " | ".join(
                 cell(row, "seconds") + (ratio(row, base, "seconds") if row is not base else "") for row in cells)
                 + " | " + " / ".join(cell(row, "peak_over_engine_gib", 2) for row in cells) + " |")
-        out.append(f"\nMamba layers prefill {ttft[0]['mamba_prefill_layout']}.\n")
+        out.append(f"\nMamba layers prefill {ttft[0]['prefill_layout']}.\n")
     prefix = [row for row in rows if row["part"] == "prefix"]
     if prefix:
         out += ["| model | prefix cache | requests | slots | tokens/s | TTFT p50 s | TTFT p99 s | cached tokens |",
@@ -554,13 +565,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix-cache-gib", type=float, default=2.0, help="the prefix cache's pool")
     parser.add_argument("--block-size", type=int, default=512, help="prefix-cache block (prefix_block_size)")
     parser.add_argument("--profile-lengths", type=int, nargs="+", default=[16384, 32768, 65536])
-    parser.add_argument("--profile-layouts", nargs="+", default=list(MAMBA_PREFILL_LAYOUTS),
-                        choices=MAMBA_PREFILL_LAYOUTS)
+    parser.add_argument("--profile-layouts", nargs="+", default=list(PREFILL_LAYOUTS),
+                        choices=PREFILL_LAYOUTS)
     parser.add_argument("--profile-repeats", type=int, default=5)
     parser.add_argument("--scan-tile-lengths", type=int, nargs="*", default=[65536],
                         help="profile lengths at which the forward scan kernel is also timed for candidate tiles "
                              "(Triton only)")
-    parser.add_argument("--mamba-prefill-layout", default="token_major", choices=MAMBA_PREFILL_LAYOUTS,
+    parser.add_argument("--prefill-layout", default="token_major", choices=PREFILL_LAYOUTS,
                         help="the models' Mamba prefill layout (ttft, serving, prefix)")
     parser.add_argument("--part-seconds", nargs="+", default=[], metavar="PART=SECONDS",
                         help="per model, start no row of PART after SECONDS (its rows are written as skipped)")

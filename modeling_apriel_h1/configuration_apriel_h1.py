@@ -18,7 +18,7 @@ MAMBA = "linear_attention"
 # ``DynamicCache(config=...)`` builds a KV layer for attention and a state layer for Mamba by itself.
 LAYER_TYPE_ALIASES = {"attention": ATTENTION, ATTENTION: ATTENTION, "mamba": MAMBA, MAMBA: MAMBA}
 KERNEL_BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
-MAMBA_PREFILL_LAYOUTS = ("token_major", "channel_major")
+PREFILL_LAYOUTS = ("token_major", "channel_major")
 
 
 def mamba_layers_in(layer_types: list[str] | None) -> list[int]:
@@ -64,7 +64,7 @@ class AprielH1Config(PreTrainedConfig):
         mamba_dt_min, mamba_dt_max, mamba_dt_init_floor, mamba_dt_scale (`float`): time-step initialisation range.
         kernel_backend (`str`): `"auto"`, `"reference"`, `"triton"` or `"mamba_ssm"`; the environment variable
             `APRIEL_H1_KERNELS` overrides it.
-        mamba_prefill_layout (`str`): how a Mamba layer's prefill lays out its projections for the conv and scan
+        prefill_layout (`str`): how a Mamba layer's prefill lays out its projections for the conv and scan
             kernels, which read time with unit stride. `"token_major"`: the projections' own (batch, seq, channels)
             outputs, transposed by copies; `"channel_major"`: the projections computed as W @ hidden^T, which
             writes (batch, channels, seq) directly, so that no transposing copy runs. Same result either way.
@@ -119,7 +119,7 @@ class AprielH1Config(PreTrainedConfig):
     mamba_dt_init_floor: float = 1e-4
     mamba_dt_scale: float = 1.0
     kernel_backend: str = "auto"
-    mamba_prefill_layout: str = "token_major"
+    prefill_layout: str = "token_major"
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -172,9 +172,9 @@ class AprielH1Config(PreTrainedConfig):
             )
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(f"kernel_backend is {self.kernel_backend!r}; choose one of {KERNEL_BACKENDS}")
-        if self.mamba_prefill_layout not in MAMBA_PREFILL_LAYOUTS:
+        if self.prefill_layout not in PREFILL_LAYOUTS:
             raise ValueError(
-                f"mamba_prefill_layout is {self.mamba_prefill_layout!r}; choose one of {MAMBA_PREFILL_LAYOUTS}"
+                f"prefill_layout is {self.prefill_layout!r}; choose one of {PREFILL_LAYOUTS}"
             )
         if MAMBA not in self.layer_types:
             return

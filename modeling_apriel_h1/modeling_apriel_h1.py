@@ -256,7 +256,7 @@ class AprielH1Mamba(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """The prefill's kernel inputs from the projections' (batch, seq, channels) outputs, as transposed views:
         z, x (x widened to d_inner) and dt (batch, d_inner, seq); B, C (batch, groups, d_state, seq). The kernels
-        copy each to unit time stride (the layout copies ``mamba_prefill_layout="channel_major"`` avoids)."""
+        copy each to unit time stride (the layout copies ``prefill_layout="channel_major"`` avoids)."""
         batch, seq_len, _ = hidden_states.shape
         z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
         dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
@@ -314,7 +314,7 @@ class AprielH1Mamba(nn.Module):
         ops = self.kernels(hidden_states.device)
         if document_starts is not None:
             ops = backend_for_packed_rows(ops)
-        if self.config.mamba_prefill_layout == "channel_major":
+        if self.config.prefill_layout == "channel_major":
             z, x, B, C, dt = self._project_channel_major(hidden_states, padding_mask)
         else:
             z, x, B, C, dt = self._project_token_major(hidden_states, padding_mask)

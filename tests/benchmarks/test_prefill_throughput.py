@@ -42,11 +42,12 @@ def test_every_part_runs_at_tiny_dims_on_the_cpu(tmp_path):
     for model in ("teacher", "H1-40"):
         assert prefix[model, False]["hit_tokens"] == 0
         assert prefix[model, True]["hit_tokens"] == 2 * 16  # the second and third prompt resume after 2 blocks
-    profile = {row["mamba_prefill_layout"]: row for row in rows if row["part"] == "profile-mamba"}
+    profile = {row["prefill_layout"]: row for row in rows if row["part"] == "profile-mamba"}
     assert set(profile) == {"token_major", "channel_major"}
     for row in profile.values():
         assert row["tokens"] == 32 and all(row[f"{piece}_ms"] > 0 for piece in
-                                           ("prefill", "projections", "layout", "conv", "scan", "out_proj"))
+                                           ("prefill", "prefill_chunked", "projections", "layout", "conv", "scan",
+                                            "out_proj"))
 
 
 def test_rows_are_appended_as_measured_with_the_run_record_and_skipped_past_the_allowance(tmp_path):
@@ -54,12 +55,12 @@ def test_rows_are_appended_as_measured_with_the_run_record_and_skipped_past_the_
     device, the versions and the date; a part past its --part-seconds writes its remaining rows as skipped."""
     output = tmp_path / "rows.jsonl"
     main(["--tiny", "--device", "cpu", "--repeats", "1", "--part", "ttft", "--models", "H1-40", "--prompts", "24",
-          "40", "--chunk", "16", "--modes", "chunked", "--mamba-prefill-layout", "channel_major",
+          "40", "--chunk", "16", "--modes", "chunked", "--prefill-layout", "channel_major",
           "--part-seconds", "ttft=0", "--jsonl", str(output)])
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(row["prompt"], row.get("skipped")) for row in rows] == [(24, "part time allowance spent"),
                                                                       (40, "part time allowance spent")]
-    assert all(row["mamba_prefill_layout"] == "channel_major" for row in rows)
+    assert all(row["prefill_layout"] == "channel_major" for row in rows)
     run = rows[0]["run"]
     assert {"command", "device", "torch", "triton", "transformers", "date", "commit"} <= set(run)
     assert "--part-seconds" in run["command"] and run["torch"] == torch.__version__
@@ -97,7 +98,7 @@ def test_the_scan_tile_rows_time_every_candidate(monkeypatch, tmp_path):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(benchmark, "SCAN_TILE_CANDIDATES", [(64, 1), (32, 1)])  # the interpreter is slow
-    args = argparse.Namespace(**benchmark.TINY_DIMS, mamba_prefill_layout="channel_major", profile_repeats=1,
+    args = argparse.Namespace(**benchmark.TINY_DIMS, prefill_layout="channel_major", profile_repeats=1,
                               jsonl=None)
     model = benchmark.build("H1-40", args, device, 64, layer_types=["mamba", "attention"])
     rows = benchmark.Rows(args, device, [])

@@ -1,4 +1,4 @@
-"""The Mamba prefill's two projection layouts (``mamba_prefill_layout``) compute the same thing: the channel-major
+"""The Mamba prefill's two projection layouts (``prefill_layout``) compute the same thing: the channel-major
 one (GEMMs that write (channels, seq), no transposing copies) against the token-major one it replaces as the
 reference, fp32 on the CPU, with every input the prefill takes."""
 
@@ -22,12 +22,12 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str | None 
 def _mixers(**overrides) -> tuple[AprielH1Mamba, AprielH1Mamba]:
     """A random mixer with a token-major and a channel-major copy of the same weights."""
     torch.manual_seed(0)
-    token = AprielH1Mamba(tiny_config(mamba_prefill_layout="token_major", **overrides), layer_idx=1)
+    token = AprielH1Mamba(tiny_config(prefill_layout="token_major", **overrides), layer_idx=1)
     for parameter in token.parameters():
         torch.nn.init.normal_(parameter, std=0.3)
     with torch.no_grad():
         token.A_log.copy_(torch.rand_like(token.A_log))  # A = -exp(A_log) in (-e, -1): a decaying state
-    channel = AprielH1Mamba(tiny_config(mamba_prefill_layout="channel_major", **overrides), layer_idx=1)
+    channel = AprielH1Mamba(tiny_config(prefill_layout="channel_major", **overrides), layer_idx=1)
     channel.load_state_dict(token.state_dict())
     return token, channel
 
@@ -67,12 +67,12 @@ def test_channel_major_prefill_passes_the_same_gradients():
 def test_a_model_with_channel_major_prefill_gives_the_same_logits():
     torch.manual_seed(0)
     token = AprielH1ForCausalLM(tiny_config()).eval()
-    channel = AprielH1ForCausalLM(tiny_config(mamba_prefill_layout="channel_major")).eval()
+    channel = AprielH1ForCausalLM(tiny_config(prefill_layout="channel_major")).eval()
     channel.load_state_dict(token.state_dict())
     ids = torch.randint(3, 97, (2, 13))
     _assert_close(channel(ids).logits, token(ids).logits)
 
 
 def test_an_unknown_layout_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="mamba_prefill_layout is 'fast'; choose one of"):
-        tiny_config(mamba_prefill_layout="fast")
+    with pytest.raises(ValueError, match="prefill_layout is 'fast'; choose one of"):
+        tiny_config(prefill_layout="fast")

@@ -19,7 +19,7 @@ pytestmark = ON_CUDA_OR_INTERPRETED
 
 def _mixer(layout: str, ops) -> AprielH1Mamba:
     torch.manual_seed(0)
-    mixer = AprielH1Mamba(tiny_config(mamba_prefill_layout=layout, mamba_d_state=16), layer_idx=1).to(DEVICE)
+    mixer = AprielH1Mamba(tiny_config(prefill_layout=layout, mamba_d_state=16), layer_idx=1).to(DEVICE)
     for parameter in mixer.parameters():
         torch.nn.init.normal_(parameter, std=0.1)
     with torch.no_grad():
