@@ -7,12 +7,16 @@
 #   bash benchmarks/prefill_gpu_run.sh --tiny     # the same steps at tiny dims on the CPU (a smoke test)
 #
 # 1. profile (~50 s): one Mamba layer's prefill at 16k/32k/64k/128k tokens, token-major (the reference layout)
-#    and channel-major side by side: whole prefill and its pieces; at 64k and 128k also the forward scan kernel
-#    alone for five candidate tiles. The faster layout at the longest length both measured is the one the
+#    and channel-major side by side: whole prefill (one call, and 4096-token calls carrying the states) and its
+#    pieces; at 64k and 128k also the forward scan kernel alone for five candidate tiles. The faster layout at the longest length both measured is the one the
 #    models below prefill in (written to layout.txt; token-major if in doubt).
-# 2-4. one process per model (teacher ~150 s, H1-40 ~115 s, H1-30 ~100 s), each model built once for its parts:
+# 2-4. one process per model, each model built once for its parts (estimates from the earlier H100 rows: teacher
+#    ~155 s = start and build ~20, ttft ~60, prefix ~30, serving ~45; H1-40 ~130 s = 20 + 50 + 25 + 35; H1-30
+#    ~115 s = 20 + 55 + 40; the timeouts below add margins, and the last step gets what is left of the 520 s, so
+#    H1-30's serving is what an overrun costs first):
 #    ttft: batch 1 at 16k/32k/64k/128k, chunked (4096) then unchunked; a prefill that runs out of memory
-#      (the teacher's unchunked 128k, probably) is a row with out_of_memory;
+#      (the teacher's unchunked 128k, probably) is a row with out_of_memory; the hybrids also at 64k chunked in
+#      the other prefill layout (the two layouts end to end, same run);
 #    prefix (teacher and H1-40): 32 requests (not 256: the time limit) sharing a 4k prefix, 256-token distinct
 #      suffixes, 256 new tokens each, without and with the prefix cache, from a 72 GiB budget;
 #    serving: 6 requests (as many as the teacher's slots; fewer than the issue's, for the time limit) of 32k
@@ -38,14 +42,14 @@ START=$(date +%s)
 if [ "${1:-}" = "--tiny" ]; then
     COMMON=(--tiny --device cpu --repeats 1 --chunk 16 --budget-gib 0.002 --reserve-gib 0)
     PROFILE=(--profile-lengths 32 64 --profile-repeats 1 --scan-tile-lengths 64)
-    TTFT=(--prompts 24 40)
+    TTFT=(--prompts 24 40 --other-layout-prompts 40)
     PREFIX=(--prefix-requests 3 --prefix-tokens 19 --suffix-tokens 4 --prefix-new 3 --block-size 8
             --prefix-cache-gib 0.0005)
     SERVING=(--serve-prompt 20 --serve-new 4 --serve-requests 3)
 else
     COMMON=(--repeats 1 --chunk 4096 --budget-gib 72 --reserve-gib 3)
     PROFILE=(--profile-lengths 16384 32768 65536 131072 --profile-repeats 5 --scan-tile-lengths 65536 131072)
-    TTFT=(--prompts 16384 32768 65536 131072)
+    TTFT=(--prompts 16384 32768 65536 131072 --other-layout-prompts 65536)
     PREFIX=(--prefix-requests 32 --prefix-tokens 4096 --suffix-tokens 256 --prefix-new 256 --block-size 512
             --prefix-cache-gib 2)
     SERVING=(--serve-prompt 32768 --serve-new 1024 --serve-requests 6)
@@ -105,9 +109,9 @@ MODEL=("${COMMON[@]}" --prefill-layout "$LAYOUT" --modes chunked unchunked --ser
 # timeouts: what each model needs by the estimates above plus a margin; the last takes what is left
 step teacher 190 --models teacher --part ttft prefix serving "${MODEL[@]}" \
     --part-seconds ttft=75 prefix=40 serving=45
-step h1-40 150 --models H1-40 --part ttft prefix serving "${MODEL[@]}" \
-    --part-seconds ttft=55 prefix=35 serving=40
-step h1-30 150 --models H1-30 --part ttft serving "${MODEL[@]}" --part-seconds ttft=55 serving=45
+step h1-40 155 --models H1-40 --part ttft prefix serving "${MODEL[@]}" \
+    --part-seconds ttft=60 prefix=35 serving=40
+step h1-30 150 --models H1-30 --part ttft serving "${MODEL[@]}" --part-seconds ttft=60 serving=45
 
 "$PYTHON" benchmarks/prefill_throughput.py --summarize "$ROWS" > "$OUT/summary.md" 2>> "$STATUS"
 cat "$OUT/summary.md"

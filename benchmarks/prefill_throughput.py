@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.decode_throughput import MODELS, add_model_dims, evenly_spread  # noqa: E402
 from modeling_apriel_h1 import AprielH1Config, AprielH1ForCausalLM  # noqa: E402
-from modeling_apriel_h1.configuration_apriel_h1 import PREFILL_LAYOUTS  # noqa: E402
+from modeling_apriel_h1.configuration_apriel_h1 import MAMBA, PREFILL_LAYOUTS  # noqa: E402
 from modeling_apriel_h1.decode_state import bytes_per_sequence  # noqa: E402
 from modeling_apriel_h1.decoding import DecodeEngine  # noqa: E402
 from modeling_apriel_h1.ops import resolve_ops  # noqa: E402
@@ -229,16 +229,24 @@ def failure_recorded(row: dict) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------ time to first token
 def ttft_part(model, kind: str, args: argparse.Namespace, device: torch.device, rows: Rows, clock: PartClock) -> None:
-    with failure_recorded({}):
-        warm_up_ttft(model, args, device)
-    planned = [dict(part="ttft", model=kind, prompt=length, mode=mode, chunk=chunk,
-                    prefill_layout=model.config.prefill_layout)
+    """Every prompt in every mode, then (a model with Mamba layers) ``--other-layout-prompts`` chunked in the
+    other prefill layout, for the end-to-end comparison of the two in the same run."""
+    layout = model.config.prefill_layout
+    planned = [dict(part="ttft", model=kind, prompt=length, mode=mode, chunk=chunk, prefill_layout=layout)
                for length in args.prompts for mode, chunk in modes(args.modes, args, length).items()]
+    if MAMBA in model.config.layer_types:
+        other = next(name for name in PREFILL_LAYOUTS if name != layout)
+        planned += [dict(part="ttft", model=kind, prompt=length, mode="chunked", chunk=args.chunk, prefill_layout=other)
+                    for length in args.other_layout_prompts]
     for row in clock.each(planned):
         if "skipped" not in row:
             with failure_recorded(row):
+                if model.config.prefill_layout != row["prefill_layout"] or row is planned[0]:
+                    model.config.prefill_layout = row["prefill_layout"]  # every mixer reads the model's config
+                    warm_up_ttft(model, args, device)
                 ttft_row(model, random_prompt(row["prompt"], args.vocab, seed=row["prompt"]), row, args, device)
         rows.add(row)
+    model.config.prefill_layout = layout
 
 
 def warm_up_ttft(model, args: argparse.Namespace, device: torch.device) -> None:
@@ -495,16 +503,18 @@ def summarize(rows: list[dict]) -> str:
     ttft = [row for row in rows if row["part"] == "ttft"]
     if ttft:
         models = list(dict.fromkeys(row["model"] for row in ttft))
-        by_key = {(row["prompt"], row["mode"], row["model"]): row for row in ttft}
-        out += ["| prompt | mode | " + " | ".join(f"{model} s" for model in models) + " | peak over engine GiB ("
-                + " / ".join(models) + ") |", "| ---: | --- |" + " ---: |" * (len(models) + 1)]
-        for prompt, mode in dict.fromkeys((row["prompt"], row["mode"]) for row in ttft):
-            cells = [by_key.get((prompt, mode, model)) for model in models]
-            base = by_key.get((prompt, mode, "teacher"))
-            out.append(f"| {prompt} | {mode} | " + " | ".join(
+        by_key = {(row["prompt"], row["mode"], row["prefill_layout"], row["model"]): row for row in ttft}
+        teacher = {(row["prompt"], row["mode"]): row for row in ttft if row["model"] == "teacher"}
+        out += ["| prompt | mode | Mamba prefill | " + " | ".join(f"{model} s" for model in models)
+                + " | peak over engine GiB (" + " / ".join(models) + ") |",
+                "| ---: | --- | --- |" + " ---: |" * (len(models) + 1)]
+        for prompt, mode, layout in dict.fromkeys((row["prompt"], row["mode"], row["prefill_layout"]) for row in ttft):
+            base = teacher.get((prompt, mode))
+            cells = [base if model == "teacher" else by_key.get((prompt, mode, layout, model)) for model in models]
+            out.append(f"| {prompt} | {mode} | {layout} | " + " | ".join(
                 cell(row, "seconds") + (ratio(row, base, "seconds") if row is not base else "") for row in cells)
                 + " | " + " / ".join(cell(row, "peak_over_engine_gib", 2) for row in cells) + " |")
-        out.append(f"\nMamba layers prefill {ttft[0]['prefill_layout']}.\n")
+        out.append("")
     prefix = [row for row in rows if row["part"] == "prefix"]
     if prefix:
         out += ["| model | prefix cache | requests | slots | tokens/s | TTFT p50 s | TTFT p99 s | cached tokens |",
@@ -573,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(Triton only)")
     parser.add_argument("--prefill-layout", default="token_major", choices=PREFILL_LAYOUTS,
                         help="the models' Mamba prefill layout (ttft, serving, prefix)")
+    parser.add_argument("--other-layout-prompts", type=int, nargs="*", default=[],
+                        help="ttft: also these prompts, chunked, in the other prefill layout (hybrids only)")
     parser.add_argument("--part-seconds", nargs="+", default=[], metavar="PART=SECONDS",
                         help="per model, start no row of PART after SECONDS (its rows are written as skipped)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

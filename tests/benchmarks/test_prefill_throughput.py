@@ -24,15 +24,17 @@ TINY = ["--layers", "4", "--hidden", "64", "--intermediate", "128", "--heads", "
 def test_every_part_runs_at_tiny_dims_on_the_cpu(tmp_path):
     output = tmp_path / "rows.json"
     main([*TINY, "--part", "ttft", "serving", "prefix", "--profile-mamba-prefill", "--models", "teacher", "H1-40",
-          "--prompts", "24", "40", "--chunk", "16", "--budget-gib", "0.002", "--reserve-gib", "0",
+          "--prompts", "24", "40", "--chunk", "16", "--other-layout-prompts", "40",
+          "--budget-gib", "0.002", "--reserve-gib", "0",
           "--serve-prompt", "20", "--serve-new", "4", "--serve-requests", "3",
           "--prefix-requests", "3", "--prefix-tokens", "19", "--suffix-tokens", "4", "--prefix-new", "3",
           "--block-size", "8", "--prefix-cache-gib", "0.0005", "--profile-lengths", "32", "--json", str(output)])
     rows = json.loads(output.read_text())["rows"]
     ttft = [row for row in rows if row["part"] == "ttft"]
-    assert {(row["model"], row["prompt"], row["mode"]) for row in ttft} == {
-        (model, prompt, mode) for model in ("teacher", "H1-40") for prompt in (24, 40) for mode in ("unchunked",
-                                                                                                     "chunked")}
+    assert [(row["model"], row["prompt"], row["mode"], row["prefill_layout"]) for row in ttft] == [
+        (model, prompt, mode, "token_major") for model in ("teacher", "H1-40") for prompt in (24, 40)
+        for mode in ("unchunked", "chunked")
+    ] + [("H1-40", 40, "chunked", "channel_major")]  # --other-layout-prompts: hybrids only
     assert all(row["seconds"] > 0 for row in ttft)
     serving = [row for row in rows if row["part"] == "serving"]
     assert len(serving) == 4 and all(row["requests"] == 3 and row["ttft_p99"] >= row["ttft_p50"] > 0
