@@ -8,7 +8,7 @@
 #
 # 1. profile (~50 s): one Mamba layer's prefill at 16k/32k/64k/128k tokens, token-major (the reference layout)
 #    and channel-major side by side: whole prefill (one call, and 4096-token calls carrying the states) and its
-#    pieces; at 64k and 128k also the forward scan kernel alone for five candidate tiles. The faster layout at the longest length both measured is the one the
+#    pieces; at 64k and 128k also the forward scan kernel alone for six candidate tiles. The faster layout at the longest length both measured is the one the
 #    models below prefill in (written to layout.txt; token-major if in doubt).
 # 2-4. one process per model, each model built once for its parts (estimates from the earlier H100 rows: teacher
 #    ~155 s = start and build ~20, ttft ~60, prefix ~30, serving ~45; H1-40 ~130 s = 20 + 50 + 25 + 35; H1-30

@@ -377,7 +377,8 @@ def profile_mamba_part(args: argparse.Namespace, device: torch.device, rows: Row
     release()
 
 
-SCAN_TILE_CANDIDATES = [(64, 1), (128, 1), (128, 2), (256, 2), (32, 1)]  # (chunk, warps); the first is SCAN_TILES
+# (chunk, warps) of the forward scan; the first is SCAN_TILES (chunk 64, 1 warp: 128 registers, 16 programs per SM)
+SCAN_TILE_CANDIDATES = [(64, 1), (128, 1), (64, 2), (128, 2), (256, 2), (32, 1)]
 
 
 def scan_tiles_rows(mixer, ops, length: int, args: argparse.Namespace, device: torch.device, rows: Rows) -> None:
