@@ -24,6 +24,7 @@ from .layer_types import (
 )
 
 KERNEL_BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
+PREFILL_LAYOUTS = ("token_major", "channel_major")
 
 
 @strict
@@ -62,6 +63,10 @@ class AprielH1Config(PreTrainedConfig):
         mamba_dt_min, mamba_dt_max, mamba_dt_init_floor, mamba_dt_scale (`float`): time-step initialisation range.
         kernel_backend (`str`): `"auto"`, `"reference"`, `"triton"` or `"mamba_ssm"`; the environment variable
             `APRIEL_H1_KERNELS` overrides it.
+        prefill_layout (`str`): how a Mamba layer's prefill lays out its projections for the conv and scan
+            kernels, which read time with unit stride. `"token_major"`: the projections' own (batch, seq, channels)
+            outputs, transposed by copies; `"channel_major"`: the projections computed as W @ hidden^T, which
+            writes (batch, channels, seq) directly, so that no transposing copy runs. Same result either way.
     """
 
     model_type = "apriel_h1"
@@ -113,6 +118,7 @@ class AprielH1Config(PreTrainedConfig):
     mamba_dt_init_floor: float = 1e-4
     mamba_dt_scale: float = 1.0
     kernel_backend: str = "auto"
+    prefill_layout: str = "token_major"
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -156,6 +162,10 @@ class AprielH1Config(PreTrainedConfig):
             )
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(f"kernel_backend is {self.kernel_backend!r}; choose one of {KERNEL_BACKENDS}")
+        if self.prefill_layout not in PREFILL_LAYOUTS:
+            raise ValueError(
+                f"prefill_layout is {self.prefill_layout!r}; choose one of {PREFILL_LAYOUTS}"
+            )
         if MAMBA not in self.layer_types:
             return
         state = self.mamba_d_state

@@ -87,6 +87,26 @@ def _repeat_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch
     return grouped.expand(*lead, width // group_size, repeats, group_size).reshape(*lead, width * repeats)
 
 
+def _repeat_channel_groups(tensor: torch.Tensor, group_size: int, repeats: int) -> torch.Tensor:
+    """``_repeat_groups`` along the channel axis of a (batch, channels, seq) tensor."""
+    if repeats == 1:
+        return tensor
+    batch, width, length = tensor.shape
+    grouped = tensor.view(batch, width // group_size, 1, group_size, length)
+    return grouped.expand(-1, -1, repeats, -1, -1).reshape(batch, width * repeats, length)
+
+
+def _linear_channel_major(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(inputs, weight, bias)`` for inputs (batch, seq, in), returned as (batch, out, seq) contiguous:
+    one GEMM per batch row, weight @ row^T, which writes the transposed layout itself (``torch.matmul`` would
+    fold the batch into the rows and hand back a transposed view of the token-major result)."""
+    rows = [
+        weight @ row.transpose(0, 1) if bias is None else torch.addmm(bias[:, None], weight, row.transpose(0, 1))
+        for row in inputs.unbind(0)
+    ]
+    return rows[0][None] if len(rows) == 1 else torch.stack(rows)
+
+
 def _packed_document_starts(
     position_ids: torch.Tensor | None, batch_size: int, attention_mask: torch.Tensor | None, cache: Cache | None
 ) -> torch.Tensor | None:
@@ -221,6 +241,46 @@ class AprielH1Mamba(nn.Module):
             cache_layer.update_recurrent_state(new_ssm_state)
         return out
 
+    def _project_token_major(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """The prefill's kernel inputs from the projections' (batch, seq, channels) outputs, as transposed views:
+        z, x (x widened to d_inner) and dt (batch, d_inner, seq); B, C (batch, groups, d_state, seq). The kernels
+        copy each to unit time stride (the layout copies ``prefill_layout="channel_major"`` avoids)."""
+        batch, seq_len, _ = hidden_states.shape
+        z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
+        dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
+        if padding_mask is not None:
+            # padded positions must not reach the conv window or the state: a zero input leaves both untouched
+            x = x * padding_mask[..., None].to(x.dtype)
+        x = _repeat_groups(x, self.d_state, self.repeat_group).transpose(1, 2)  # (batch, d_inner, seq)
+        B = _repeat_groups(B, self.d_state, self.repeat_group)
+        B = B.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)  # (batch, G, N, seq)
+        C = C.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)
+        return z.transpose(1, 2), x, B, C, dt.transpose(1, 2)
+
+    def _project_channel_major(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """What ``_project_token_major`` returns, with unit time stride from the start: each projection runs as
+        W @ hidden^T per batch row, so the GEMM writes (channels, seq) and z, C and dt are views of its output.
+        Only x and B are copied, to repeat them over the query groups (a copy along channels, at full bandwidth,
+        where the token-major layout transposes five tensors)."""
+        batch, seq_len, _ = hidden_states.shape
+        zxbc = _linear_channel_major(hidden_states, self.in_proj.weight, self.in_proj.bias)
+        z, x, B, C = zxbc.split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=1)
+        low_rank = _linear_channel_major(hidden_states, self.dt_in_proj.weight, self.dt_in_proj.bias)
+        dt_bias = self.dt_proj.bias if self.config.mamba_dt_bias_in_projection else None
+        dt = _linear_channel_major(low_rank.transpose(1, 2), self.dt_proj.weight, dt_bias)  # (batch, d_inner, seq)
+        if padding_mask is not None:
+            x = x * padding_mask[:, None, :].to(x.dtype)
+        x = _repeat_channel_groups(x, self.d_state, self.repeat_group)  # (batch, d_inner, seq)
+        groups_kv = self.d_xb // self.d_state
+        B = B.view(batch, groups_kv, 1, self.d_state, seq_len).expand(-1, -1, self.repeat_group, -1, -1)
+        B = B.reshape(batch, self.num_groups, self.d_state, seq_len)
+        C = C.view(batch, self.num_groups, self.d_state, seq_len)
+        return z, x, B, C, dt
+
     def prefill(
         self,
         hidden_states: torch.Tensor,
@@ -241,21 +301,13 @@ class AprielH1Mamba(nn.Module):
         the states the previous one returned, computes what one call over the whole prompt computes (the conv
         reads its window across the chunk boundary, the scan continues its recurrence): the decode engine's
         chunked prefill and its prefix cache rely on this. The inputs are left as they are."""
-        batch, seq_len, _ = hidden_states.shape
         ops = self.kernels(hidden_states.device)
         if document_starts is not None:
             ops = backend_for_packed_rows(ops)
-        z, x, B, C = self.in_proj(hidden_states).split([self.d_inner, self.d_xb, self.d_xb, self.d_inner], dim=-1)
-        dt = self._time_step(hidden_states)  # (batch, seq, d_inner)
-        if padding_mask is not None:
-            # padded positions must not reach the conv window or the state: a zero input leaves both untouched
-            x = x * padding_mask[..., None].to(x.dtype)
-        x = _repeat_groups(x, self.d_state, self.repeat_group).transpose(1, 2)  # (batch, d_inner, seq)
-        B = _repeat_groups(B, self.d_state, self.repeat_group)
-        B = B.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)  # (batch, G, N, seq)
-        C = C.view(batch, seq_len, self.num_groups, self.d_state).permute(0, 2, 3, 1)
-        z = z.transpose(1, 2)
-        dt = dt.transpose(1, 2)
+        if self.config.prefill_layout == "channel_major":
+            z, x, B, C, dt = self._project_channel_major(hidden_states, padding_mask)
+        else:
+            z, x, B, C, dt = self._project_token_major(hidden_states, padding_mask)
         A = -torch.exp(self.A_log.float())
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
