@@ -535,6 +535,15 @@ def side_by_side_runs(size: StudySize) -> list[tuple[str, str, int]]:
     return [(part, arm, seed) for part, arm in arms for seed in size.seeds]
 
 
+def sweep_processes(size: StudySize) -> list[tuple[str, str, int]]:
+    """(part, arm, seed 0) of every sweep, one process per arm (``--list-sweep-runs`` prints them for
+    ``method_study_one_gpu.sh``): the recipe's arm first, whose curve and sweep say most."""
+    lr_arms = [BASELINE] + [arm for group in ABLATIONS.values() for arm in group if arm not in ("one_shot", "loo_only")]
+    curve_arms = [BASELINE] + (["traces_only"] if size.real_text_share else [])
+    runs = [("token-curve", arm, 0) for arm in curve_arms] + [("lr-sweep", arm, 0) for arm in lr_arms]
+    return sorted(runs, key=lambda run: run[1] != BASELINE)
+
+
 def run_part_ablations(output: Path, size: StudySize, part: str, only: set[str] | None) -> list[dict]:
     arms = {arm: changes for arm, changes in {BASELINE: {}, **ABLATIONS[part]}.items() if only is None or arm in only}
     return [run_ablation_arm(output, size, arm, changes, seed) for arm, changes in arms.items() for seed in size.seeds]
@@ -639,9 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds of the ablation arms (default: 0,1)")
     parser.add_argument("--list-runs", action="store_true",
                         help="print 'part arm seed' for every ablation run of --size and exit (runs nothing)")
+    parser.add_argument("--list-sweep-runs", action="store_true",
+                        help="print 'part arm seed' for every lr-sweep and token-curve process and exit (runs nothing)")
     args = parser.parse_args(argv)
-    if args.list_runs:
-        for part, arm, seed in side_by_side_runs(TEACHERS[args.teacher][args.size]):
+    if args.list_runs or args.list_sweep_runs:
+        size = TEACHERS[args.teacher][args.size]
+        for part, arm, seed in side_by_side_runs(size) if args.list_runs else sweep_processes(size):
             print(part, arm, seed)
         return 0
     if args.size == "gpu" and not torch.cuda.is_available() and args.part not in ("report",):

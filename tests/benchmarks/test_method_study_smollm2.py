@@ -217,3 +217,14 @@ def test_the_distillation_data_mixes_in_real_text_at_the_asked_share(tmp_path):
     assert traces_only.distill["data"] == "synthetic"
     assert method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0,
                                         {"distill.max_steps": 800}).distill["save_steps"] == 100
+
+
+def test_every_sweep_arm_is_one_process_the_recipe_first(capsys):
+    size = method_study.SMOLLM2_SIZES["gpu"]
+    runs = method_study.sweep_processes(size)
+    assert runs[:3] == [("token-curve", "recipe", 0), ("lr-sweep", "recipe", 0), ("token-curve", "traces_only", 0)]
+    lr_arms = {arm for part, arm, _ in runs if part == "lr-sweep"}
+    assert lr_arms == {name.rsplit("-lr", 1)[0] for name, _, _ in method_study.sweep_runs(size, "lr-sweep", 30)}
+    assert ("token-curve", "traces_only", 0) not in method_study.sweep_processes(method_study.SIZES["gpu"])
+    assert method_study.main(["--teacher", "smollm2", "--list-sweep-runs"]) == 0  # no CUDA needed to list them
+    assert capsys.readouterr().out.splitlines() == [f"{part} {arm} {seed}" for part, arm, seed in runs]
