@@ -66,11 +66,11 @@ from benchmarks.study_text import held_out_real_text, text_rows, training_docume
 from benchmarks.study_teacher import (  # noqa: E402
     FineTunedTeacherSpec,
     default_base_file,
-    file_sha256,
     fine_tune_teacher,
     import_base_model,
 )
 from conversion.atomic_io import write_json_atomically  # noqa: E402
+from conversion.gguf import file_sha256  # noqa: E402
 from cli import UsageError, command_line  # noqa: E402
 from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
 from recipes.training.data import tokenize_conversation  # noqa: E402

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli import UsageError
-from conversion.gguf import file_sha256, import_gguf, smollm2_gguf
+from conversion.gguf import import_gguf, smollm2_gguf
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft
 
 

@@ -49,7 +49,6 @@ IGNORE_INDEX = -100
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 DOCUMENTS = "documents"  # packed rows, each conversation computed alone (what `packing: true` means)
 CROSS_DOCUMENT = "cross_document"  # packed rows, one long sequence each
-PACKING_CHOICES = (False, True, DOCUMENTS, CROSS_DOCUMENT)
 
 
 def packing_mode(packing: bool | str) -> str | None:
