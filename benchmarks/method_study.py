@@ -158,7 +158,7 @@ SMOLLM2_SIZES = {
         scoring_check_problems=2, real_text_tokens=256, real_text_share=0.25, packing=True, token_curve_steps=(1, 2),
     ),
     "gpu": StudySize(
-        teacher=FineTunedTeacherSpec(train_steps=1200, batch_size=32, learning_rate=2e-4, max_seq_length=320,
+        teacher=FineTunedTeacherSpec(train_steps=800, batch_size=32, learning_rate=2e-4, max_seq_length=320,
                                      num_examples=40_000),
         eval_problems=256, max_new_tokens=192, recipe_targets=(15, 18, 22), ablation_targets=(15, 22),
         distill_steps=200, distill_batch=32, distill_learning_rate=3e-4, distill_examples=20_000,
