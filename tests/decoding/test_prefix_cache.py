@@ -110,12 +110,19 @@ def test_an_evicted_prefix_is_recomputed_and_gives_the_same_tokens(model):
     assert len(cache.lookup(a)) == 3 and len(cache.lookup(b)) == 1
 
 
-def test_eviction_takes_the_least_recently_used_block_that_no_block_continues():
+def zero_block_cache(blocks: int) -> tuple[PrefixCache, dict, dict]:
+    """An empty pool of ``blocks`` blocks of 2 tokens, and all-zero KV and Mamba snapshots of the tiny model to
+    store in it (what the blocks hold does not matter to the pool's bookkeeping)."""
     model = AprielH1ForCausalLM(tiny_config()).eval()
-    cache = PrefixCache(model, blocks=3, block_size=2)
+    cache = PrefixCache(model, blocks=blocks, block_size=2)
     kv = {index: torch.zeros(2, 2, 16) for index in cache.keys}
     mamba = {index: (torch.zeros(1, *cache.conv[index].shape[1:]), torch.zeros(1, *cache.ssm[index].shape[1:]))
              for index in cache.conv}
+    return cache, kv, mamba
+
+
+def test_eviction_takes_the_least_recently_used_block_that_no_block_continues():
+    cache, kv, mamba = zero_block_cache(blocks=3)
     first = cache.add(ROOT, [1, 2], kv, kv, mamba)
     second = cache.add(first, [3, 4], kv, kv, mamba)
     other = cache.add(ROOT, [9, 9], kv, kv, mamba)
@@ -127,11 +134,7 @@ def test_eviction_takes_the_least_recently_used_block_that_no_block_continues():
 
 
 def test_a_block_is_not_stored_when_every_block_is_needed_by_the_chain_being_written():
-    model = AprielH1ForCausalLM(tiny_config()).eval()
-    cache = PrefixCache(model, blocks=1, block_size=2)
-    kv = {index: torch.zeros(2, 2, 16) for index in cache.keys}
-    mamba = {index: (torch.zeros(1, *cache.conv[index].shape[1:]), torch.zeros(1, *cache.ssm[index].shape[1:]))
-             for index in cache.conv}
+    cache, kv, mamba = zero_block_cache(blocks=1)
     first = cache.add(ROOT, [1, 2], kv, kv, mamba)
     assert cache.add(first, [3, 4], kv, kv, mamba) is None  # its parent may not be evicted to make room
     assert cache.lookup([1, 2, 3, 4, 5]) == [first]
