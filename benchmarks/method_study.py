@@ -43,10 +43,8 @@ prompt, median of repeats after a warm-up); on a CPU it is recorded as null and 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -62,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from benchmarks.study_files import RECIPE_FILE, SPEEDS_FILE, TEACHER_FILE  # noqa: E402
 from benchmarks.study_scores import engine_exact_match, real_text_perplexity, teacher_forced_scores  # noqa: E402
-from benchmarks.study_text import held_out_real_text, text_rows, training_documents  # noqa: E402
 from benchmarks.study_teacher import (  # noqa: E402
     FineTunedTeacherSpec,
     default_base_file,
@@ -74,12 +71,14 @@ from conversion.gguf import file_sha256  # noqa: E402
 from cli import UsageError, command_line  # noqa: E402
 from modeling_apriel_h1.engine.decoding import DecodeEngine  # noqa: E402
 from recipes.training.data import tokenize_conversation  # noqa: E402
+from recipes.training.text_mix import PYTHON_DOCS  # noqa: E402
 from recipes.evaluation.decode_cache import decode_cache_bytes  # noqa: E402
 from recipes.training.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402
+from recipes.training.real_text import held_out_real_text  # noqa: E402
 from recipes.merge import merge_checkpoints  # noqa: E402
 from recipes.schedule import ScheduleConfig, run_schedule  # noqa: E402
 from recipes.sft import RECORD_FILE as SFT_RECORD, SFTRecipe, run_sft  # noqa: E402
-from recipes.training.synthetic import ANSWER_PREFIX, generate_problems, synthetic_conversations  # noqa: E402
+from recipes.training.synthetic import ANSWER_PREFIX, generate_problems  # noqa: E402
 from recipes.tiny_teacher import TinyTeacherSpec, ensure_tiny_teacher, training_record  # noqa: E402
 
 DISTILL_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "distill_tiny.yaml"
@@ -253,10 +252,8 @@ def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple
         "logging_steps": max(1, size.distill_steps // 10),
         "eval_examples": 0, "synthetic_examples": size.distill_examples, "max_seq_length": size.max_seq_length,
         "learning_rate": size.distill_learning_rate, "per_device_batch_size": size.distill_batch, "seed": seed,
-        "data_seed": seed, "bf16": size.bf16, "packing": size.packing,
+        "data_seed": seed, "bf16": size.bf16, "packing": size.packing, **real_text_settings(size),
     }
-    if size.real_text_share:
-        distill["data"] = str(traces_and_text_data(output, size, seed))
     values = {
         "teacher": str(teacher_dir(output)), "output_dir": str(run_dir), "targets": list(targets), "seed": seed,
         "later_importance": size.later_importance,
@@ -273,6 +270,7 @@ def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple
             path, ratio = answers_only_data(output, size, seed)
             distill["data"] = str(path)  # fewer tokens per row: more steps so the token budget matches
             distill["max_steps"] = round(size.distill_steps * ratio)
+            distill.update(text_data=None, text_share=0.0)  # the answers alone, as the arm has always been run
         elif key.startswith("distill."):
             distill[key.removeprefix("distill.")] = value
         else:
@@ -281,42 +279,11 @@ def schedule_config(output: Path, run_dir: Path, size: StudySize, targets: tuple
     return ScheduleConfig(**values)
 
 
-def traces_and_text_data(output: Path, size: StudySize, seed: int) -> Path:
-    """The distillation problems (the traces of ``distill_examples`` synthetic problems of ``seed``) with real-text
-    rows (``benchmarks.study_text``'s training share, cycled in shuffled passes) mixed in so that about
-    ``real_text_share`` of the tokens are real text; a JSONL file written once, with a JSON file beside it that
-    says what is in it."""
-    path = output / "data" / f"traces_and_text_seed{seed}.jsonl"
-    if path.is_file():
-        return path
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir(output))
-    conversations = [{"messages": row["messages"]} for row in synthetic_conversations(size.distill_examples, seed)]
-    documents, description = training_documents()
-    pieces = text_rows(documents, max_chars=size.max_seq_length * 3)  # ~3-4 characters a token: one row each
-    sample = conversations[:256]
-    trace_tokens = len(conversations) * sum(
-        len(tokenize_conversation(row["messages"], tokenizer, size.max_seq_length)["input_ids"]) for row in sample
-    ) / len(sample)
-    generator = random.Random(seed)
-    measured = generator.sample(pieces, min(len(pieces), 1024))
-    piece_tokens = sum(len(ids) for ids in tokenizer(measured, truncation=True,  # as training reads them
-                                                     max_length=size.max_seq_length)["input_ids"]) / len(measured)
-    wanted = round(trace_tokens * size.real_text_share / (1 - size.real_text_share) / piece_tokens)
-    texts: list[str] = []
-    while len(texts) < wanted:
-        texts.extend(generator.sample(pieces, len(pieces)))
-    rows = conversations + [{"text": text} for text in texts[:wanted]]
-    generator.shuffle(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    write_json_atomically(path.with_suffix(".json"), {
-        "conversations": len(conversations), "text_rows": wanted, "text_passes": wanted / len(pieces),
-        "real_text_share_of_tokens": wanted * piece_tokens / (wanted * piece_tokens + trace_tokens),
-        "real_text": description, "real_text_sha256": hashlib.sha256("\n\n".join(documents).encode()).hexdigest(),
-    })
-    staging.replace(path)
-    return path
+def real_text_settings(size: StudySize) -> dict:
+    """The stage (and SFT) settings that mix the training share of Python's documentation into the traces at
+    ``real_text_share`` of the tokens (none at 0); the held-out text that perplexity is measured on is never in it
+    (``recipes.training.real_text``)."""
+    return {"text_data": PYTHON_DOCS if size.real_text_share else None, "text_share": size.real_text_share}
 
 
 def answers_only_data(output: Path, size: StudySize, seed: int) -> tuple[Path, float]:
@@ -436,9 +403,8 @@ def sft_and_merge(output: Path, stage_dir: Path, size: StudySize, seed: int) -> 
     distilled = stage_dir / "distill" / "final"
     sft_dir = stage_dir / "sft"
     if not (sft_dir / "final" / SFT_RECORD).is_file():
-        data = str(traces_and_text_data(output, size, seed)) if size.real_text_share else "synthetic"
-        run_sft(SFTRecipe(model=str(distilled), output_dir=str(sft_dir), data=data, packing=size.packing,
-                          synthetic_examples=size.distill_examples,
+        run_sft(SFTRecipe(model=str(distilled), output_dir=str(sft_dir), packing=size.packing,
+                          synthetic_examples=size.distill_examples, **real_text_settings(size),
                           max_seq_length=size.max_seq_length, learning_rate=size.distill_learning_rate / 10,
                           max_steps=size.sft_steps, save_steps=size.sft_steps,
                           logging_steps=max(1, size.sft_steps // 10), per_device_train_batch_size=size.distill_batch,
@@ -517,7 +483,8 @@ def sweep_runs(size: StudySize, part: str, num_layers: int, only: set[str] | Non
     curve = [(f"{BASELINE}-steps{steps}", {"distill.max_steps": steps}, (num_layers // 2,))
              for steps in size.curve_steps()]
     if size.real_text_share:  # what the real text in the mix does, at the recipe's budget
-        curve.append((f"traces_only-steps{size.distill_steps}", {"distill.data": "synthetic"}, (num_layers // 2,)))
+        curve.append((f"traces_only-steps{size.distill_steps}", {"distill.text_data": None, "distill.text_share": 0.0},
+                      (num_layers // 2,)))
     return [run for run in curve if only is None or run[0].rsplit("-steps", 1)[0] in only]
 
 

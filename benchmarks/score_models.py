@@ -2,7 +2,7 @@
 
 For each model: KL(model || teacher) and KL(teacher || model) per assistant token of the reference solutions of
 held-out synthetic problems, the model's cross-entropy and top-1 accuracy on them, and perplexity on held-out real
-English text (``benchmarks.study_text``: the last tenth of pydoc's topics); with ``--exact-match``, the share of
+English text (``recipes.training.real_text``: the last tenth of pydoc's topics); with ``--exact-match``, the share of
 those problems a greedy ``generate()`` answers exactly. The teacher is scored too, as the reference row.
 
     python benchmarks/score_models.py --teacher outputs/smollm2/teacher \
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import modeling_apriel_h1  # noqa: E402,F401  (registers apriel_h1 with the Auto classes)
 from benchmarks.study_scores import real_text_perplexity, teacher_forced_scores  # noqa: E402
-from benchmarks.study_text import held_out_real_text  # noqa: E402
+from recipes.training.real_text import held_out_real_text  # noqa: E402
 from cli import UsageError, command_line, model_source  # noqa: E402
 from conversion.atomic_io import write_json_atomically  # noqa: E402
 from recipes.training.held_out import HELD_OUT_SEED, score_on_problems  # noqa: E402

@@ -5,8 +5,8 @@
   (KL(model || teacher) is what the recipe's reverse-KL distillation minimises). Padding is told apart by the
   rows' lengths, never by the pad id (a tokenizer whose pad token is its end-of-turn token is common).
 * :func:`real_text_perplexity`: perplexity on held-out real English text that ships with Python itself
-  (``benchmarks.study_text.held_out_real_text``), so that a distillation on task data alone shows what it costs the model's
-  language ability. Nothing is downloaded.
+  (``recipes.training.real_text.held_out_real_text``), so that a distillation on task data alone shows what it
+  costs the model's language ability. Nothing is downloaded.
 * :func:`engine_exact_match`: exact match of greedy answers decoded by the package's decode engine (CUDA graphs
   on a GPU), the same scoring as ``recipes.training.held_out.score_on_problems`` at a fraction of the time.
 """

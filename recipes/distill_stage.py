@@ -7,7 +7,8 @@ The config (every key documented in the YAML file) names the teacher, the studen
 directory), the data and the optimisation. Checkpoints go to ``output_dir/checkpoint-N`` (safetensors
 weights, optimizer, RNG state, and ``checkpoint_state.json`` with the tokens seen, written last so a
 checkpoint without it is known to be incomplete); ``--resume`` continues from the newest complete one. The
-distilled student is saved to ``output_dir/final``.
+distilled student is saved to ``output_dir/final``, with ``training_data.json``: the data source, the held-out rows
+and the real text mixed in (``text_data``/``text_share``: rows, share of tokens, source and its sha256).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import (
 
 import modeling_apriel_h1  # noqa: F401  (registers AprielH1ForCausalLM with the Auto classes)
 from cli import command_line, model_source
+from conversion.atomic_io import write_json_atomically
 from conversion.record import RECORD_FILE
 from recipes.training.checkpoints import latest_complete_checkpoint, mark_checkpoint_complete
 from recipes.training.data import build_dataset, flattens_packed_rows, load_conversations, training_collator
@@ -38,9 +40,11 @@ from recipes.training.kd_loss_liger import check_liger_backend
 from recipes.training.pairing import check_architectures_match, check_conversion_record, check_tokenizers_match
 from recipes.training.speed_levers import checkpoint_first_layers, compile_decoder_layers
 from recipes.training.stage_config import StageConfig, load_stage_config
+from recipes.training.text_mix import describe_mix, mix_in_text
 from recipes.training.trainable import select_trainable_parameters
 
 FINAL_DIR = "final"
+DATA_RECORD_FILE = "training_data.json"  # in FINAL_DIR: what the stage trained on (source, held-out rows, text mixed in)
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,6 +133,14 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     if config.eval_examples:
         split = rows.train_test_split(test_size=config.eval_examples, seed=config.data_seed)
         rows, eval_rows = split["train"], split["test"]
+    # Text joins the training rows only: the held-out rows stay task rows, so that the eval KD loss measures the
+    # task alone and stays comparable between runs with and without text.
+    rows, text_mix = mix_in_text(rows, tokenizer, config.max_seq_length, config.text_data, config.text_share,
+                                 config.data_seed)
+    print(describe_mix(text_mix), flush=True)
+    data_record = {"data": config.data, "data_split": config.data_split,
+                   "synthetic_examples": config.synthetic_examples, "data_seed": config.data_seed,
+                   "eval_rows": config.eval_examples, "text_mix": text_mix}
     train_dataset = build_dataset(rows, tokenizer, config.max_seq_length, config.packing)
     eval_dataset = None
     if config.eval_examples:
@@ -163,6 +175,7 @@ def run_stage(config: StageConfig, resume: bool) -> DistillationTrainer:
     if trainer.args.should_save and record.is_file():  # the distilled student keeps its provenance
         shutil.copy2(record, final_dir / RECORD_FILE)
     if trainer.args.should_save:
+        write_json_atomically(final_dir / DATA_RECORD_FILE, data_record)
         mark_checkpoint_complete(final_dir, trainer.checkpoint_state())
     return trainer
 

@@ -8,7 +8,7 @@ every layer of the final target at once, for comparison.
 
 The run is resumable at stage and step granularity: each step of a stage writes its output atomically and is
 skipped when present, distillation resumes from its newest complete checkpoint, and ``run_manifest.json``
-(what each stage replaced, tokens, losses, wall time) is rewritten atomically after every step. Model cards
+(what each stage replaced, tokens, losses, the real text mixed into its data, wall time) is rewritten atomically after every step. Model cards
 read that manifest.
 
     python -m recipes.schedule --config recipes/configs/schedule_tiny.yaml [--set key=value ...]
@@ -31,7 +31,7 @@ from cli import UsageError, command_line, model_source, read_json_if_present, re
 from conversion import convert_checkpoint, least_important_layers, read_importance, teacher_config_sha256
 from conversion.atomic_io import write_json_atomically
 from modeling_apriel_h1.layer_types import mamba_layers_of
-from recipes.distill_stage import FINAL_DIR, run_stage
+from recipes.distill_stage import DATA_RECORD_FILE, FINAL_DIR, run_stage
 from recipes.importance.__main__ import check_arguments as check_importance_arguments
 from recipes.importance.__main__ import main as importance_main
 from recipes.training.random_init import randomise_mixers
@@ -146,8 +146,8 @@ def run_schedule(config: ScheduleConfig, last_target: int | None = None) -> dict
     config continues the run from there); returns the manifest."""
     output_dir = Path(config.output_dir)
     # every input is checked before the first stage writes anything
+    _stage_config(config, output_dir, output_dir)  # the settings first: a wrong value is named whatever the models
     model_source(config.teacher, "teacher", "python -m recipes.tiny_teacher --output DIR", tokenizer=True)
-    _stage_config(config, output_dir, output_dir)
     teacher_config = AutoConfig.from_pretrained(config.teacher)
     already_mamba = len(mamba_layers_of(teacher_config))
     targets = resolve_targets(config, teacher_config.num_hidden_layers, already_mamba)
@@ -264,6 +264,7 @@ def _convert(base: Path, stage_dir: Path, new_layers: list[int], config: Schedul
 def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dict[str, Any]:
     """Distil ``student_dir`` against the original teacher, resuming from the newest complete checkpoint."""
     trainer = run_stage(_stage_config(config, student_dir, output_dir), resume=True)
+    data_record = read_json_if_present(output_dir / FINAL_DIR / DATA_RECORD_FILE, "stage data record")
     history = trainer.state.log_history
     kd = [entry["kd_loss"] for entry in history if "kd_loss" in entry]
     return {
@@ -272,6 +273,7 @@ def _distill(config: ScheduleConfig, student_dir: Path, output_dir: Path) -> dic
         "initial_kd_loss": kd[0] if kd else None,
         "final_kd_loss": kd[-1] if kd else None,
         "kd_loss_curve": [(entry["step"], entry["kd_loss"]) for entry in history if "kd_loss" in entry],
+        "text_mix": (data_record or {}).get("text_mix"),  # the real text mixed into the data (None: none)
     }
 
 

@@ -2,7 +2,8 @@
 
 The data options are the distillation recipe's (``recipes.training.data``): the bundled synthetic traces, local
 jsonl/parquet files, or a ``datasets`` name, in chat or prompt/completion form, rendered with the tokenizer's
-chat template, loss on the assistant tokens only. Checkpoints are safetensors, marked complete as the
+chat template, loss on the assistant tokens only; ``--text-data``/``--text-share`` mix real text in, learned on
+every token (``recipes.training.text_mix``). Checkpoints are safetensors, marked complete as the
 distillation's are (``recipes.training.checkpoints``); ``--resume`` continues from the newest complete one. The final
 model and an ``sft.json`` record (steps, tokens, final loss) land in ``output_dir``.
 
@@ -38,6 +39,7 @@ from recipes.training.data import (
     training_collator,
 )
 from recipes.training.stage_config import checked_values
+from recipes.training.text_mix import check_text_settings, describe_mix, mix_in_text
 from recipes.training.zero3 import register_for_zero3
 
 RECORD_FILE = "sft.json"
@@ -57,6 +59,10 @@ class SFTRecipe:
     output_dir: str = "outputs/sft"
     data: str = SYNTHETIC_SOURCE  # "synthetic", a local .jsonl/.parquet file, or a datasets name
     synthetic_examples: int = 2000  # rows generated when data is "synthetic"
+    # Real text mixed into the data (recipes.training.text_mix): null, "python_docs" (the running Python's own
+    # documentation, its held-out share left out) or a local .txt/.jsonl file; text_share of the tokens (0 <= x < 1).
+    text_data: str | None = None
+    text_share: float = 0.0
     max_seq_length: int = 512
     packing: bool | str = False  # true: packed conversations kept apart; cross_document: one sequence (recipes.training.data)
     learning_rate: float = 2e-5
@@ -88,6 +94,7 @@ def load_recipe(config_path: str | None, overrides: dict[str, object]) -> SFTRec
         raise ValueError(f"unknown SFT settings {unknown} ({where}); the settings are {sorted(known)}")
     recipe = SFTRecipe(**checked_values(values, SFTRecipe, origins))
     packing_mode(recipe.packing)  # an unknown packing mode fails here, before any model is loaded
+    check_text_settings(recipe.text_data, recipe.text_share, origins)
     if not recipe.model:
         raise ValueError("no model to fine-tune: set `model` (a save_pretrained directory) in the config or --model")
     return recipe
@@ -101,6 +108,9 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     rows = load_conversations(recipe.data, synthetic_examples=recipe.synthetic_examples, seed=recipe.seed)
+    rows, text_mix = mix_in_text(rows, tokenizer, recipe.max_seq_length, recipe.text_data, recipe.text_share,
+                                 recipe.seed)
+    print(describe_mix(text_mix), flush=True)
     train_dataset = build_dataset(rows, tokenizer, recipe.max_seq_length, recipe.packing)
     # Packed conversations kept apart: under varlen flash-attention TRL's padding-free collator (enabled by packing
     # with its "bfd" strategy; the rows are already packed, so TRL does not pack again) writes position_ids
@@ -147,6 +157,7 @@ def run_sft(recipe: SFTRecipe, resume: bool = False) -> dict[str, object]:
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "wall_time_s": time.perf_counter() - start,
         "recipe": asdict(recipe),
+        "text_mix": text_mix,  # the real text mixed into the data (None: none)
     }
     with staged_output_dir(output_dir / "final", overwrite=True) as staging:
         trainer.save_model(str(staging))
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
             parser.add_argument(flag, dest=field.name, type=lambda text: text.lower() in ("1", "true", "yes"))
-        elif field.type in ("bool | str", "int", "float"):  # read as YAML: 1e-3, 5e+2, true, a packing mode
+        elif field.type in ("bool | str", "int", "float", "str | None"):  # read as YAML: 1e-3, true, a packing mode, null
             parser.add_argument(flag, dest=field.name, type=load_yaml)  # load_recipe checks type and range
         else:
             parser.add_argument(flag, dest=field.name)

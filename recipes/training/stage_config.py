@@ -17,6 +17,7 @@ import yaml
 
 from cli import UsageError, read_yaml_mapping
 from cli.yaml_values import load_yaml
+from recipes.training.text_mix import check_text_settings
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class StageConfig:
     synthetic_examples: int
     data_seed: int
     eval_examples: int
+    text_data: str | None
+    text_share: float
     max_seq_length: int
     packing: bool | str
     loss: str
@@ -134,4 +137,6 @@ def load_stage_config(
         raise ValueError(f"Unknown config keys {unknown} ({where}); the known keys are {sorted(known)}.")
     if missing:
         raise ValueError(f"Config {path} lacks keys {missing}; every key must be set (see recipes/configs/).")
-    return StageConfig(**checked_values(values, StageConfig, origins))
+    config = StageConfig(**checked_values(values, StageConfig, origins))
+    check_text_settings(config.text_data, config.text_share, origins)
+    return config

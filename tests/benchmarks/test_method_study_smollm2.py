@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import method_study  # noqa: E402
 from benchmarks.study_scores import real_text_perplexity, teacher_forced_scores  # noqa: E402
-from benchmarks.study_text import held_out_real_text  # noqa: E402
+from recipes.training.real_text import held_out_real_text  # noqa: E402
 from recipes.training.synthetic import generate_problems  # noqa: E402
 from recipes.tiny_teacher import EOS, build_tokenizer  # noqa: E402
 
