@@ -189,7 +189,7 @@ def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tm
     curve = method_study.sweep_runs(size, "token-curve", num_layers=30)
     assert [(name, changes["distill.max_steps"], targets) for name, changes, targets in curve[:3]] == [
         ("recipe-steps50", 50, (15,)), ("recipe-steps200", 200, (15,)), ("recipe-steps800", 800, (15,))]
-    assert curve[3] == ("traces_only-steps200", {"distill.data": "synthetic"}, (15,))
+    assert curve[3] == ("traces_only-steps200", {"distill.text_data": None, "distill.text_share": 0.0}, (15,))
     assert [name for name, _, _ in method_study.sweep_runs(size, "token-curve", 30, only={"traces_only"})] == [
         "traces_only-steps200"]
     assert size.distill_steps == 200  # the recipe's 50% stage is the curve's middle point
@@ -197,24 +197,23 @@ def test_the_sweeps_compare_arms_at_equal_tokens_and_grow_the_budget_fourfold(tm
     assert [changes["distill.max_steps"] for _, changes, _ in tiny_curve] == [300, 1200, 4800]
 
 
-def test_the_distillation_data_mixes_in_real_text_at_the_asked_share(tmp_path):
+def test_the_distillation_data_mixes_in_python_docs_at_the_asked_share_except_in_the_traces_only_arms(tmp_path):
     from dataclasses import replace
 
-    from recipes.training.data import build_dataset, load_conversations
-    from recipes.tiny_teacher import build_tokenizer
+    from recipes.schedule import _stage_config
 
-    smollm2_stand_in(method_study.teacher_dir(tmp_path), layers=4)
     size = replace(method_study.SMOLLM2_SIZES["smoke"], distill_examples=200, real_text_share=0.3)
     config = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, {})
-    assert config.distill["packing"] is True and config.distill["data"].endswith("traces_and_text_seed0.jsonl")
-    rows = build_dataset(load_conversations(config.distill["data"]), build_tokenizer(), size.max_seq_length, False)
-    text = sum(len(row["input_ids"]) for row in rows if row["labels"][0] != -100)  # a text row labels its first token
-    share = text / sum(len(row["input_ids"]) for row in rows)
-    assert 0.2 < share < 0.4, share
-    manifest = json.loads((tmp_path / "data" / "traces_and_text_seed0.json").read_text())
-    assert manifest["conversations"] == 200 and manifest["text_rows"] > 0
-    traces_only = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, {"distill.data": "synthetic"})
-    assert traces_only.distill["data"] == "synthetic"
+    stage = _stage_config(config, tmp_path / "student", tmp_path / "distill")  # the stage reads them as settings
+    assert (stage.data, stage.packing, stage.synthetic_examples) == ("synthetic", True, 200)
+    assert (stage.text_data, stage.text_share) == ("python_docs", 0.3)
+    assert method_study.real_text_settings(size) == {"text_data": "python_docs", "text_share": 0.3}  # SFT's too
+    assert method_study.real_text_settings(replace(size, real_text_share=0.0)) == {"text_data": None,
+                                                                                   "text_share": 0.0}
+    num_layers = 4
+    (_, traces_only, _), = method_study.sweep_runs(size, "token-curve", num_layers, only={"traces_only"})
+    alone = method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0, traces_only)
+    assert (alone.distill["text_data"], alone.distill["text_share"]) == (None, 0.0)
     assert method_study.schedule_config(tmp_path, tmp_path / "run", size, (2,), 0,
                                         {"distill.max_steps": 800}).distill["save_steps"] == 100
 

@@ -1,4 +1,5 @@
-"""The staged schedule runs two tiny stages end to end and resumes after being killed mid-stage."""
+"""The staged schedule runs two tiny stages end to end (real text mixed into their data) and resumes after being
+killed mid-stage."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ SPEC = TinyTeacherSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=3
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _command(teacher: Path, output: Path) -> list[str]:
+def _command(teacher: Path, output: Path, corpus: Path) -> list[str]:
     overrides = {
+        "distill.text_data": str(corpus), "distill.text_share": "0.25",
         "teacher": str(teacher), "output_dir": str(output), "targets": "[1, 2]",
         "importance_options.num_texts": "4", "importance_options.max_length": "64",
         "mmr_options.steps": "2", "mmr_options.max_length": "160", "mmr_options.eval_batches": "1",
@@ -50,8 +52,10 @@ def test_paper_targets_scale_to_the_teacher_depth():
 def test_schedule_runs_two_stages_and_resumes_after_a_kill(tmp_path):
     teacher = ensure_tiny_teacher(tmp_path / "teacher", SPEC)
     output = tmp_path / "run"
+    corpus = tmp_path / "corpus.txt"  # real text mixed into every stage's data at a quarter of the tokens
+    corpus.write_text("\n\n".join(f"Paragraph {n} of plain text, learned on every token." for n in range(40)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(_command(teacher, output), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(_command(teacher, output, corpus), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # any complete checkpoint of stage 1 (the Trainer rotates old ones out, so a fixed one can come and go
     # between two looks on a fast machine)
     checkpoints = output / "stage-1" / "distill"
@@ -68,7 +72,7 @@ def test_schedule_runs_two_stages_and_resumes_after_a_kill(tmp_path):
     ranking = output / "stage-1" / "importance_loo.json"
     ranking_mtime = ranking.stat().st_mtime_ns
 
-    finished = subprocess.run(_command(teacher, output), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(_command(teacher, output, corpus), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     manifest = json.loads((output / "run_manifest.json").read_text())
     assert [stage["status"] for stage in manifest["stages"]] == ["done", "done"]
@@ -78,6 +82,9 @@ def test_schedule_runs_two_stages_and_resumes_after_a_kill(tmp_path):
     assert len(first["mamba_layers"]) == 1 and len(second["mamba_layers"]) == 2
     assert set(first["mamba_layers"]) < set(second["mamba_layers"])
     assert first["steps"] == 6 and first["tokens"] > 0
+    for stage in (first, second):
+        assert stage["text_mix"]["text_data"] == str(corpus) and stage["text_mix"]["text_rows"] > 0
+        assert abs(stage["text_mix"]["text_share_of_tokens"] - 0.25) < 0.05
     stage_one_log = json.loads((output / "stage-1" / "distill" / "checkpoint-6" / "trainer_state.json").read_text())
     logged_steps = [entry["step"] for entry in stage_one_log["log_history"] if "kd_loss" in entry]
     assert logged_steps == sorted(set(logged_steps))  # resumed, not restarted: no step logged twice
