@@ -8,8 +8,8 @@ every layer of the final target at once, for comparison.
 
 The run is resumable at stage and step granularity: each step of a stage writes its output atomically and is
 skipped when present, distillation resumes from its newest complete checkpoint, and ``run_manifest.json``
-(what each stage replaced, tokens, losses, the real text mixed into its data, wall time) is rewritten atomically after every step. Model cards
-read that manifest.
+(what each stage replaced, tokens, losses, the real text mixed into its data, wall time) is rewritten atomically
+after every step. Model cards read that manifest.
 
     python -m recipes.schedule --config recipes/configs/schedule_tiny.yaml [--set key=value ...]
 """
