@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic_io import staged_output_dir, write_json_atomically
 from cli import GGUF_MAGIC, UsageError, command_line, existing_path
+
+from .atomic_io import staged_output_dir, write_json_atomically
+from .gguf_q4_1 import register_q4_1_if_missing
 from .record import package_version
 from .teachers import SUPPORTED_MODEL_TYPES, UnsupportedTeacherError, check_supported
 
@@ -63,6 +65,7 @@ def import_gguf(
             f"output directory {output_dir} already exists and is not an import of {gguf_file.name}; "
             "give a new directory or pass --overwrite to replace it"
         )
+    register_q4_1_if_missing()
     config = read_teacher_config(gguf_file)
     tokenizer = _read_tokenizer(gguf_file)
     model = _read_model(gguf_file, config, dtype)

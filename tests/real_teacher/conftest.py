@@ -49,13 +49,6 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = [f"{name} ({how})" for name, how in NEEDED.items() if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(f"the real-teacher tests need {', '.join(missing)}; CI installs them")
-    import transformers
-
     from conversion.gguf import import_gguf, smollm2_gguf
 
-    try:
-        return import_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "teacher")
-    except ValueError as error:  # transformers' GGUF reader before 5.25 has no Q4_1 dequantizer
-        if "is not supported yet" not in str(error):
-            raise
-        pytest.skip(f"transformers {transformers.__version__} cannot read the shipped Q4_1 GGUF: {error}")
+    return import_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "teacher")
