@@ -119,13 +119,6 @@ def _refuse_unsupported(
     problems += [type(c).__name__ for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
     if model_kwargs.get("inputs_embeds") is not None:
         problems.append("inputs_embeds")
-    # generate() hands over an empty cache of its own; one that already holds tokens is the caller's, who expects it
-    # read and extended, while the engine prefills from input_ids into its own state and would leave it as it was
-    for name in ("cache", "past_key_values"):  # transformers 5.17 names it past_key_values
-        cache = model_kwargs.get(name)
-        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
-            problems.append(f"a {name} that already holds {cache.get_seq_length()} tokens (the engine keeps its own "
-                            "state and would not extend it)")
     if problems:
         raise ValueError(
             f"the decode engine does not support {', '.join(problems)}; drop these options or call generate() "

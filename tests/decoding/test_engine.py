@@ -134,19 +134,6 @@ def test_generate_options_the_engine_lacks_are_refused_by_name(options, message)
         model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, custom_generate=engine_generate, **options)
 
 
-def test_a_cache_that_already_holds_tokens_is_refused_not_silently_left_stale():
-    """generate()'s own loop reads and extends a passed cache; the engine would prefill from input_ids and leave the
-    caller's cache as it was, so a filled one is refused by name; generate()'s own empty cache is not."""
-    model = AprielH1ForCausalLM(tiny_config()).eval()
-    ids = torch.tensor([[5, 6, 7, 8]])
-    cache = model(ids[:, :3], use_cache=True).past_key_values
-    with pytest.raises(ValueError, match="already holds 3 tokens"):
-        model.generate(ids, max_new_tokens=3, custom_generate=engine_generate, past_key_values=cache, do_sample=False)
-    expected = model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert torch.equal(model.generate(ids, max_new_tokens=3, custom_generate=engine_generate, do_sample=False),
-                       expected)
-
-
 def test_a_batch_larger_than_a_given_engine_is_refused():
     model = AprielH1ForCausalLM(tiny_config()).eval()
     engine = DecodeEngine(model, max_batch_size=1, max_seq_len=32)
