@@ -6,6 +6,10 @@ temperature, top-k, top-p; EOS; ``max_new_tokens``; left-padded batches) and ref
 that names the option, rather than silently ignoring it. The result is generate()'s: prompt + new tokens, rows
 that stopped early padded with ``pad_token_id``.
 
+A cache passed in (to continue a conversation) is accepted and not read: the engine keeps no cache between calls
+and prefills the whole of ``input_ids`` into its own state, which gives the tokens generate() gives from the cache
+(tests/modeling/test_cache_continuation.py), but leaves the passed cache as it was rather than extending it.
+
 The engine is built on first use and kept on the model for later calls that fit in it; pass
 ``decode_engine=DecodeEngine(model, ...)`` to choose its slots and length yourself.
 """
