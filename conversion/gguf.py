@@ -164,7 +164,30 @@ def _read_tokenizer(gguf_file: Path):
     """
     from transformers import TokenizersBackend
 
-    return TokenizersBackend.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    tokenizer = TokenizersBackend.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    metadata, _ = _gguf_contents(gguf_file)
+    return with_the_files_special_tokens(tokenizer, metadata)
+
+
+# the tokenizer's special-token attributes and the GGUF metadata keys that name them
+GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                       "pad_token": "padding_token_id"}
+
+
+def with_the_files_special_tokens(tokenizer, metadata: dict[str, Any]):
+    """``tokenizer`` with the special tokens the file names (``tokenizer.ggml.eos_token_id`` ...), as the file says.
+
+    transformers' GGUF tokenizer reader before 5.25 takes the wrong ones from some files (SmolLM2's end of sequence
+    comes back as ``<|im_start|>`` and it has no padding token), so generation would not stop at the end of a turn
+    and batches could not be padded; the file's own ids are right under every version.
+    """
+    for attribute, key in GGUF_SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            if getattr(tokenizer, attribute) != token:
+                setattr(tokenizer, attribute, token)
+    return tokenizer
 
 
 def _read_model(gguf_file: Path, config, dtype: torch.dtype | None):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli import UsageError, model_source
-from conversion.gguf import main, restore_float32_fields, smollm2_gguf
+from conversion.gguf import main, restore_float32_fields, smollm2_gguf, with_the_files_special_tokens
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf; CI installs it)")
 
@@ -98,3 +98,21 @@ def test_float32_rounded_floats_get_their_decimal_back():
     restored = restore_float32_fields({"rms_norm_eps": eps, "rope": {"rope_theta": 100000.0}, "scale": [0.1], "r": 0.02})
     assert restored == {"rms_norm_eps": 1e-05, "rope": {"rope_theta": 100000.0}, "scale": [0.1], "r": 0.02}
     assert restore_float32_fields(float(__import__("numpy").float32(0.1))) == 0.1
+
+
+def test_the_special_tokens_are_the_ones_the_file_names():
+    """A reader that took the wrong end-of-sequence token and no padding token (transformers before 5.25 on
+    SmolLM2's file) is corrected from the file's own ids; one that read them right is left as it was."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {"<unk>": 0, "<start>": 1, "<end>": 2, "a": 3}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>")),
+                                        bos_token="<start>", eos_token="<start>", unk_token="<unk>")
+    metadata = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+                "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.padding_token_id": 2}
+    fixed = with_the_files_special_tokens(tokenizer, metadata)
+    assert (fixed.bos_token, fixed.eos_token, fixed.unk_token, fixed.pad_token) == ("<start>", "<end>", "<unk>", "<end>")
+    assert fixed.pad_token_id == 2 and len(fixed) == 4
+    untouched = with_the_files_special_tokens(fixed, {"tokenizer.ggml.eos_token_id": 99})  # not in the vocabulary
+    assert untouched.eos_token == "<end>"

@@ -90,6 +90,14 @@ def test_the_import_is_a_plain_checkpoint_that_records_its_gguf(smollm2_dir):
     assert weights.stat().st_mtime_ns == written
 
 
+def test_the_tokenizer_ends_and_pads_with_the_tokens_the_file_names(smollm2_dir):
+    """The file says end of sequence and padding are <|im_end|> (id 2): a chat turn's end, where generation stops."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|im_end|>", 2)
+    assert (tokenizer.bos_token, tokenizer.unk_token) == ("<|im_start|>", "<|endoftext|>")
+
+
 def test_the_weights_are_the_files_values_dequantized(smollm2_dir):
     """Checked against the gguf package's own dequantizer, on tensors llama.cpp stores unpermuted."""
     from gguf.quants import dequantize
