@@ -67,9 +67,10 @@ def import_gguf(
         )
     register_q4_1_if_missing()
     config = read_teacher_config(gguf_file)
-    tokenizer = _read_tokenizer(gguf_file)
+    metadata, tensor_types = _gguf_contents(gguf_file)
+    tokenizer = with_the_files_special_tokens(_read_tokenizer(gguf_file), metadata)
     model = _read_model(gguf_file, config, dtype)
-    provenance = _provenance(gguf_file, sha256, str(model.dtype).removeprefix("torch."))
+    provenance = _provenance(gguf_file, sha256, str(model.dtype).removeprefix("torch."), metadata, tensor_types)
     with staged_output_dir(output_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -164,9 +165,7 @@ def _read_tokenizer(gguf_file: Path):
     """
     from transformers import TokenizersBackend
 
-    tokenizer = TokenizersBackend.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    metadata, _ = _gguf_contents(gguf_file)
-    return with_the_files_special_tokens(tokenizer, metadata)
+    return TokenizersBackend.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
 
 
 # the tokenizer's special-token attributes and the GGUF metadata keys that name them
@@ -208,10 +207,12 @@ def _read_model(gguf_file: Path, config, dtype: torch.dtype | None):
     return model
 
 
-def _provenance(gguf_file: Path, sha256: str, dtype: str) -> dict[str, Any]:
+def _provenance(
+    gguf_file: Path, sha256: str, dtype: str, metadata: dict[str, Any], tensor_types: Counter
+) -> dict[str, Any]:
     """What ``gguf_import.json`` records: the file (name, size, sha256), what it holds (architecture, model name,
-    llama.cpp's file type and the count of tensors per storage type) and the versions that read it."""
-    metadata, tensor_types = _gguf_contents(gguf_file)
+    llama.cpp's file type and the count of tensors per storage type; ``_gguf_contents``) and the versions that read
+    it."""
     return {
         "gguf_file": gguf_file.name,
         "sha256": sha256,
